@@ -1,0 +1,482 @@
+"""Input events (CONTRACT §1): validation, normalisation and pseudonymisation.
+
+Two validators share one definition of "valid":
+
+* the pydantic models below are the specification and produce the located error messages;
+* :func:`_fast_event` is a hand-written fast path for the common, well-formed case. It only ever *accepts* what the
+  pydantic models accept (it returns ``None`` for anything unusual, and the models then decide), and a hypothesis test
+  checks that both give the same :class:`Event` whenever the fast path accepts.
+
+Whatever path validates, ``user`` is re-keyed with HMAC-SHA256 before the event leaves this module, so no raw user id
+reaches windows, state or outputs.
+
+>>> p = EventParser(Pseudonymizer(b"k"))
+>>> [e.feature for e in p.parse_message(b'{"type":"interaction","event_id":"1","ts":0,"feature":"f"}')]
+['f']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError, field_validator
+
+from rules.exceptions import InvalidEvent
+
+__all__ = [
+    "Event",
+    "Control",
+    "Pseudonymizer",
+    "EventParser",
+    "parse_ts",
+    "redact",
+    "KNOWN_FIELDS",
+]
+
+_NAME = r"^[A-Za-z0-9._-]{1,128}$"
+_LABEL = r"^[a-z0-9_]{1,64}$"
+_MAX_TS = 253_402_300_800_000  # 10000-01-01T00:00:00Z in ms: beyond that RFC 3339 cannot express it
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SUGGESTION = frozenset({"accepted", "edited", "rejected", "ignored"})
+_THUMBS = frozenset({"up", "down"})
+_SURVEY = frozenset({"csat", "nps"})
+
+
+def parse_ts(value: Any) -> int:
+    """Normalise an event time to epoch milliseconds (UTC).
+
+    >>> parse_ts("2026-11-02T10:00:00+02:00")
+    1793606400000
+    >>> parse_ts(1793606400000)
+    1793606400000
+    """
+    if type(value) is int:
+        ms = value
+    elif isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be RFC 3339 with an offset, e.g. 2026-11-02T10:00:00Z, or integer epoch ms") from None
+        if dt.tzinfo is None or len(value) < 20:
+            raise ValueError("RFC 3339 time needs a date, a time and an offset (Z or +hh:mm)")
+        ms = (dt - _EPOCH) // _MS
+    else:
+        raise ValueError("must be an RFC 3339 string or integer epoch milliseconds")
+    if not 0 <= ms < _MAX_TS:
+        raise ValueError("epoch milliseconds out of range (1970 .. 9999)")
+    return ms
+
+
+_MS = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc) - _EPOCH
+
+
+class Pseudonymizer:
+    """Re-keys user ids with HMAC-SHA256 so the raw id is never stored.
+
+    Live workers and replay of one deployment share the key, so they compute the same pseudonyms.
+    A bounded cache keeps the per-event cost low; it lives only in process memory.
+
+    >>> Pseudonymizer(b"secret")("u-1") == Pseudonymizer(b"secret")("u-1")
+    True
+    """
+
+    __slots__ = ("_key", "_cache")
+    _CACHE_MAX = 200_000
+
+    def __init__(self, key: bytes) -> None:
+        if not key:
+            raise ValueError("the user pseudonymisation key must not be empty")
+        self._key = key
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, user: str) -> str:
+        out = self._cache.get(user)
+        if out is None:
+            out = hmac.new(self._key, user.encode(), hashlib.sha256).hexdigest()[:32]
+            if len(self._cache) >= self._CACHE_MAX:
+                self._cache.clear()
+            self._cache[user] = out
+        return out
+
+
+class Event:
+    """A validated, normalised input event. ``ts`` is epoch ms; ``user`` is already pseudonymised."""
+
+    __slots__ = (
+        "type", "event_id", "ts", "feature", "phase", "segment", "user", "model_version", "prompt_version",
+        "outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags",
+        "kind", "label", "score", "interaction_id",
+    )  # fmt: skip
+
+    def __init__(self, type, event_id, ts, feature, phase, segment, user, model_version, prompt_version,
+                 outcome=None, latency_ms=None, tokens_in=None, tokens_out=None, cost_usd=None, confidence=None,
+                 flags=(), kind=None, label=None, score=None, interaction_id=None):  # fmt: skip
+        self.type = type
+        self.event_id = event_id
+        self.ts = ts
+        self.feature = feature
+        self.phase = phase
+        self.segment = segment
+        self.user = user
+        self.model_version = model_version
+        self.prompt_version = prompt_version
+        self.outcome = outcome
+        self.latency_ms = latency_ms
+        self.tokens_in = tokens_in
+        self.tokens_out = tokens_out
+        self.cost_usd = cost_usd
+        self.confidence = confidence
+        self.flags = flags
+        self.kind = kind
+        self.label = label
+        self.score = score
+        self.interaction_id = interaction_id
+
+    def as_tuple(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and self.as_tuple() == other.as_tuple()
+
+    def __repr__(self) -> str:
+        return f"Event({self.type}, {self.event_id!r}, ts={self.ts}, {self.feature}/{self.phase})"
+
+
+class Control:
+    """An operator control input carried in the event stream (extension of CONTRACT §1).
+
+    ``{"type": "control", "action": "resume", "feature": "f", "phase": "p"|null, "ts": ..., "event_id": ...,
+    "reason": "..."}`` clears the pause/kill latches of the feature (one phase, or all when ``phase`` is absent).
+    """
+
+    __slots__ = ("event_id", "ts", "action", "feature", "phase", "reason", "operator")
+    type = "control"
+
+    def __init__(self, event_id: str, ts: int, action: str, feature: str, phase: str | None, reason: str,
+                 operator: str | None = None) -> None:  # fmt: skip
+        self.event_id, self.ts, self.action, self.feature = event_id, ts, action, feature
+        self.phase, self.reason, self.operator = phase, reason, operator
+
+
+# --- the specification: pydantic models -----------------------------------------------------------------------------
+
+Name = Annotated[StrictStr, Field(pattern=_NAME)]
+Label = Annotated[StrictStr, Field(pattern=_LABEL)]
+Short = Annotated[StrictStr, Field(max_length=128)]
+SegKey = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    ts: Any
+    feature: Name
+    phase: Name = "default"
+    segment: Annotated[dict[SegKey, Short], Field(max_length=16)] = {}
+    user: Short | None = None
+    model_version: Short | None = None
+    prompt_version: Short | None = None
+
+    @field_validator("ts", mode="plain")
+    @classmethod
+    def _ts(cls, v: Any) -> int:
+        return parse_ts(v)
+
+
+class InteractionIn(_Base):
+    type: Literal["interaction"]
+    outcome: Literal["ok", "error", "timeout", "refused"] = "ok"
+    latency_ms: NonNeg | None = None
+    tokens_in: Annotated[StrictInt, Field(ge=0)] | None = None
+    tokens_out: Annotated[StrictInt, Field(ge=0)] | None = None
+    cost_usd: NonNeg | None = None
+    confidence: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    flags: Annotated[list[Label], Field(max_length=64)] = []
+
+
+class FeedbackIn(_Base):
+    type: Literal["feedback"]
+    kind: Literal["suggestion", "thumbs", "review", "ticket", "survey"]
+    label: Label | None = None
+    score: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    interaction_id: Short | None = None
+
+    def model_post_init(self, _ctx: Any) -> None:
+        problem = _feedback_problem(self.kind, self.label, self.score)
+        if problem:
+            raise ValueError(problem)
+
+
+class ControlIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+    type: Literal["control"]
+    event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    ts: Any
+    action: Literal["resume"]
+    feature: Name
+    phase: Name | None = None
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=500)]
+    operator: Short | None = None
+
+    _ts = field_validator("ts", mode="plain")(_Base._ts.__func__)
+
+
+def _feedback_problem(kind: str, label: str | None, score: float | None) -> str | None:
+    """Cross-field rules of CONTRACT §1 feedback; None when fine."""
+    if kind == "suggestion" and label not in _SUGGESTION:
+        return "suggestion feedback needs label accepted, edited, rejected or ignored"
+    if kind == "thumbs" and label not in _THUMBS:
+        return "thumbs feedback needs label up or down"
+    if kind == "review":
+        if label is None:
+            return "review feedback needs a label (ok, hallucination, offensive, confidential, ...)"
+        if score is not None and not 1 <= score <= 5:
+            return "review score must be within 1..5"
+    if kind == "survey":
+        if label not in _SURVEY:
+            return "survey feedback needs label csat or nps"
+        if score is None:
+            return "survey feedback needs a score"
+        if label == "csat" and not 1 <= score <= 5:
+            return "csat score must be within 1..5"
+        if label == "nps" and not 0 <= score <= 10:
+            return "nps score must be within 0..10"
+    return None
+
+
+_ANY = TypeAdapter(Annotated[Union[InteractionIn, FeedbackIn, ControlIn], Field(discriminator="type")])
+
+
+def _located(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors(include_url=False, include_input=False)[:5]:
+        loc = ".".join(str(p) for p in e["loc"][1:] if p not in ("function-plain", "constrained-str"))
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+# --- fast path ----------------------------------------------------------------------------------------------------
+
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+_INTERACTION_KEYS = frozenset(
+    ("type", "event_id", "ts", "feature", "phase", "segment", "user", "model_version", "prompt_version",
+     "outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags")
+)  # fmt: skip
+_FEEDBACK_KEYS = frozenset(
+    ("type", "event_id", "ts", "feature", "phase", "segment", "user", "model_version", "prompt_version",
+     "kind", "label", "score", "interaction_id")
+)  # fmt: skip
+_OUTCOMES = frozenset(("ok", "error", "timeout", "refused"))
+_KINDS = frozenset(("suggestion", "thumbs", "review", "ticket", "survey"))
+KNOWN_FIELDS = _INTERACTION_KEYS | _FEEDBACK_KEYS | {"action", "reason", "operator"}
+_ts_cache: dict[str, int] = {}
+
+
+def _is_name(s: object) -> bool:
+    return type(s) is str and 0 < len(s) <= 128 and _NAME_CHARS.issuperset(s)
+
+
+def _is_label(s: object) -> bool:
+    return type(s) is str and 0 < len(s) <= 64 and _LABEL_CHARS.issuperset(s)
+
+
+def _opt_short(s: object) -> bool:
+    return s is None or (type(s) is str and len(s) <= 128)
+
+
+def _num(x: object, lo: float = 0.0) -> bool:
+    t = type(x)
+    return (t is float and math.isfinite(x) and x >= lo) or (t is int and x >= lo)
+
+
+def _fast_event(d: dict, pseudo: Pseudonymizer) -> Event | None:
+    """Validate the common well-formed case without pydantic; None means "let the models decide"."""
+    typ = d.get("type")
+    keys = _INTERACTION_KEYS if typ == "interaction" else _FEEDBACK_KEYS if typ == "feedback" else None
+    if keys is None or not keys.issuperset(d):
+        return None  # unknown fields or another type: the slow path drops/decides
+    eid = d.get("event_id")
+    if type(eid) is not str or not 0 < len(eid) <= 128:
+        return None
+    ts = d.get("ts")
+    if type(ts) is int:
+        if not 0 <= ts < _MAX_TS:
+            return None
+    elif type(ts) is str:
+        cached = _ts_cache.get(ts)
+        if cached is None:
+            try:
+                cached = parse_ts(ts)
+            except ValueError:
+                return None
+            if len(_ts_cache) > 4096:
+                _ts_cache.clear()
+            _ts_cache[ts] = cached
+        ts = cached
+    else:
+        return None
+    feature = d.get("feature")
+    phase = d.get("phase", "default")
+    if not (_is_name(feature) and _is_name(phase)):
+        return None
+    seg = d.get("segment")
+    if seg is None:
+        if "segment" in d:
+            return None
+        seg = {}
+    elif type(seg) is not dict or len(seg) > 16:
+        return None
+    else:
+        for k, v in seg.items():
+            if not (0 < len(k) <= 64 and type(v) is str and len(v) <= 128):
+                return None
+    user = d.get("user")
+    mv = d.get("model_version")
+    pv = d.get("prompt_version")
+    if not (_opt_short(user) and _opt_short(mv) and _opt_short(pv)):
+        return None
+    if user is not None:
+        user = pseudo(user)
+    if typ == "interaction":
+        outcome = d.get("outcome", "ok")
+        lat = d.get("latency_ms")
+        ti = d.get("tokens_in")
+        to = d.get("tokens_out")
+        cost = d.get("cost_usd")
+        conf = d.get("confidence")
+        flags = d.get("flags", ())
+        if (
+            outcome not in _OUTCOMES
+            or (lat is not None and not _num(lat))
+            or (ti is not None and not (type(ti) is int and ti >= 0))
+            or (to is not None and not (type(to) is int and to >= 0))
+            or (cost is not None and not _num(cost))
+            or (conf is not None and not (_num(conf) and conf <= 1))
+            or type(flags) not in (list, tuple)
+            or len(flags) > 64
+        ):
+            return None
+        for f in flags:
+            if not _is_label(f):
+                return None
+        return Event(
+            "interaction", eid, ts, feature, phase, seg, user, mv, pv, outcome,
+            None if lat is None else float(lat), ti, to, None if cost is None else float(cost),
+            None if conf is None else float(conf), tuple(flags),
+        )  # fmt: skip
+    kind = d.get("kind")
+    label = d.get("label")
+    score = d.get("score")
+    iid = d.get("interaction_id")
+    if (
+        kind not in _KINDS
+        or (label is not None and not _is_label(label))
+        or (score is not None and not _num(score, -math.inf))
+        or not _opt_short(iid)
+        or _feedback_problem(kind, label, score) is not None
+    ):
+        return None
+    return Event(
+        "feedback", eid, ts, feature, phase, seg, user, mv, pv,
+        kind=kind, label=label, score=None if score is None else float(score), interaction_id=iid,
+    )  # fmt: skip
+
+
+def _from_model(m: BaseModel, pseudo: Pseudonymizer) -> Event | Control:
+    if isinstance(m, ControlIn):
+        return Control(m.event_id, m.ts, m.action, m.feature, m.phase, m.reason, m.operator)
+    user = None if m.user is None else pseudo(m.user)
+    common = (m.event_id, m.ts, m.feature, m.phase, dict(m.segment), user, m.model_version, m.prompt_version)
+    if isinstance(m, InteractionIn):
+        return Event(
+            "interaction", *common, m.outcome, m.latency_ms, m.tokens_in, m.tokens_out, m.cost_usd, m.confidence,
+            tuple(m.flags),
+        )  # fmt: skip
+    return Event("feedback", *common, kind=m.kind, label=m.label, score=m.score, interaction_id=m.interaction_id)
+
+
+class EventParser:
+    """Turns raw message bytes (one object or a batch array) into events or :class:`InvalidEvent` errors."""
+
+    def __init__(self, pseudonymizer: Pseudonymizer) -> None:
+        self.pseudo = pseudonymizer
+
+    def parse_obj(self, obj: Any) -> Event | Control:
+        """Validate one decoded JSON value; raises :class:`InvalidEvent`."""
+        if type(obj) is dict:
+            ev = _fast_event(obj, self.pseudo)
+            if ev is not None:
+                return ev
+        elif not isinstance(obj, dict):
+            raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+        try:
+            return _from_model(_ANY.validate_python(obj), self.pseudo)
+        except ValidationError as e:
+            raise InvalidEvent("schema", _located(e)) from None
+
+    def parse_message(self, data: bytes | str) -> Iterator[Event | Control | InvalidEvent]:
+        """Yield each event of a message; invalid ones are yielded as :class:`InvalidEvent` (never raised)."""
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            yield InvalidEvent("invalid_json", str(e).split(":")[0])
+            return
+        items = obj if type(obj) is list else (obj,)
+        for i, item in enumerate(items):
+            try:
+                yield self.parse_obj(item)
+            except InvalidEvent as e:
+                if type(obj) is list:
+                    e = InvalidEvent(e.reason, f"[{i}] {e.detail}")
+                e.payload = item  # type: ignore[attr-defined]  # for the dead letter, redacted by the writer
+                yield e
+
+
+def redact(payload: Any, pseudo: Pseudonymizer) -> Any:
+    """The dead-letter view of a rejected payload: known fields only, user re-keyed, no free text.
+
+    Strings that are not short identifiers are replaced by a length marker, so a rejected event that carried a
+    prompt or a reply in the wrong field cannot leak it.
+
+    >>> redact({"type": "interaction", "user": "alice", "prompt": "hello", "feature": "x y"}, Pseudonymizer(b"k"))
+    {'type': 'interaction', 'user': 'ec631a55bb81f5b9dc96aa930a45628d', 'feature': '<redacted 3 chars>'}
+    """
+    if not isinstance(payload, dict):
+        return {"_payload": f"<redacted {type(payload).__name__}>"}
+    out: dict[str, Any] = {}
+    for k, v in payload.items():
+        if k not in KNOWN_FIELDS or k == "reason":
+            continue
+        if k == "user":
+            out[k] = pseudo(v) if isinstance(v, str) else "<redacted>"
+        elif k == "segment" and isinstance(v, dict):
+            out[k] = {str(sk)[:64]: _safe(sv) for sk, sv in list(v.items())[:16] if _is_name(sk)}
+        elif k == "flags" and isinstance(v, list):
+            out[k] = [_safe(f) for f in v[:64]]
+        else:
+            out[k] = _safe(v)
+    return out
+
+
+def _safe(v: Any) -> Any:
+    if v is None or isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(v)):
+        return v
+    if isinstance(v, str) and (_is_name(v) or _is_ts_like(v)):
+        return v
+    if isinstance(v, str):
+        return f"<redacted {len(v)} chars>"
+    return f"<redacted {type(v).__name__}>"
+
+
+def _is_ts_like(s: str) -> bool:
+    return len(s) <= 40 and set(s) <= set("0123456789-:.TZtz+ ")
