@@ -1,0 +1,582 @@
+"""Load rule files (CONTRACT §3) into trusted :mod:`rules.model` objects, or report every error at once.
+
+Like promtool, the loader never stops at the first problem: it checks all files and all rules and raises one
+:class:`RulesInvalid` carrying every :class:`RuleError`, each located with file, line, ruleset and rule id::
+
+    rules/email.yaml:14: ruleset 'email-reply' rule 'latency-spike': unknown key 'treshold' (did you mean 'threshold'?)
+
+A file may hold several YAML documents (``---``); each is one rule set. ``defaults:`` apply where they make
+sense: ``window`` to threshold rules, ``confidence`` to rate-metric rules without ``across`` or ``baseline``,
+``keep_firing_for`` to ``investigate`` rules, everything else to every rule. A rule set's ``version`` is the
+sha256 of ``json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` in UTF-8, so
+comments and formatting do not change it.
+
+>>> [rs] = load_rules_text('''
+... version: 1
+... name: demo
+... features: ["email-*"]
+... rules:
+...   - {id: errors, tier: pause, metric: error_rate, op: ">", threshold: 0.05, window: 5m}
+... ''')
+>>> rs.rules[0].window_ms, rs.rules[0].every_ms, rs.rules[0].line
+(300000, 60000, 6)
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+from detectors import BINARY_DETECTORS, DETECTORS, validate_params
+from rules.durations import DurationError, format_duration, parse_duration
+from rules.exceptions import RollguardError
+from rules.located_yaml import LocatedMap, YamlSyntaxError, line_of, parse_documents
+from rules.metric_names import METRICS, MetricNameError, parse_metric
+from rules.model import (
+    DEFAULT_EVERY_MS,
+    DEFAULT_FOR_MS,
+    DEFAULT_KEEP_FIRING_FOR_MS,
+    DEFAULT_MIN_SAMPLES,
+    DEFAULT_MODE,
+    DriftSpec,
+    Mode,
+    Op,
+    Rule,
+    RuleSet,
+    Signal,
+    Tier,
+    summary_problems,
+)
+
+__all__ = ["RuleError", "RulesInvalid", "load_rules", "load_rules_text"]
+
+_TOP_KEYS = ("version", "name", "features", "phases", "defaults", "rules")
+_DEFAULT_KEYS = (
+    "every", "window", "for", "keep_firing_for", "min_samples", "confidence", "mode", "group_by", "runbook",
+)  # fmt: skip
+_RULE_KEYS = (
+    "id", "tier", "mode", "metric", "op", "threshold", "drift", "window", "every", "for", "keep_firing_for",
+    "min_samples", "confidence", "group_by", "baseline", "across", "summary", "runbook",
+)  # fmt: skip
+_DRIFT_KEYS = ("detector", "signal", "params")
+_DURATION_KEYS = ("every", "window", "for", "keep_firing_for", "baseline")
+_NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence")
+_BINARY_SIGNALS = ("acceptance", "error", "thumbs_down")
+_RATE_METRICS = ", ".join(name + (":<param>" if m.parameterised else "") for name, m in METRICS.items() if m.is_rate)
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
+_RULE_ID = re.compile(r"[a-z0-9_-]{1,128}")
+_FEATURE_GLOB = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,128}")
+_PHASE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_SEGMENT_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_MAX_MIN_SAMPLES = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class RuleError:
+    """One problem in a rule file. ``line`` is 1-based; ``ruleset``/``rule_id`` are None when unknown.
+
+    >>> print(RuleError("r.yaml", 12, "x", "y", "unknown key 'treshold'"))
+    r.yaml:12: ruleset 'x' rule 'y': unknown key 'treshold'
+    """
+
+    file: str
+    line: int | None
+    ruleset: str | None
+    rule_id: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        scope = f" ruleset {self.ruleset!r}" if self.ruleset else ""
+        scope += f" rule {self.rule_id!r}" if self.rule_id else ""
+        return f"{where}:{scope}: {self.message}" if scope else f"{where}: {self.message}"
+
+
+class RulesInvalid(RollguardError):
+    """Rule files failed validation. ``errors`` holds every problem, in file and line order; ``str()`` lists
+    them one per line. Fix them all and load again: nothing from an invalid load is used."""
+
+    def __init__(self, errors: Sequence[RuleError]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(str(error) for error in self.errors))
+
+
+def load_rules(paths: Sequence[str | Path]) -> tuple[RuleSet, ...]:
+    """Load rule files and folders (a folder's ``*.yaml``/``*.yml`` files, sorted, not recursive).
+
+    Raises :class:`RulesInvalid` with every error of every file, a missing path included; nothing else.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    errors: list[RuleError] = []
+    seen_files: set[str] = set()
+    seen_names: dict[str, str] = {}
+    rulesets: list[RuleSet] = []
+    for given in paths:
+        for file in _expand(str(given), errors):
+            try:
+                resolved = str(Path(file).resolve())
+                raw = Path(file).read_bytes()
+            except (OSError, ValueError, RuntimeError) as exc:
+                errors.append(RuleError(file, None, None, None, f"cannot read: {exc}"))
+                continue
+            if resolved in seen_files:  # named and also reached via its folder: load it once
+                continue
+            seen_files.add(resolved)
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                line = raw[: exc.start].count(b"\n") + 1
+                errors.append(RuleError(file, line, None, None, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
+                continue
+            rulesets.extend(_load_text(text, file, seen_names, errors))
+    if errors:
+        raise RulesInvalid(errors)
+    return tuple(rulesets)
+
+
+def load_rules_text(text: str, source: str = "<string>") -> tuple[RuleSet, ...]:
+    """Load the rule sets in YAML ``text`` (one per document); ``source`` names it in errors and ``RuleSet.source``."""
+    errors: list[RuleError] = []
+    rulesets = _load_text(text, source, {}, errors)
+    if errors:
+        raise RulesInvalid(errors)
+    return tuple(rulesets)
+
+
+def _expand(given: str, errors: list[RuleError]) -> list[str]:
+    """The rule files a path names: itself, or a folder's ``*.yaml``/``*.yml`` files."""
+    path = Path(given)
+    try:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found:
+                errors.append(RuleError(given, None, None, None, "folder holds no *.yaml or *.yml files"))
+            return [str(p) for p in found]
+        if path.exists():
+            return [given]
+        errors.append(RuleError(given, None, None, None, "no such file or folder"))
+    except (OSError, ValueError) as exc:
+        errors.append(RuleError(given, None, None, None, f"cannot read: {exc}"))
+    return []
+
+
+def _load_text(text: str, source: str, seen_names: dict[str, str], errors: list[RuleError]) -> list[RuleSet]:
+    checker = _Checker(source, seen_names)
+    rulesets = []
+    try:
+        documents = parse_documents(text)
+    except YamlSyntaxError as exc:
+        documents = []
+        checker.errors.append(RuleError(source, exc.line, None, None, f"invalid YAML: {exc.problem}"))
+    else:
+        if not documents:
+            message = "empty file: expected a rule set (version: 1, name, features, rules)"
+            checker.errors.append(RuleError(source, None, None, None, message))
+    for document in documents:
+        ruleset = checker.document(document.value, document.line)
+        if ruleset is not None:
+            rulesets.append(ruleset)
+        name = document.value.get("name") if isinstance(document.value, dict) else None
+        checker.report_unvisited_duplicates(document.maps_with_duplicates, name if isinstance(name, str) else None)
+    # By line, so a report reads top to bottom; the sort is stable, so problems on one line keep check order.
+    errors.extend(sorted(checker.errors, key=lambda error: error.line or 0))
+    return rulesets
+
+
+def _describe(value: Any) -> str:
+    """``value`` as a message shows it: its YAML kind, and the value itself when it is short."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else f"boolean {str(value).lower()}"
+    if isinstance(value, str):
+        text = repr(value)
+        return f"string {text if len(text) <= 60 else text[:56] + '...' + text[0]}"
+    if isinstance(value, int):
+        return f"integer {value}" if abs(value) < 10**20 else "a huge integer"
+    if isinstance(value, float):
+        return f"number {value}"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    return "a mapping" if isinstance(value, dict) else f"a {type(value).__name__}"
+
+
+def _hint(word: Any, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Scope:
+    """What errors are attributed to (ruleset, rule); its typed readers report into the file's checker."""
+
+    def __init__(self, checker: _Checker, ruleset: str | None = None, rule_id: str | None = None) -> None:
+        self.checker, self.ruleset, self.rule_id = checker, ruleset, rule_id
+
+    def error(self, line: int | None, message: str) -> None:
+        self.checker.errors.append(RuleError(self.checker.source, line, self.ruleset, self.rule_id, message))
+
+    def keys(self, m: LocatedMap, allowed: Sequence[str], where: str, misplaced: dict[str, str] | None = None) -> None:
+        """Report duplicate and unknown keys of ``m``; ``where`` prefixes messages (``"defaults: "``)."""
+        self.checker.visited.add(id(m))
+        for key, line, first in m.duplicates:
+            self.error(line, f"{where}duplicate key {key!r} (first on line {first})")
+        for key in m:
+            if key in allowed:
+                continue
+            if misplaced and key in misplaced:
+                self.error(line_of(m, key), f"{where}key {key!r} {misplaced[key]}")
+            else:
+                self.error(line_of(m, key), f"{where}unknown key {key!r}{_hint(key, allowed)}")
+
+    def string(self, m: LocatedMap, key: str, path: str, pattern: re.Pattern[str] | None = None) -> str | None:
+        value = m[key]
+        if not isinstance(value, str):
+            self.error(line_of(m, key), f"{path}: expected a string, got {_describe(value)}")
+        elif pattern is not None and not pattern.fullmatch(value):
+            self.error(line_of(m, key), f"{path}: {value!r} must match {pattern.pattern}")
+        else:
+            return value
+        return None
+
+    def choice(self, m: LocatedMap, key: str, path: str, options: Sequence[str]) -> str | None:
+        value = m[key]
+        if isinstance(value, str) and value in options:
+            return value
+        hint = _hint(value, options) if isinstance(value, str) else ""
+        if key == "op" and value in ("", None):
+            hint = ' (quote it, e.g. op: ">": an unquoted > starts a YAML block scalar)'
+        self.error(line_of(m, key), f"{path}: must be one of {', '.join(options)}; got {_describe(value)}{hint}")
+        return None
+
+    def duration(self, m: LocatedMap, key: str, path: str) -> int | None:
+        value = m[key]
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            message = f"expected a duration such as '30s', '5m' or '1h', got {_describe(value)}"
+            self.error(line_of(m, key), f"{path}: {message}")
+            return None
+        try:
+            ms = parse_duration(str(value))
+        except DurationError as exc:
+            self.error(line_of(m, key), f"{path}: {exc}")
+            return None
+        if ms == 0 and key in ("every", "window", "baseline"):
+            self.error(line_of(m, key), f"{path}: must be longer than 0s")
+            return None
+        return ms
+
+    def number(self, m: LocatedMap, key: str, path: str) -> float | None:
+        value = m[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value) if abs(value) < 1e300 else math.inf
+            if math.isfinite(number):
+                return number
+        self.error(line_of(m, key), f"{path}: expected a finite number, got {_describe(value)}")
+        return None
+
+    def count(self, m: LocatedMap, key: str, path: str) -> int | None:
+        value = m[key]
+        if type(value) is int and 0 <= value <= _MAX_MIN_SAMPLES:
+            return value
+        message = f"expected a whole number from 0 to {_MAX_MIN_SAMPLES}, got {_describe(value)}"
+        self.error(line_of(m, key), f"{path}: {message}")
+        return None
+
+    def names(
+        self, m: LocatedMap, key: str, path: str, pattern: re.Pattern[str], example: str, empty_ok: bool = False
+    ) -> tuple[str, ...] | None:
+        """A list of distinct strings matching ``pattern`` (non-empty unless ``empty_ok``)."""
+        value = m[key]
+        if not isinstance(value, list) or not (value or empty_ok):
+            size = "a" if empty_ok else "a non-empty"
+            self.error(line_of(m, key), f"{path}: expected {size} list such as {example}, got {_describe(value)}")
+            return None
+        ok = True
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not pattern.fullmatch(item):
+                shown = repr(item) if isinstance(item, str) else _describe(item)
+                message = f"{shown} must be a string matching {pattern.pattern}"
+                self.error(line_of(value, index), f"{path}[{index}]: {message}")
+                ok = False
+            elif item in value[:index]:
+                self.error(line_of(value, index), f"{path}[{index}]: {item!r} is listed twice")
+                ok = False
+        return tuple(value) if ok else None
+
+    def field(self, m: LocatedMap, key: str, path: str) -> Any:
+        """The validated value of a rule or defaults key (durations in ms), or None after reporting why not."""
+        if key in _DURATION_KEYS:
+            return self.duration(m, key, path)
+        if key == "min_samples":
+            return self.count(m, key, path)
+        if key in ("threshold", "confidence"):
+            value = self.number(m, key, path)
+            if key == "confidence" and value is not None and not 0 < value < 1:
+                self.error(line_of(m, key), f"{path}: must be strictly between 0 and 1 (e.g. 0.95), got {value:g}")
+                return None
+            return value
+        if key in ("mode", "tier", "op"):
+            return self.choice(m, key, path, get_args({"mode": Mode, "tier": Tier, "op": Op}[key]))
+        if key == "group_by":
+            return self.names(m, key, path, _SEGMENT_KEY, "[platform]", empty_ok=True)
+        value = self.string(m, key, path, {"id": _RULE_ID, "across": _SEGMENT_KEY}.get(key))
+        if value is not None and key == "runbook" and not value.strip():
+            self.error(line_of(m, key), f"{path}: must not be empty (omit it instead)")
+            return None
+        if value is not None and key == "metric":
+            try:
+                parse_metric(value)
+            except MetricNameError as exc:
+                self.error(line_of(m, key), f"metric: {exc}")
+                return None
+        return value
+
+
+class _Checker:
+    """Validates the documents of one file; ``seen_names`` (ruleset name -> where) spans the whole load."""
+
+    def __init__(self, source: str, seen_names: dict[str, str]) -> None:
+        self.source, self.seen_names = source, seen_names
+        self.errors: list[RuleError] = []
+        self.visited: set[int] = set()
+
+    def report_unvisited_duplicates(self, maps: list[LocatedMap], ruleset: str | None) -> None:
+        """Duplicate keys in mappings no check looked at (say, under an unknown key) are errors too."""
+        for m in maps:
+            if id(m) not in self.visited:
+                for key, line, first in m.duplicates:
+                    _Scope(self, ruleset).error(line, f"duplicate key {key!r} (first on line {first})")
+
+    def document(self, doc: Any, line: int) -> RuleSet | None:
+        before = len(self.errors)
+        if not isinstance(doc, LocatedMap):
+            message = f"a rule set must be a mapping with version, name, features and rules; got {_describe(doc)}"
+            _Scope(self).error(line, message)
+            return None
+        name = doc.get("name") if isinstance(doc.get("name"), str) else None
+        scope = _Scope(self, name)
+        scope.keys(doc, _TOP_KEYS, "")
+        for key in ("version", "name", "features", "rules"):
+            if key not in doc:
+                scope.error(doc.line, f"missing required key {key!r}")
+        if "version" in doc and not (type(doc["version"]) is int and doc["version"] == 1):
+            scope.error(line_of(doc, "version"), f"version: must be 1, got {_describe(doc['version'])}")
+        if "name" in doc and scope.string(doc, "name", "name", _NAME) is not None:
+            if name in self.seen_names:
+                scope.error(line_of(doc, "name"), f"ruleset name {name!r} is already used at {self.seen_names[name]}")
+            else:
+                self.seen_names[name] = f"{self.source}:{line_of(doc, 'name')}"
+        features = phases = None
+        if "features" in doc:
+            features = scope.names(doc, "features", "features", _FEATURE_GLOB, '["email-reply"] or ["*"]')
+        if doc.get("phases") is not None:
+            phases = scope.names(doc, "phases", "phases", _PHASE, '["closed_beta"]')
+        defaults = self._defaults(scope, doc)
+        rules = self._rules(name, doc, defaults)
+        if len(self.errors) > before or name is None or features is None:
+            return None
+        try:
+            canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:  # unreachable for a valid document; kept so loading never crashes
+            scope.error(line, f"cannot compute the rule set version: {exc}")
+            return None
+        version = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        return RuleSet(name=name, version=version, features=features, phases=phases, rules=rules, source=self.source)
+
+    def _defaults(self, scope: _Scope, doc: LocatedMap) -> dict[str, Any]:
+        """The parsed defaults; a key that is present but invalid maps to None (already reported)."""
+        d = doc.get("defaults")
+        if d is None:
+            return {}
+        if not isinstance(d, LocatedMap):
+            message = f"expected a mapping such as {{every: 1m}}, got {_describe(d)}"
+            scope.error(line_of(doc, "defaults"), f"defaults: {message}")
+            return {}
+        not_here = {k: "cannot be set in defaults; set it on each rule" for k in _RULE_KEYS if k not in _DEFAULT_KEYS}
+        scope.keys(d, _DEFAULT_KEYS, "defaults: ", not_here)
+        values = {key: scope.field(d, key, f"defaults.{key}") for key in _DEFAULT_KEYS if key in d}
+        every = values["every"] if "every" in d else DEFAULT_EVERY_MS
+        # A rule inheriting both a duration and every from here is checked once, here, not once per rule.
+        for key in ("window", "for", "keep_firing_for"):
+            if every and values.get(key) and values[key] % every:
+                message = f"{format_duration(values[key])} is not a multiple of every ({format_duration(every)})"
+                scope.error(line_of(d, key), f"defaults.{key}: {message}")
+        return values
+
+    def _rules(self, name: str | None, doc: LocatedMap, defaults: dict[str, Any]) -> tuple[Rule, ...]:
+        items = doc.get("rules")
+        if "rules" not in doc:
+            return ()
+        if not isinstance(items, list) or not items:
+            message = f"rules: expected a non-empty list of rules, got {_describe(items)}"
+            _Scope(self, name).error(line_of(doc, "rules"), message)
+            return ()
+        first_lines: dict[str, int] = {}
+        rules = []
+        for index, item in enumerate(items):
+            if not isinstance(item, LocatedMap):
+                message = f"rules[{index}]: expected a rule (a mapping with id, tier, ...), got {_describe(item)}"
+                _Scope(self, name).error(line_of(items, index), message)
+                continue
+            rule = self._rule(name, item, defaults, first_lines)
+            if rule is not None:
+                rules.append(rule)
+        return tuple(rules)
+
+    def _rule(
+        self, name: str | None, item: LocatedMap, defaults: dict[str, Any], first_lines: dict[str, int]
+    ) -> Rule | None:
+        rule_id = item.get("id") if isinstance(item.get("id"), str) else None
+        scope = _Scope(self, name, rule_id)
+        before = len(self.errors)
+        scope.keys(item, _RULE_KEYS, "", {k: "belongs under drift:" for k in _DRIFT_KEYS})
+        for key in ("id", "tier"):
+            if key not in item:
+                scope.error(item.line, f"missing required key {key!r}")
+        v = {key: scope.field(item, key, key) for key in _RULE_KEYS if key in item and key != "drift"}
+        if v.get("id") is not None:
+            if rule_id in first_lines:
+                message = f"duplicate rule id {rule_id!r} (first on line {first_lines[rule_id]})"
+                scope.error(line_of(item, "id"), message)
+            else:
+                first_lines[rule_id] = item.line
+
+        metric_keys = [key for key in ("metric", "op", "threshold") if key in item]
+        is_drift = "drift" in item
+        drift = self._drift(scope, item) if is_drift else None
+        if is_drift and metric_keys:
+            scope.error(item.line, "a rule has either metric, op and threshold or drift, not both")
+        elif not is_drift and not metric_keys:
+            scope.error(item.line, "a rule needs metric, op and threshold (a threshold rule) or drift (a drift rule)")
+        for key in ("metric", "op", "threshold") if metric_keys and not is_drift else ():
+            if key not in item:
+                scope.error(item.line, f"missing required key {key!r} (threshold rules need metric, op and threshold)")
+        for key in _NOT_FOR_DRIFT if is_drift and not metric_keys else ():
+            if key in item:
+                scope.error(line_of(item, key), f"{key}: drift rules take no {key}; it applies to threshold rules only")
+        threshold_rule = bool(metric_keys) and not is_drift
+
+        def pick(key: str, builtin: Any) -> tuple[Any, str]:
+            if key in item:
+                return v[key], "rule"
+            return (defaults[key], "defaults") if key in defaults else (builtin, "built-in")
+
+        every, every_from = pick("every", DEFAULT_EVERY_MS)
+        for_ms, for_from = pick("for", DEFAULT_FOR_MS)
+        window, window_from = pick("window", None) if threshold_rule else (None, "")
+        if window_from == "built-in":
+            scope.error(item.line, "missing window: threshold rules need one (set window on the rule or in defaults)")
+        keep_ms, keep_from = DEFAULT_KEEP_FIRING_FOR_MS, "built-in"
+        if "keep_firing_for" in item:
+            keep_ms, keep_from = v["keep_firing_for"], "rule"
+            if keep_ms and v.get("tier") in ("pause", "kill"):
+                message = f"only tier investigate resolves; {v['tier']} latches until an operator resumes"
+                scope.error(line_of(item, "keep_firing_for"), f"keep_firing_for: {message}")
+        elif v.get("tier") == "investigate" and "keep_firing_for" in defaults:
+            keep_ms, keep_from = defaults["keep_firing_for"], "defaults"
+        baseline = v.get("baseline") if threshold_rule else None
+        durations = [("window", window, window_from), ("for", for_ms, for_from)]
+        for key, value, source in durations + [("keep_firing_for", keep_ms, keep_from), ("baseline", baseline, "rule")]:
+            # Pairs that both come from defaults were checked there already.
+            if every and value and "rule" in (source, every_from) and value % every:
+                suffix = ", from defaults" if every_from == "defaults" else ""
+                message = f"{format_duration(value)} is not a multiple of every ({format_duration(every)}{suffix})"
+                scope.error(line_of(item, key if source == "rule" else "every"), f"{key}: {message}")
+
+        metric = v.get("metric") if threshold_rule else None
+        is_rate = metric is not None and METRICS[parse_metric(metric)[0]].is_rate
+        group_by, _ = pick("group_by", ())
+        across = v.get("across") if threshold_rule else None
+        if across is not None and group_by and across in group_by:
+            message = f"{across!r} is also in group_by; a spread across it needs all its values in one group"
+            scope.error(line_of(item, "across"), f"across: {message}")
+        confidence = None
+        if threshold_rule and v.get("confidence") is not None:
+            confidence = v["confidence"]
+            if metric is not None and not is_rate:
+                message = f"applies only to rate metrics ({_RATE_METRICS}); {metric} is not one"
+                scope.error(line_of(item, "confidence"), f"confidence: {message}")
+            for key in ("across", "baseline"):
+                if key in item:
+                    scope.error(line_of(item, "confidence"), f"confidence: cannot be combined with {key}")
+        elif threshold_rule and is_rate and "across" not in item and "baseline" not in item:
+            confidence = defaults.get("confidence")
+        threshold = v.get("threshold")
+        if is_rate and threshold is not None and "baseline" not in item and not 0 <= threshold <= 1:
+            guess = f" (did you mean {threshold / 100:g}?)" if 1 < threshold <= 100 else ""
+            message = f"{metric} is a fraction in [0, 1], so {threshold:g} can never be crossed{guess}"
+            scope.error(line_of(item, "threshold"), f"threshold: {message}")
+        if v.get("summary") is not None:
+            for problem in summary_problems(v["summary"], drift=is_drift and not metric_keys):
+                scope.error(line_of(item, "summary"), f"summary: {problem}")
+
+        # An invalid default (None, reported at defaults) fails every rule set it is in; build nothing from it.
+        if len(self.errors) > before or None in defaults.values():
+            return None
+        return Rule(
+            id=rule_id, tier=v["tier"], mode=pick("mode", DEFAULT_MODE)[0], metric=metric, op=v.get("op"),
+            threshold=threshold, drift=drift, window_ms=window, every_ms=every, for_ms=for_ms,
+            keep_firing_for_ms=keep_ms, min_samples=pick("min_samples", DEFAULT_MIN_SAMPLES)[0],
+            confidence=confidence, group_by=group_by, baseline_ms=baseline, across=across, summary=v.get("summary"),
+            runbook=pick("runbook", None)[0], line=item.line,
+        )  # fmt: skip
+
+    def _drift(self, scope: _Scope, item: LocatedMap) -> DriftSpec | None:
+        d = item["drift"]
+        if not isinstance(d, LocatedMap):
+            message = f"drift: expected a mapping with detector, signal and params, got {_describe(d)}"
+            scope.error(line_of(item, "drift"), message)
+            return None
+        before = len(self.errors)
+        scope.keys(d, _DRIFT_KEYS, "drift: ")
+        for key in ("detector", "signal"):
+            if key not in d:
+                scope.error(d.line, f"drift: missing required key {key!r}")
+        detector = scope.choice(d, "detector", "drift.detector", DETECTORS) if "detector" in d else None
+        signal = scope.choice(d, "signal", "drift.signal", get_args(Signal)) if "signal" in d else None
+        if detector in BINARY_DETECTORS and signal is not None and signal not in _BINARY_SIGNALS:
+            message = f"detector {detector!r} needs a 0/1 signal ({', '.join(_BINARY_SIGNALS)}); {signal!r} is not"
+            scope.error(line_of(d, "signal"), f"drift.signal: {message}")
+        params = self._params(scope, d)
+        if detector is not None and params is not None:
+            try:
+                problems = validate_params(detector, params)
+            except Exception as exc:  # noqa: BLE001 - a detector's own check must not crash a validation run
+                problems = [f"params: {type(exc).__name__}: {exc}"]
+            for problem in problems:
+                # detectors locates problems relative to the drift block ("params.delta: ..."): point at that key.
+                key = problem.partition(":")[0].removeprefix("params.")
+                scope.error(line_of(d["params"], key) if key in params else line_of(d, "params"), f"drift.{problem}")
+        if len(self.errors) > before:
+            return None
+        return DriftSpec(detector=detector, signal=signal, params=params)
+
+    def _params(self, scope: _Scope, d: LocatedMap) -> dict[str, Any] | None:
+        """The detector parameters as a plain dict of YAML scalars (or lists of them), or None if malformed."""
+        params = d.get("params")
+        if params is None:
+            return {}
+        if not isinstance(params, LocatedMap):
+            message = f"expected a mapping such as {{delta: 0.002}}, got {_describe(params)}"
+            scope.error(line_of(d, "params"), f"drift.params: {message}")
+            return None
+        scope.keys(params, tuple(params), "drift.params: ")
+        scalar = (str, int, float, bool, type(None))
+        ok = not params.duplicates
+        for key, value in params.items():
+            if not isinstance(key, str):
+                scope.error(line_of(params, key), f"drift.params: keys must be strings, got {_describe(key)}")
+                ok = False
+            elif not isinstance(value, scalar) and not (
+                isinstance(value, list) and all(isinstance(x, scalar) for x in value)
+            ):
+                message = f"expected a number, string, boolean or null (or a list of them), got {_describe(value)}"
+                scope.error(line_of(params, key), f"drift.params.{key}: {message}")
+                ok = False
+        return {key: list(value) if isinstance(value, list) else value for key, value in params.items()} if ok else None

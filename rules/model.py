@@ -1,0 +1,265 @@
+"""The validated, trusted form of a rule file: frozen pydantic models the engine reads without re-checking.
+
+``rules.loader`` is what builds these from YAML and enforces every rule of CONTRACT §3 with located errors;
+the models themselves only pin types and the one structural invariant the engine branches on (a rule is
+either a metric rule or a drift rule). Durations are whole milliseconds (``*_ms``).
+
+Tiers are ordered ``ok < investigate < pause < kill``; :func:`worst` picks the most severe.
+
+>>> worst("investigate", "kill", "pause")
+'kill'
+>>> worst()
+'ok'
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import string
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+__all__ = [
+    "Tier",
+    "Mode",
+    "Op",
+    "Signal",
+    "TIER_ORDER",
+    "worst",
+    "DEFAULT_EVERY_MS",
+    "DEFAULT_FOR_MS",
+    "DEFAULT_KEEP_FIRING_FOR_MS",
+    "DEFAULT_MIN_SAMPLES",
+    "DEFAULT_MODE",
+    "SUMMARY_FIELDS",
+    "summary_problems",
+    "FrozenParams",
+    "DriftSpec",
+    "Rule",
+    "RuleSet",
+]
+
+Tier = Literal["investigate", "pause", "kill"]
+Mode = Literal["enforce", "shadow"]
+Op = Literal[">", ">=", "<", "<="]
+Signal = Literal["acceptance", "error", "latency_ms", "cost_usd", "confidence", "thumbs_down"]
+
+TIER_ORDER: dict[str, int] = {"ok": 0, "investigate": 1, "pause": 2, "kill": 3}
+
+# Built-in defaults (CONTRACT §3), used when neither the rule nor the file's ``defaults`` set a value.
+DEFAULT_EVERY_MS = 60_000
+DEFAULT_FOR_MS = 0
+DEFAULT_KEEP_FIRING_FOR_MS = 0
+DEFAULT_MIN_SAMPLES = 30
+DEFAULT_MODE: Mode = "enforce"
+
+# The fields a ``summary`` template may use, with the type of value the engine formats it with. The loader
+# test-formats every template with these samples, so a template that loads always renders.
+# ``group`` is the group's segment values (empty when the rule does not group), ``window`` the evaluated
+# window as a duration string (``5m``). ``value`` may be None at run time (no data); the engine then falls
+# back to a plain sentence.
+SUMMARY_FIELDS: Mapping[str, Any] = MappingProxyType(
+    {
+        "value": 0.25,
+        "threshold": 0.1,
+        "samples": 120,
+        "metric": "error_rate",
+        "op": ">",
+        "feature": "email-reply",
+        "phase": "closed_beta",
+        "group": {"platform": "ios"},
+        "window": "5m",
+        "tier": "kill",
+        "rule_id": "error-spike",
+        "ruleset": "email-reply-closed-beta",
+    }
+)
+# Drift rules compare no threshold with no operator, so a summary that mentions them could only say "None".
+_NOT_FOR_DRIFT = ("threshold", "op")
+
+
+def worst(*tiers: str) -> str:
+    """The most severe of ``tiers`` (``"ok"`` when there are none).
+
+    >>> worst("ok", "investigate")
+    'investigate'
+    """
+    for tier in tiers:
+        if tier not in TIER_ORDER:
+            raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(TIER_ORDER)}")
+    return max(tiers, key=TIER_ORDER.__getitem__, default="ok")
+
+
+def summary_problems(template: str, *, drift: bool = False) -> list[str]:
+    """Why ``template`` cannot be rendered with :data:`SUMMARY_FIELDS` (empty list: it can).
+
+    Only plain field names are allowed: attribute and index access (``{value.real}``, ``{group[0]}``) would
+    let a rule file reach into engine objects, and positional fields have nothing to fill them.
+
+    >>> summary_problems("P95 {value:.0f} ms > {threshold} ms")
+    []
+    >>> for problem in summary_problems("{valeu} {value:q}"):
+    ...     print(problem)
+    unknown field {valeu} (did you mean {value}?)
+    bad format spec 'q' for {value}: Unknown format code 'q' for object of type 'float'
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return [f"not a valid format string: {exc} (write '{{{{' and '}}}}' for literal braces)"]
+    problems = []
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field == "" or field.isdigit():
+            problems.append(f"positional field {{{field}}} is not allowed; use a name such as {{value}}")
+            continue
+        if field not in SUMMARY_FIELDS:
+            if any(c in field for c in ".["):
+                problems.append(f"field {{{field}}}: attribute and index access are not allowed; use plain names")
+                continue
+            close = difflib.get_close_matches(field, list(SUMMARY_FIELDS), n=1)
+            hint = f" (did you mean {{{close[0]}}}?)" if close else f" (fields: {', '.join(SUMMARY_FIELDS)})"
+            problems.append(f"unknown field {{{field}}}{hint}")
+            continue
+        if drift and field in _NOT_FOR_DRIFT:
+            problems.append(f"field {{{field}}} is not available in drift rules (they have no {field})")
+            continue
+        if spec and "{" in spec:
+            problems.append(f"field {{{field}}}: nested fields in a format spec are not allowed")
+            continue
+        sample = SUMMARY_FIELDS[field]
+        if conversion is not None:
+            convert = {"r": repr, "s": str, "a": ascii}.get(conversion)
+            if convert is None:
+                problems.append(f"field {{{field}}}: unknown conversion '!{conversion}' (use !r, !s or !a)")
+                continue
+            sample = convert(sample)
+        try:
+            format(sample, spec or "")
+        except (ValueError, TypeError) as exc:
+            problems.append(f"bad format spec {spec!r} for {{{field}}}: {exc}")
+    return problems
+
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class FrozenParams(Mapping[str, Any]):
+    """Detector parameters as a read-only, hashable, picklable mapping (a ``MappingProxyType`` cannot be
+    pickled or deep-copied, and the engine may do both with rules).
+
+    >>> p = FrozenParams({"delta": 0.002})
+    >>> p["delta"], dict(p), p == {"delta": 0.002}, hash(p) == hash(FrozenParams(p))
+    (0.002, {'delta': 0.002}, True, True)
+    """
+
+    def __init__(self, items: Mapping[str, Any] = MappingProxyType({})) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and self._items == dict(other)
+
+    def __hash__(self) -> int:
+        # Values are YAML scalars or lists of them; canonical JSON makes lists hashable and order irrelevant.
+        return hash(json.dumps(self._items, sort_keys=True, default=repr))
+
+    def __repr__(self) -> str:
+        return f"FrozenParams({self._items!r})"
+
+
+class DriftSpec(BaseModel):
+    """A river drift detector watching one per-event signal; ``params`` go to the detector's constructor."""
+
+    model_config = _FROZEN
+
+    detector: str
+    signal: Signal
+    params: Mapping[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params", mode="after")
+    @classmethod
+    def _read_only(cls, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        # A frozen model whose dict could still be mutated in place would not be frozen.
+        return FrozenParams(params)
+
+    @field_serializer("params")
+    def _plain_dict(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(params)
+
+
+class Rule(BaseModel):
+    """One rule: either a threshold on a metric (``metric``/``op``/``threshold``/``window_ms``) or a drift
+    detector (``drift``). ``line`` is where the rule starts in its file, for messages."""
+
+    model_config = _FROZEN
+
+    id: str
+    tier: Tier
+    mode: Mode = DEFAULT_MODE
+    metric: str | None = None
+    op: Op | None = None
+    threshold: float | None = None
+    drift: DriftSpec | None = None
+    window_ms: int | None = None
+    every_ms: int = DEFAULT_EVERY_MS
+    for_ms: int = DEFAULT_FOR_MS
+    keep_firing_for_ms: int = DEFAULT_KEEP_FIRING_FOR_MS
+    min_samples: int = DEFAULT_MIN_SAMPLES
+    confidence: float | None = None
+    group_by: tuple[str, ...] = ()
+    baseline_ms: int | None = None
+    across: str | None = None
+    summary: str | None = None
+    runbook: str | None = None
+    line: int = 0
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Rule:
+        metric_parts = (self.metric, self.op, self.threshold, self.window_ms)
+        if self.drift is None and any(part is None for part in metric_parts):
+            raise ValueError("a metric rule needs metric, op, threshold and window_ms (or give drift instead)")
+        if self.drift is not None and any(part is not None for part in metric_parts):
+            raise ValueError("a drift rule takes no metric, op, threshold or window_ms")
+        return self
+
+
+class RuleSet(BaseModel):
+    """One rule file (one YAML document): the rules that apply to some features and phases.
+
+    ``version`` is the sha256 of the document's canonical JSON, so it changes with content, not formatting.
+
+    >>> rs = RuleSet(name="x", version="0" * 64, features=("email-*",), phases=None, rules=(), source="x.yaml")
+    >>> rs.applies_to("email-reply", "ga"), rs.applies_to("search", "ga")
+    (True, False)
+    """
+
+    model_config = _FROZEN
+
+    name: str
+    version: str
+    features: tuple[str, ...]
+    phases: tuple[str, ...] | None = None
+    rules: tuple[Rule, ...]
+    source: str
+
+    def applies_to(self, feature: str, phase: str) -> bool:
+        """True if ``feature`` matches one of the feature globs (case-sensitive) and ``phase`` is listed
+        (or the set lists no phases)."""
+        if self.phases is not None and phase not in self.phases:
+            return False
+        return any(fnmatch.fnmatchcase(feature, pattern) for pattern in self.features)

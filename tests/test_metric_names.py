@@ -1,0 +1,71 @@
+import pytest
+
+from rules.exceptions import RollguardError
+from rules.metric_names import METRICS, MetricNameError, is_rate_metric, parse_metric
+
+# Every metric name of CONTRACT §2, with how it splits.
+CONTRACT_METRICS = {
+    "requests": ("requests", None),
+    "error_rate": ("error_rate", None),
+    "timeout_rate": ("timeout_rate", None),
+    "refusal_rate": ("refusal_rate", None),
+    "latency_p50": ("latency_p50", None),
+    "latency_p95": ("latency_p95", None),
+    "latency_p99": ("latency_p99", None),
+    "latency_mean": ("latency_mean", None),
+    "cost_per_request": ("cost_per_request", None),
+    "cost_total": ("cost_total", None),
+    "tokens_out_mean": ("tokens_out_mean", None),
+    "confidence_mean": ("confidence_mean", None),
+    "flag_count:pii_leak": ("flag_count", "pii_leak"),
+    "flag_rate:prompt_injection": ("flag_rate", "prompt_injection"),
+    "active_users": ("active_users", None),
+    "acceptance_rate": ("acceptance_rate", None),
+    "edit_rate": ("edit_rate", None),
+    "rejection_rate": ("rejection_rate", None),
+    "thumbs_down_rate": ("thumbs_down_rate", None),
+    "review_rate:offensive": ("review_rate", "offensive"),
+    "hallucination_rate": ("hallucination_rate", None),
+    "review_score_mean": ("review_score_mean", None),
+    "tickets": ("tickets", None),
+    "tickets:billing": ("tickets", "billing"),
+    "tickets_per_1k_users": ("tickets_per_1k_users", None),
+    "csat_mean": ("csat_mean", None),
+    "nps": ("nps", None),
+    "flag_rate:" + "x" * 64: ("flag_rate", "x" * 64),
+}
+
+
+@pytest.mark.parametrize(("name", "split"), CONTRACT_METRICS.items(), ids=[n[:24] for n in CONTRACT_METRICS])
+def test_every_contract_metric_parses(name, split):
+    assert parse_metric(name) == split
+
+
+def test_the_rate_metrics_are_exactly_those_a_confidence_bound_applies_to():
+    rates = {name for name, info in METRICS.items() if info.is_rate}
+    assert rates == {
+        "error_rate", "timeout_rate", "refusal_rate", "flag_rate", "acceptance_rate", "edit_rate", "rejection_rate",
+        "thumbs_down_rate", "review_rate", "hallucination_rate",
+    }  # fmt: skip
+    assert is_rate_metric("review_rate:hallucination") and not is_rate_metric("flag_count:pii_leak")
+
+
+REJECTED = {
+    "unknown_with_hint": ("latency_p59", "unknown metric 'latency_p59' (did you mean"),
+    "unknown_without_hint": ("zzz", "unknown metric 'zzz' (see CONTRACT §2"),
+    "missing_param": ("review_rate", "needs a parameter, e.g. 'review_rate:pii_leak'"),
+    "param_not_taken": ("nps:x", "takes no parameter; remove ':x'"),
+    "param_upper_case": ("flag_rate:PII", "must match [a-z0-9_]{1,64}"),
+    "param_empty": ("flag_rate:", "parameter '' must match"),
+    "param_too_long": ("flag_rate:" + "x" * 65, "must match"),
+    "param_with_colon": ("tickets:a:b", "parameter 'a:b' must match"),
+    "not_a_string": (5, "metric must be a string"),
+}
+
+
+@pytest.mark.parametrize(("name", "message"), REJECTED.values(), ids=REJECTED.keys())
+def test_bad_metric_names_are_rejected_with_a_hint(name, message):
+    with pytest.raises(MetricNameError) as caught:
+        parse_metric(name)
+    assert message in str(caught.value)
+    assert isinstance(caught.value, RollguardError)
