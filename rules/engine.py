@@ -1,0 +1,246 @@
+"""The engine: one deterministic step function shared by replay, the live worker and rule tests.
+
+``Engine.step(items)`` takes validated events and control inputs in arrival order, advances per-feature
+event-time watermarks (highest event time seen minus the allowed lateness), evaluates every rule at each
+instant the watermark passes, and returns the decisions, commands and pages that produced. ``finish()``
+evaluates the remaining instants up to each feature's last event (end of a finite input). There is no wall
+clock, no I/O and no global state: the same inputs in the same order give the same outputs, whatever the batch
+boundaries.
+
+>>> from rules.loader import load_rules_text
+>>> rs = load_rules_text('''
+... version: 1
+... name: demo
+... features: ["f"]
+... rules:
+...   - {id: errors, tier: kill, metric: error_rate, op: ">", threshold: 0.5, window: 1m, min_samples: 2}
+... ''')
+>>> from rules.events import Event
+>>> eng = Engine(rs)
+>>> evs = [Event("interaction", str(i), i * 1000, "f", "default", {}, None, None, None, "error") for i in range(90)]
+>>> [c["action"] for c in (eng.step(evs).commands + eng.finish().commands)]
+['rollback']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from detectors import make_detector
+from rules.aggregate import contributions
+from rules.evaluation import Evaluation, _WindowCache, evaluate_metric
+from rules.events import Control, Event
+from rules.lifecycle import Instance, advance
+from rules.metrics import signal_value
+from rules.model import RuleSet
+from rules.plan import BoundRule, FeaturePlan, Plan
+from rules.policy import Outputs, Policy
+from rules.state import BreakerState, FeatureState
+from rules.windows import SeriesBuckets
+
+__all__ = ["Engine", "EngineConfig", "EngineStats", "Outputs"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    allowed_lateness_ms: int = 30_000
+    max_kills_per_hour: int = 5
+    signing_key: bytes | None = None  # commands are HMAC-signed when set
+    signing_key_id: str | None = None
+
+
+@dataclass
+class EngineStats:
+    """Counters of what the engine saw; the caller adds invalid inputs it rejected before the engine."""
+
+    events: dict[str, int] = field(default_factory=lambda: {"interaction": 0, "feedback": 0, "control": 0})
+    late: int = 0
+    duplicates: int = 0
+    unmatched: int = 0  # valid events of a feature/phase no loaded rule set applies to
+    min_ts: int | None = None
+    max_ts: int | None = None
+
+
+class Engine:
+    """Drives the rule lifecycle from events. State lives in ``self.features`` and ``self.breaker``."""
+
+    def __init__(self, rulesets: tuple[RuleSet, ...] | Plan, config: EngineConfig | None = None) -> None:
+        self.plan = rulesets if isinstance(rulesets, Plan) else Plan(tuple(rulesets))
+        self.config = config or EngineConfig()
+        self.policy = Policy(self.config.max_kills_per_hour, self.config.signing_key, self.config.signing_key_id)
+        self.features: dict[str, FeatureState] = {}
+        self.breaker = BreakerState()
+        self.stats = EngineStats()
+
+    # --- the step function -------------------------------------------------------------------------------------
+
+    def step(self, items: Iterable[Event | Control]) -> Outputs:
+        out = Outputs()
+        lateness = self.config.allowed_lateness_ms
+        stats = self.stats
+        counts = stats.events
+        plan_for = self.plan.for_feature
+        features = self.features
+        for ev in items:
+            if ev.type == "control":
+                counts["control"] += 1
+                fs = features.get(ev.feature)
+                if fs is not None:
+                    self.policy.resume(out, fs, self.plan, ev)
+                continue
+            fs = features.get(ev.feature)
+            if fs is None:
+                fs = features[ev.feature] = FeatureState()
+            ts = ev.ts
+            if fs.max_ts is not None and ts < fs.max_ts - lateness:
+                stats.late += 1
+                continue
+            if ev.event_id in fs.seen:
+                stats.duplicates += 1
+                continue
+            counts[ev.type] += 1
+            fs.seen[ev.event_id] = ts
+            if stats.min_ts is None or ts < stats.min_ts:
+                stats.min_ts = ts
+            if stats.max_ts is None or ts > stats.max_ts:
+                stats.max_ts = ts
+            fp = plan_for(ev.feature, ev.phase)
+            if ev.phase not in fs.phases:
+                fs.phases.add(ev.phase)
+                self._start_clocks(fs, fp, ts)
+            if not fp.metric_rules and not fp.drift_rules:
+                stats.unmatched += 1
+            if fp.stores:
+                self._add(fs, fp, ev)
+            if fp.drift_rules:
+                self._update_detectors(fs, fp, ev)
+            if fs.max_ts is None or ts > fs.max_ts:
+                fs.max_ts = ts
+                self._evaluate_until(out, ev.feature, fs, ts - lateness)
+        return out
+
+    def finish(self) -> Outputs:
+        """End of a finite input: evaluate every instant up to each feature's last event time."""
+        out = Outputs()
+        for feature in sorted(self.features):
+            fs = self.features[feature]
+            if fs.max_ts is not None:
+                self._evaluate_until(out, feature, fs, fs.max_ts)
+        return out
+
+    # --- ingest ------------------------------------------------------------------------------------------------
+
+    def _start_clocks(self, fs: FeatureState, fp: FeaturePlan, ts: int) -> None:
+        for every in fp.everys:
+            if every not in fs.next_eval:
+                fs.next_eval[every] = ts - ts % every + every
+
+    @staticmethod
+    def _add(fs: FeatureState, fp: FeaturePlan, ev: Event) -> None:
+        contrib = contributions(ev)
+        seg = ev.segment
+        for spec in fp.stores:
+            series = fs.stores.get(spec.id)
+            if series is None:
+                series = fs.stores[spec.id] = {}
+            key = (ev.phase, tuple(seg.get(k, "") for k in spec.keys) if spec.keys else ())
+            s = series.get(key)
+            if s is None:
+                s = series[key] = SeriesBuckets()
+            s.bucket(ev.ts, spec.every_ms, spec.needs_latency, spec.needs_users).add(contrib, ev)
+
+    def _update_detectors(self, fs: FeatureState, fp: FeaturePlan, ev: Event) -> None:
+        for b in fp.drift_rules:
+            x = signal_value(b.rule.drift.signal, ev)
+            if x is None:
+                continue
+            group = b.group_of(ev.segment)
+            key = (b.ruleset.name, b.rule.id, ev.phase, group)
+            det = fs.detectors.get(key)
+            if det is None:
+                det = fs.detectors[key] = make_detector(
+                    b.rule.drift.detector, dict(b.rule.drift.params), b.detector_seed(ev.feature, ev.phase, group)
+                )
+                fs.instances.setdefault(key, Instance())
+            if det.update(x):
+                fs.drift_flag[key] = fs.drift_flag.get(key, 0) + 1
+
+    # --- evaluation --------------------------------------------------------------------------------------------
+
+    def _evaluate_until(self, out: Outputs, feature: str, fs: FeatureState, watermark: int) -> None:
+        nxt = fs.next_eval
+        if not nxt:
+            return
+        evaluated = False
+        while True:
+            t = min(nxt.values())
+            if t > watermark:
+                break
+            due = [e for e, v in nxt.items() if v == t]
+            self._evaluate_instant(out, feature, fs, t, frozenset(due))
+            evaluated = True
+            for e in due:
+                nxt[e] = t + e
+        if evaluated:  # state only ages when an instant passed: once per `every`, not once per event
+            self._expire(fs, watermark)
+
+    def _evaluate_instant(self, out: Outputs, feature: str, fs: FeatureState, t: int, everys: frozenset[int]) -> None:
+        cache = _WindowCache()
+        rules: dict[int, tuple[BoundRule, list[str]]] = {}
+        for phase in sorted(fs.phases):
+            fp = self.plan.for_feature(feature, phase)
+            for b in fp.metric_rules + fp.drift_rules:
+                if b.rule.every_ms in everys:
+                    rules.setdefault(b.order, (b, []))[1].append(phase)
+        for _, (b, phases) in sorted(rules.items(), key=lambda kv: kv[1][0].sort_key):
+            if b.store is None:
+                self._evaluate_drift(out, feature, fs, b, phases, t)
+            else:
+                self._evaluate_rule(out, feature, fs, b, phases, t, cache)
+
+    def _evaluate_rule(self, out, feature, fs, b: BoundRule, phases, t, cache) -> None:
+        series = fs.stores.get(b.store.id, {})
+        n = len(b.rule.group_by)
+        groups = {(k[0], k[1][:n]) for k in series if k[0] in phases}
+        # instances that exist but saw no data in retention still need evaluating (e.g. traffic dropped to zero)
+        groups.update((k[2], k[3]) for k in fs.instances if k[0] == b.ruleset.name and k[1] == b.rule.id)
+        for phase, group in sorted(groups):
+            ev = evaluate_metric(b.rule, b.base, b.param, b.store, series, phase, group, t, cache)
+            self._apply(out, feature, fs, b, phase, group, t, ev)
+
+    def _evaluate_drift(self, out, feature, fs, b: BoundRule, phases, t) -> None:
+        keys = sorted(k for k in fs.detectors if k[0] == b.ruleset.name and k[1] == b.rule.id and k[2] in phases)
+        for key in keys:
+            det = fs.detectors[key]
+            flagged = fs.drift_flag.pop(key, 0)
+            ev = Evaluation(bool(flagged), det.estimation, det.n_updates, t - b.rule.every_ms, t)
+            if flagged:
+                ev.details["drift_flags"] = flagged
+            self._apply(out, feature, fs, b, key[2], key[3], t, ev)
+
+    def _apply(self, out, feature, fs, b: BoundRule, phase, group, t, ev: Evaluation) -> None:
+        key = (b.ruleset.name, b.rule.id, phase, group)
+        inst = fs.instances.get(key)
+        if inst is None:
+            if not ev.verdict:
+                return  # nothing to remember about an instance that never was true
+            inst = fs.instances[key] = Instance()
+        r = b.rule
+        transition = advance(inst, ev.verdict, t, r.for_ms, r.keep_firing_for_ms, b.latching)
+        if transition is None:
+            return
+        self.policy.on_transition(
+            out, fs, self.breaker, b, inst, transition, feature, phase, dict(zip(r.group_by, group)), t, ev
+        )
+        if inst.state in ("inactive", "resolved") and not inst.paged and b.store is not None:
+            del fs.instances[key]  # back to rest: the series windows alone carry what matters
+
+    def _expire(self, fs: FeatureState, watermark: int) -> None:
+        if len(fs.seen) > 1024:
+            fs.seen = {i: ts for i, ts in fs.seen.items() if ts >= watermark}
+        for sid, series in fs.stores.items():
+            spec = self.plan.store_by_id[sid]
+            horizon = watermark - spec.retention_ms - spec.every_ms
+            for key in [k for k, s in series.items() if (s.expire(horizon) or not s.buckets)]:
+                del series[key]

@@ -1,0 +1,160 @@
+"""Metric values from a (merged) bucket: the definitions of CONTRACT §2.
+
+Each metric yields ``(value, samples)``; ``value`` is ``None`` when it is undefined (no denominator), and
+``samples`` is the denominator ``min_samples`` is checked against. Rate metrics also expose ``(successes, trials)``
+for the Wilson bound.
+
+>>> from rules.aggregate import Bucket
+>>> b = Bucket({"n": 200, "o:error": 3, "o:timeout": 1}, None, None)
+>>> metric_value("error_rate", None, b)
+(0.02, 200)
+>>> rate_counts("error_rate", None, b)
+(4, 200)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rules.aggregate import COST_SCALE, LATENCY_SCALE, SCORE_SCALE, UNIT_SCALE, Bucket
+
+__all__ = ["metric_value", "rate_counts", "needs_latency_sketch", "needs_users", "COUNT_METRICS", "signal_value"]
+
+# metrics whose value is a count: zero is a real observation, not "no data"
+COUNT_METRICS = frozenset({"requests", "cost_total", "flag_count", "active_users", "tickets"})
+_QUANTILES = {"latency_p50": 0.5, "latency_p95": 0.95, "latency_p99": 0.99}
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def _rate(c: dict[str, int], base: str, param: str | None) -> tuple[int, int]:
+    """(successes, trials) of a rate metric."""
+    n = c.get("n", 0)
+    if base == "error_rate":
+        return c.get("o:error", 0) + c.get("o:timeout", 0), n
+    if base == "timeout_rate":
+        return c.get("o:timeout", 0), n
+    if base == "refusal_rate":
+        return c.get("o:refused", 0), n
+    if base == "flag_rate":
+        return c.get("flag:" + param, 0), n
+    sug = c.get("sug", 0)
+    if base == "acceptance_rate":
+        return c.get("sug:accepted", 0) + c.get("sug:edited", 0), sug
+    if base == "edit_rate":
+        return c.get("sug:edited", 0), sug
+    if base == "rejection_rate":
+        return c.get("sug:rejected", 0), sug
+    if base == "thumbs_down_rate":
+        return c.get("th:down", 0), c.get("th", 0)
+    if base == "review_rate":
+        return c.get("rev:" + param, 0), c.get("rev", 0)
+    if base == "hallucination_rate":
+        return c.get("rev:hallucination", 0), c.get("rev", 0)
+    raise KeyError(base)
+
+
+def rate_counts(base: str, param: str | None, b: Bucket) -> tuple[int, int]:
+    """``(successes, trials)`` of a rate metric (for the Wilson bound)."""
+    return _rate(b.c, base, param)
+
+
+def _mean(c: dict[str, int], key: str, scale: int) -> tuple[float | None, int]:
+    n = c.get(key + ".n", 0)
+    return (c.get(key + ".s", 0) / scale / n if n else None), n
+
+
+def _latency_quantile(q: float) -> Callable[[Bucket, str | None], tuple[float | None, int]]:
+    def f(b: Bucket, _p: str | None) -> tuple[float | None, int]:
+        n = b.c.get("lat.n", 0)
+        return (b.lat.quantile(q) if n and b.lat is not None else None), n
+
+    return f
+
+
+def _active_users(b: Bucket, _p: str | None) -> tuple[float | None, int]:
+    n = b.users.cardinality() if b.users is not None else 0
+    return float(n), n
+
+
+def _tickets_per_1k(b: Bucket, _p: str | None) -> tuple[float | None, int]:
+    users = b.users.cardinality() if b.users is not None else 0
+    return (b.c.get("tk", 0) / users * 1000 if users else None), users
+
+
+def _nps(b: Bucket, _p: str | None) -> tuple[float | None, int]:
+    c = b.c
+    n = c.get("nps.n", 0)
+    return ((c.get("nps.p", 0) - c.get("nps.d", 0)) * 100 / n if n else None), n
+
+
+def _cost_total(b: Bucket, _p: str | None) -> tuple[float | None, int]:
+    return b.c.get("cost.s", 0) / COST_SCALE, b.c.get("n", 0)
+
+
+def _rate_metric(base: str) -> Callable[[Bucket, str | None], tuple[float | None, int]]:
+    def f(b: Bucket, p: str | None) -> tuple[float | None, int]:
+        k, n = _rate(b.c, base, p)
+        return _ratio(k, n), n
+
+    return f
+
+
+_METRICS: dict[str, Callable[[Bucket, str | None], tuple[float | None, int]]] = {
+    "requests": lambda b, _p: (float(b.c.get("n", 0)), b.c.get("n", 0)),
+    "latency_mean": lambda b, _p: _mean(b.c, "lat", LATENCY_SCALE),
+    "cost_per_request": lambda b, _p: _mean(b.c, "cost", COST_SCALE),
+    "cost_total": _cost_total,
+    "tokens_out_mean": lambda b, _p: _mean(b.c, "tok", 1),
+    "confidence_mean": lambda b, _p: _mean(b.c, "conf", UNIT_SCALE),
+    "flag_count": lambda b, p: (float(b.c.get("flag:" + p, 0)), b.c.get("n", 0)),
+    "active_users": _active_users,
+    "review_score_mean": lambda b, _p: _mean(b.c, "rs", SCORE_SCALE),
+    "tickets": lambda b, p: (float(b.c.get("tk:" + p if p else "tk", 0)), b.c.get("tk", 0)),
+    "tickets_per_1k_users": _tickets_per_1k,
+    "csat_mean": lambda b, _p: _mean(b.c, "csat", SCORE_SCALE),
+    "nps": _nps,
+    **{q: _latency_quantile(v) for q, v in _QUANTILES.items()},
+    **{
+        r: _rate_metric(r)
+        for r in (
+            "error_rate", "timeout_rate", "refusal_rate", "flag_rate", "acceptance_rate", "edit_rate",
+            "rejection_rate", "thumbs_down_rate", "review_rate", "hallucination_rate",
+        )  # fmt: skip
+    },
+}
+
+
+def metric_value(base: str, param: str | None, b: Bucket) -> tuple[float | None, int]:
+    """``(value, samples)`` of metric ``base[:param]`` over bucket ``b``."""
+    return _METRICS[base](b, param)
+
+
+def needs_latency_sketch(base: str) -> bool:
+    return base in _QUANTILES
+
+
+def needs_users(base: str) -> bool:
+    return base in ("active_users", "tickets_per_1k_users")
+
+
+def signal_value(signal: str, ev: Any) -> float | None:
+    """The value a drift detector sees for one event, or None when the event carries no such signal."""
+    if ev.type == "interaction":
+        if signal == "error":
+            return 1.0 if ev.outcome in ("error", "timeout") else 0.0
+        if signal == "latency_ms":
+            return ev.latency_ms
+        if signal == "cost_usd":
+            return ev.cost_usd
+        if signal == "confidence":
+            return ev.confidence
+        return None
+    if signal == "acceptance" and ev.kind == "suggestion":
+        return 1.0 if ev.label in ("accepted", "edited") else 0.0
+    if signal == "thumbs_down" and ev.kind == "thumbs":
+        return 1.0 if ev.label == "down" else 0.0
+    return None

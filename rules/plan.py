@@ -1,0 +1,99 @@
+"""Compile loaded rule sets into an evaluation plan: which stores to keep, which rules read them, in which order.
+
+Rules that share a granularity (``every``) and segment keys (``group_by`` + ``across``) share one store, so an event
+is added once per store, not once per rule. Within one evaluation instant rules run kill-first (then pause, then
+investigate), each tier in load order, so that a kill inhibits lower tiers decided at the same instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+from rules.metric_names import parse_metric
+from rules.metrics import needs_latency_sketch, needs_users
+from rules.model import TIER_ORDER, Rule, RuleSet
+from rules.windows import StoreSpec
+
+__all__ = ["BoundRule", "Plan", "FeaturePlan"]
+
+
+@dataclass(frozen=True, eq=False)
+class BoundRule:
+    """A rule with everything the engine needs pre-computed."""
+
+    order: int
+    ruleset: RuleSet
+    rule: Rule
+    store: StoreSpec | None  # None for drift rules
+    base: str | None
+    param: str | None
+    metric: str  # as written, or ``drift:<detector>:<signal>``
+    latching: bool  # pause / kill: never resolve by themselves
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        return (-TIER_ORDER[self.rule.tier], self.order)
+
+    def group_of(self, segment: dict[str, str]) -> tuple[str, ...]:
+        return tuple(segment.get(k, "") for k in self.rule.group_by)
+
+    def detector_seed(self, feature: str, phase: str, group: tuple[str, ...]) -> int:
+        h = hashlib.sha256(repr((self.ruleset.name, self.rule.id, feature, phase, group)).encode()).digest()
+        return int.from_bytes(h[:4], "big")
+
+
+@dataclass(frozen=True, eq=False)
+class FeaturePlan:
+    """What applies to one (feature, phase)."""
+
+    stores: tuple[StoreSpec, ...]
+    metric_rules: tuple[BoundRule, ...]
+    drift_rules: tuple[BoundRule, ...]
+
+    @property
+    def everys(self) -> frozenset[int]:
+        return frozenset(b.rule.every_ms for b in self.metric_rules + self.drift_rules)
+
+
+class Plan:
+    """The compiled form of a tuple of rule sets; immutable and shared."""
+
+    def __init__(self, rulesets: tuple[RuleSet, ...]) -> None:
+        self.rulesets = tuple(rulesets)
+        self.version = hashlib.sha256("".join(r.version for r in self.rulesets).encode()).hexdigest()
+        stores: dict[tuple, dict] = {}
+        bound: list[tuple] = []
+        for rs in self.rulesets:
+            for rule in rs.rules:
+                if rule.drift is not None:
+                    metric = f"drift:{rule.drift.detector}:{rule.drift.signal}"
+                    bound.append((rs, rule, None, None, None, metric))
+                    continue
+                base, param = parse_metric(rule.metric)
+                keys = tuple(rule.group_by) + ((rule.across,) if rule.across else ())
+                sk = (rule.every_ms, keys)
+                s = stores.setdefault(sk, {"lat": False, "users": False, "ret": 0})
+                s["lat"] |= needs_latency_sketch(base)
+                s["users"] |= needs_users(base)
+                s["ret"] = max(s["ret"], rule.window_ms + (rule.baseline_ms or 0))
+                bound.append((rs, rule, sk, base, param, rule.metric))
+        self.stores = {
+            sk: StoreSpec(i, sk[0], sk[1], v["lat"], v["users"], v["ret"]) for i, (sk, v) in enumerate(stores.items())
+        }
+        self.store_by_id = {s.id: s for s in self.stores.values()}
+        self.rules = tuple(
+            BoundRule(i, rs, rule, self.stores[sk] if sk else None, base, param, metric,
+                      rule.tier in ("pause", "kill"))  # fmt: skip
+            for i, (rs, rule, sk, base, param, metric) in enumerate(bound)
+        )
+        self.by_key = {(b.ruleset.name, b.rule.id): b for b in self.rules}
+        self.for_feature = lru_cache(maxsize=4096)(self._for_feature)
+
+    def _for_feature(self, feature: str, phase: str) -> FeaturePlan:
+        rules = [b for b in self.rules if b.ruleset.applies_to(feature, phase)]
+        metric = tuple(b for b in rules if b.store is not None)
+        drift = tuple(b for b in rules if b.store is None)
+        stores = tuple(sorted({b.store.id: b.store for b in metric}.values(), key=lambda s: s.id))
+        return FeaturePlan(stores, metric, drift)

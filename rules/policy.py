@@ -1,0 +1,146 @@
+"""What a lifecycle transition does: latching, inhibition, the kill breaker, and operator resume (CONTRACT §3, §4).
+
+Alertmanager-style pipeline of small decisions, all pure: given the feature's latches and the breaker state, a
+``firing`` transition becomes one of
+
+* ``firing``   — with a page, plus a command when it raises the feature/phase latch (ok → pause, → kill);
+* ``inhibited`` — a lower tier while the feature/phase is killed: recorded, no page;
+* ``held``     — a kill beyond ``max_kills_per_hour``: recorded, no command, one critical page per hour.
+
+Shadow-mode rules produce decisions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rules.lifecycle import Instance, reset
+from rules.outputs import command, decision, iso, page, stable_id
+from rules.state import BreakerState, FeatureState
+
+__all__ = ["Outputs", "Policy"]
+
+HOUR_MS = 3_600_000
+
+
+@dataclass
+class Outputs:
+    """What one engine step produced, in order."""
+
+    decisions: list[dict] = field(default_factory=list)
+    commands: list[dict] = field(default_factory=list)
+    pages: list[dict] = field(default_factory=list)
+
+    def extend(self, other: Outputs) -> None:
+        self.decisions += other.decisions
+        self.commands += other.commands
+        self.pages += other.pages
+
+    def __bool__(self) -> bool:
+        return bool(self.decisions or self.commands or self.pages)
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_kills_per_hour: int = 5
+    signing_key: bytes | None = None
+    signing_key_id: str | None = None
+
+    def on_transition(self, out: Outputs, fs: FeatureState, breaker: BreakerState, bound, inst: Instance,
+                      transition: str, feature: str, phase: str, group: dict, t: int, ev) -> None:  # fmt: skip
+        """Turn one lifecycle transition into decisions, commands and pages."""
+        rule = bound.rule
+
+        def dec(tr: str, **extra) -> dict:
+            d = decision(
+                t=t, ruleset=bound.ruleset, rule=rule, feature=feature, phase=phase, group=group, transition=tr,
+                metric=bound.metric, value=ev.value, samples=ev.samples, window_start=ev.window_start,
+                window_end=ev.window_end, details=ev.details or None, extra=extra or None,
+            )  # fmt: skip
+            out.decisions.append(d)
+            return d
+
+        if transition != "firing":
+            d = dec(transition)
+            if transition == "resolved" and inst.paged:
+                out.pages.append(page(action="resolve", dec=d, incident=inst.incident))
+                inst.paged = False
+            return
+        if rule.mode == "shadow":
+            dec("firing")
+            return
+        latch = fs.latches.get(phase)
+        tier = rule.tier
+        if tier != "kill" and latch == "kill":
+            dec("inhibited", inhibited_by="kill")
+            return
+        if tier == "kill" and latch != "kill":
+            hour = t // HOUR_MS
+            issued = breaker.kills.get(hour, 0)
+            if issued >= self.max_kills_per_hour:
+                inst.held = True
+                d = dec("held", breaker={"kills_this_hour": issued, "max_kills_per_hour": self.max_kills_per_hour})
+                if hour not in breaker.paged:
+                    breaker.paged.add(hour)
+                    out.pages.append(self._breaker_page(d, hour, issued))
+                return
+            breaker.kills[hour] = issued + 1
+        d = dec("firing")
+        if tier in ("pause", "kill") and (latch is None or (latch == "pause" and tier == "kill")):
+            fs.latches[phase] = tier
+            out.commands.append(
+                command(tier=tier, dec=d, incident=inst.incident, signing_key=self.signing_key,
+                        key_id=self.signing_key_id)  # fmt: skip
+            )
+        out.pages.append(page(action="trigger", dec=d, incident=inst.incident))
+        inst.paged = True
+
+    def _breaker_page(self, d: dict, hour: int, issued: int) -> dict:
+        summary = (
+            f"Kill breaker open: {issued} rollbacks already issued in the hour from {iso(hour * HOUR_MS)}; "
+            f"held the kill of {d['ruleset']}/{d['rule_id']} on {d['feature']}/{d['phase']}. "
+            "A human must decide whether to roll back."
+        )
+        return {
+            "event_action": "trigger",
+            "dedup_key": "rollguard-breaker-" + stable_id("breaker", hour),
+            "payload": {
+                "summary": summary,
+                "source": "rollguard",
+                "severity": "critical",
+                "timestamp": d["ts"],
+                "component": d["feature"],
+                "group": d["phase"],
+                "class": "kill-breaker",
+                "custom_details": {
+                    "held_decision_id": d["decision_id"],
+                    "kills_this_hour": issued,
+                    "max_kills_per_hour": self.max_kills_per_hour,
+                },
+            },
+        }
+
+    def resume(self, out: Outputs, fs: FeatureState, plan, control) -> None:
+        """Operator resume: clear latches and reset latching instances of the feature (one phase or all)."""
+        phases = {control.phase} if control.phase else set(fs.latches) | fs.phases
+        t = control.ts
+        extra = {"cause": "operator_resume", "resume_id": control.event_id, "reason": control.reason}
+        if control.operator:
+            extra["operator"] = control.operator
+        for key in sorted(k for k in fs.instances if k[2] in phases):
+            bound = plan.by_key.get((key[0], key[1]))
+            inst = fs.instances[key]
+            if bound is None or not bound.latching or inst.state != "firing":
+                continue
+            incident, paged = inst.incident, inst.paged
+            reset(inst)
+            d = decision(
+                t=t, ruleset=bound.ruleset, rule=bound.rule, feature=control.feature, phase=key[2],
+                group=dict(zip(bound.rule.group_by, key[3])), transition="resolved", metric=bound.metric,
+                value=None, samples=0, window_start=t, window_end=t, extra=extra,
+            )  # fmt: skip
+            out.decisions.append(d)
+            if paged:
+                out.pages.append(page(action="resolve", dec=d, incident=incident))
+        for ph in sorted(phases):
+            fs.latches.pop(ph, None)

@@ -1,0 +1,70 @@
+"""Small builders for engine tests: traffic per minute, rule sets from inline YAML, output digests."""
+
+from __future__ import annotations
+
+from rules.engine import Engine, EngineConfig
+from rules.events import Control, Event
+from rules.loader import load_rules_text
+
+T0 = 1_793_577_600_000  # 2026-11-02T00:00:00Z
+MIN = 60_000
+
+
+def rules(text: str, name: str = "t"):
+    return load_rules_text(text, source=f"{name}.yaml")
+
+
+def interactions(minute: int, n: int, *, errors: int = 0, latency: float = 100.0, feature: str = "f",
+                 phase: str = "p", segment: dict | None = None, flags: tuple = (), prefix: str = "") -> list[Event]:  # fmt: skip
+    """``n`` interactions spread over one minute, the first ``errors`` of them failing."""
+    out = []
+    for i in range(n):
+        ts = T0 + minute * MIN + (i * MIN) // max(n, 1)
+        out.append(
+            Event("interaction", f"{prefix}{feature}-{phase}-{minute}-{i}-{segment}", ts, feature, phase,
+                  dict(segment or {}), f"user{i % 7}", None, None, "error" if i < errors else "ok", latency,
+                  None, None, None, None, flags if i == 0 else ())  # fmt: skip
+        )
+    return out
+
+
+def traffic(pattern: str, *, n: int = 20, **kw) -> list[Event]:
+    """One minute per character: ``x`` bad minute (all errors), ``.`` good minute, ``_`` no traffic."""
+    evs: list[Event] = []
+    for m, c in enumerate(pattern):
+        if c != "_":
+            evs += interactions(m, n, errors=n if c == "x" else 0, **kw)
+    return evs
+
+
+def resume(minute: int, feature: str = "f", phase: str | None = "p") -> Control:
+    return Control(f"resume-{minute}", T0 + minute * MIN, "resume", feature, phase, "fixed upstream", "oncall")
+
+
+def run(rulesets, items, config: EngineConfig | None = None, batch: int | None = None):
+    eng = Engine(rulesets, config or EngineConfig(allowed_lateness_ms=0))
+    items = list(items)
+    out = []
+    if batch is None:
+        o = eng.step(items)
+        out.append(o)
+    else:
+        for i in range(0, len(items), batch):
+            out.append(eng.step(items[i : i + batch]))
+    out.append(eng.finish())
+    decisions = [d for o in out for d in o.decisions]
+    commands = [c for o in out for c in o.commands]
+    pages = [p for o in out for p in o.pages]
+    return eng, decisions, commands, pages
+
+
+def timeline(decisions, rule: str | None = None) -> list[tuple[int, str]]:
+    """(minute, transition) of each decision, optionally of one rule."""
+    from datetime import datetime
+
+    out = []
+    for d in decisions:
+        if rule is None or d["rule_id"] == rule:
+            ms = int(datetime.fromisoformat(d["ts"].replace("Z", "+00:00")).timestamp() * 1000)
+            out.append(((ms - T0) // MIN, d["transition"]))
+    return out
