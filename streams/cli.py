@@ -1,0 +1,182 @@
+"""The ``rollguard`` command line (CONTRACT §5).
+
+Exit codes: 0 success, 1 ``rules validate`` found errors, 2 invalid rules or arguments for other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from rules.durations import parse_duration
+from rules.exceptions import RollguardError
+from rules.loader import RulesInvalid, load_rules
+
+__all__ = ["main", "CATALOG"]
+
+CATALOG = Path(__file__).resolve().parent.parent / "rules" / "catalog"
+
+
+def _settings():
+    from streams.settings import Settings
+
+    return Settings()
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"rollguard: error: {msg}", file=sys.stderr)
+    return code
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        rulesets = load_rules(args.paths)
+    except RulesInvalid as e:
+        for err in e.errors:
+            print(err, file=sys.stderr)
+        print(f"{len(e.errors)} error(s)", file=sys.stderr)
+        return 1
+    n = sum(len(r.rules) for r in rulesets)
+    for r in rulesets:
+        print(f"ok  {r.name:<36} {len(r.rules):>3} rules  version {r.version[:12]}  ({r.source})")
+    print(f"{len(rulesets)} rule set(s), {n} rules: valid")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.replay import replay
+
+    try:
+        parse_duration(args.allowed_lateness)
+        rulesets = load_rules(args.rules)
+        compare = load_rules(args.compare) if args.compare else None
+        settings = _settings()
+    except RulesInvalid as e:
+        return _fail(f"invalid rules:\n{e}")
+    except (RollguardError, ValidationError) as e:
+        return _fail(str(e))
+    for p in args.events:
+        if p != "-" and not os.path.isfile(p):
+            return _fail(f"events file not found: {p}")
+    res = replay(
+        rulesets,
+        args.events,
+        args.out,
+        config=settings.engine_config(args.allowed_lateness),
+        user_key=settings.user_key_bytes(),
+        compare=compare,
+        rule_paths=(args.rules, args.compare),
+        progress=args.progress,
+        allowed_lateness=args.allowed_lateness,
+    )
+    _print_summary(res)
+    return 0
+
+
+def _print_summary(res) -> None:
+    eng = res.engine
+    st = eng.stats
+    invalid = sum(res.invalid.values())
+    print(
+        f"events: {res.events_read:,} read, {invalid:,} invalid (dead-lettered), {st.late:,} late, "
+        f"{st.duplicates:,} duplicate"
+    )
+    c = res.counts
+    print(
+        f"decisions: {c['decisions.jsonl']:,}  commands: {c['commands.jsonl']:,}  pages: {c['pages.jsonl']:,}  "
+        f"dead letters: {c['deadletter.jsonl']:,}"
+    )
+    for feature in sorted(eng.features):
+        for phase, latch in sorted(eng.features[feature].latches.items()):
+            print(f"  {feature}/{phase}: {latch.upper()}")
+    if res.compare_engine is not None:
+        cc = res.compare_counts
+        print(
+            f"compare: decisions {cc['decisions.jsonl']:,}  commands {cc['commands.jsonl']:,}  "
+            f"pages {cc['pages.jsonl']:,}  (in {res.out_dir / 'compare'})"
+        )
+    print(f"report: {res.out_dir / 'report.md'}")
+
+
+def cmd_scenario(args: argparse.Namespace) -> int:
+    from streams.scenario import PRESETS, generate, scenario_from_args, write_jsonl
+
+    if args.preset not in PRESETS:
+        return _fail(f"unknown preset {args.preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    overrides = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.days is not None:
+        overrides["duration_ms"] = int(args.days * 86_400_000)
+    if args.rate is not None:
+        overrides["mean_rate_per_s"] = args.rate
+    try:
+        scenario = scenario_from_args(args.preset, **overrides)
+    except (RollguardError, ValueError, TypeError) as e:
+        return _fail(str(e))
+    n = write_jsonl(generate(scenario), args.out)
+    print(f"wrote {n:,} events to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(Path(args.out), preset=args.preset)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rollguard", description="Streaming guardrail monitor for AI feature launches.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("replay", help="replay JSONL events through rule sets (backtest)")
+    r.add_argument("--rules", nargs="+", required=True, metavar="PATH", help="rule files or folders")
+    r.add_argument("--events", nargs="+", required=True, metavar="PATH", help=".jsonl / .jsonl.gz files, or -")
+    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--compare", nargs="+", metavar="PATH", help="candidate rule set to compare against --rules")
+    r.add_argument("--allowed-lateness", default="30s", metavar="DURATION")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
+    r.set_defaults(func=cmd_replay)
+
+    rules = sub.add_parser("rules", help="rule file tools")
+    rsub = rules.add_subparsers(dest="rules_command", required=True)
+    v = rsub.add_parser("validate", help="validate rule files; every error at once")
+    v.add_argument("paths", nargs="+", metavar="PATH")
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("scenario", help="generate a synthetic traffic scenario as JSONL")
+    s.add_argument("preset", help="clean, latency_spike, acceptance_decline, pii_leak, ...")
+    s.add_argument("--out", required=True, metavar="FILE", help=".jsonl or .jsonl.gz")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--days", type=float)
+    s.add_argument("--rate", type=float, help="mean interactions per second")
+    s.set_defaults(func=cmd_scenario)
+
+    d = sub.add_parser("demo", help="generate a scenario with an incident and replay it through the catalogue")
+    d.add_argument("--out", default="out/demo", metavar="DIR")
+    d.add_argument("--preset", default="latency_spike")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on bad arguments, as the contract wants
+        return int(e.code or 0)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except RollguardError as e:
+        return _fail(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""``rollguard replay``: stream JSONL events through one (or two, for ``--compare``) rule sets.
+
+Input is read line by line and handed to the engine in batches, and outputs are written as they are produced, so
+memory stays bounded by the engine state (windows), not by the input size. Each event is parsed once, whatever
+the number of rule sets compared.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+
+from rules.engine import Engine, EngineConfig, Outputs
+from rules.events import EventParser, InvalidEvent, Pseudonymizer, redact
+from rules.model import RuleSet
+from streams.report import ComparisonInput, ReplayStats, RulesetInfo, write_report
+
+__all__ = ["ReplayResult", "replay", "OUTPUT_FILES"]
+
+OUTPUT_FILES = ("decisions.jsonl", "commands.jsonl", "pages.jsonl", "deadletter.jsonl")
+BATCH = 4096
+
+
+@dataclass
+class ReplayResult:
+    out_dir: Path
+    events_read: int = 0
+    invalid: dict[str, int] = field(default_factory=dict)
+    engine: Engine | None = None
+    compare_engine: Engine | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # outputs written per file, side A
+    compare_counts: dict[str, int] = field(default_factory=dict)
+
+
+class _Sink:
+    """Writes one side's outputs as JSON lines."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.files = {n: open(folder / n, "wb", buffering=1 << 20) for n in OUTPUT_FILES}
+        self.counts = dict.fromkeys(OUTPUT_FILES, 0)
+
+    def write(self, name: str, records: list[dict]) -> None:
+        if records:
+            self.files[name].write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+            self.counts[name] += len(records)
+
+    def outputs(self, out: Outputs) -> None:
+        self.write("decisions.jsonl", out.decisions)
+        self.write("commands.jsonl", out.commands)
+        self.write("pages.jsonl", out.pages)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+class _Progress:
+    """A progress bar on stderr by bytes read; the wall clock only paces redraws, never touches decisions."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.last = total, enabled and total > 0, 0.0
+        self.start = time.monotonic()
+
+    def update(self, done: int, events: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.25:
+            return
+        self.last = now
+        frac = min(done / self.total, 1.0)
+        rate = events / max(now - self.start, 1e-9)
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\rreplay [{bar:<30}] {frac:6.1%}  {events:,} events  {rate:,.0f}/s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _open(path: str) -> tuple[BinaryIO, BinaryIO | None]:
+    """(line source, raw file for progress) of an events path; ``-`` is stdin."""
+    if path == "-":
+        return sys.stdin.buffer, None
+    raw = open(path, "rb")
+    if path.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw), raw  # type: ignore[return-value]
+    return raw, raw
+
+
+def _lines(paths: list[str]) -> Iterator[tuple[str, int, bytes, int]]:
+    """(file, line number, line, bytes consumed so far over all files)."""
+    done_before = 0
+    for path in paths:
+        src, raw = _open(path)
+        try:
+            for n, line in enumerate(src, 1):
+                yield path, n, line, done_before + (raw.tell() if raw is not None else 0)
+        finally:
+            if raw is not None:
+                done_before += raw.tell()
+                src.close()
+
+
+def replay(
+    rulesets: tuple[RuleSet, ...],
+    event_paths: list[str],
+    out_dir: str | Path,
+    *,
+    config: EngineConfig,
+    user_key: bytes,
+    compare: tuple[RuleSet, ...] | None = None,
+    rule_paths: tuple[list[str], list[str] | None] = ([], None),
+    progress: bool | None = None,
+    allowed_lateness: str = "30s",
+) -> ReplayResult:
+    out = Path(out_dir)
+    parser = EventParser(Pseudonymizer(user_key))
+    engines = [Engine(rulesets, config)] + ([Engine(compare, config)] if compare is not None else [])
+    sinks = [_Sink(out)] + ([_Sink(out / "compare")] if compare is not None else [])
+    total = sum(os.path.getsize(p) for p in event_paths if p != "-")
+    bar = _Progress(total, sys.stderr.isatty() if progress is None else progress)
+    result = ReplayResult(out, engine=engines[0], compare_engine=engines[1] if compare is not None else None)
+    batch: list = []
+    dead: list[dict] = []
+
+    def flush() -> None:
+        for eng, sink in zip(engines, sinks):
+            sink.outputs(eng.step(batch))
+            sink.write("deadletter.jsonl", dead)
+        batch.clear()
+        dead.clear()
+
+    try:
+        for path, n, line, done in _lines(event_paths):
+            if not line.strip():
+                continue
+            for item in parser.parse_message(line):
+                result.events_read += 1
+                if isinstance(item, InvalidEvent):
+                    result.invalid[item.reason] = result.invalid.get(item.reason, 0) + 1
+                    dead.append(
+                        {
+                            "reason": item.reason,
+                            "detail": item.detail,
+                            "source": {"file": path, "line": n},
+                            "payload": redact(getattr(item, "payload", None), parser.pseudo)
+                            if hasattr(item, "payload")
+                            else {"_payload": f"<redacted {len(line)} bytes>"},
+                        }
+                    )
+                else:
+                    batch.append(item)
+            if len(batch) >= BATCH:
+                flush()
+                bar.update(done, result.events_read)
+        flush()
+        for eng, sink in zip(engines, sinks):
+            sink.outputs(eng.finish())
+    finally:
+        bar.close()
+        for sink in sinks:
+            sink.close()
+    result.counts = sinks[0].counts
+    if compare is not None:
+        result.compare_counts = sinks[1].counts
+    _report(result, engines, sinks, event_paths, rule_paths, allowed_lateness)
+    return result
+
+
+def _stats(eng: Engine, result: ReplayResult, event_paths, rule_paths, lateness: str) -> ReplayStats:
+    st = eng.stats
+    return ReplayStats(
+        rule_paths=tuple(rule_paths or ()),
+        event_paths=tuple(event_paths),
+        events_read=result.events_read,
+        events_valid=sum(st.events.values()) + st.late + st.duplicates,
+        invalid_by_reason=dict(sorted(result.invalid.items())),
+        late=st.late,
+        duplicates=st.duplicates,
+        first_event_ts=st.min_ts,
+        last_event_ts=st.max_ts,
+        rulesets=tuple(RulesetInfo(r.name, r.version, tuple(x.id for x in r.rules)) for r in eng.plan.rulesets),
+        feature_phases=tuple(sorted((f, p) for f, fs in eng.features.items() for p in fs.phases)),
+        allowed_lateness=lateness,
+    )
+
+
+def _read(folder: Path, name: str) -> Iterator[dict]:
+    with open(folder / name, "rb") as f:
+        for line in f:
+            yield orjson.loads(line)
+
+
+def _report(result, engines, sinks, event_paths, rule_paths, lateness) -> None:
+    a, b = sinks[0].folder, (sinks[1].folder if len(sinks) > 1 else None)
+    cmp = None
+    if b is not None:
+        cmp = ComparisonInput(
+            label_a=", ".join(rule_paths[0]) or "A",
+            label_b=", ".join(rule_paths[1] or []) or "B",
+            stats_b=_stats(engines[1], result, event_paths, rule_paths[1], lateness),
+            decisions_b=list(_read(b, "decisions.jsonl")),
+            commands_b=list(_read(b, "commands.jsonl")),
+            pages_b=list(_read(b, "pages.jsonl")),
+        )
+    write_report(
+        a / "report.md",
+        _stats(engines[0], result, event_paths, rule_paths[0], lateness),
+        _read(a, "decisions.jsonl"),
+        list(_read(a, "commands.jsonl")),
+        list(_read(a, "pages.jsonl")),
+        compare=cmp,
+    )

@@ -1,0 +1,682 @@
+"""The replay report: ``report.md``, written from what a replay decided.
+
+A rule author opens it to learn in a minute what the rules would have done to a launch: the verdict per feature
+and phase first (final tier, commands issued), then each ruleset's timeline of firings and the rules that never
+fired, and with ``--compare`` what changes if the candidate rules ship (:func:`diff_outputs`).
+
+Input is the replay outputs exactly as published (CONTRACT.md §4: decision, command and page dicts) plus a
+:class:`ReplayStats` the replay fills. The report is deterministic (same input, same bytes: no wall clock, every
+order a total order) and bounded: tables are capped, decisions are read once from an iterable and only what a
+table shows is kept, except that a comparison keeps the notable transitions the diff needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from rules.exceptions import RollguardError
+from rules.model import TIER_ORDER, worst
+from rules.outputs import ACTIONS, SEVERITY, iso
+
+__all__ = [
+    "ReplayStats",
+    "RulesetInfo",
+    "ComparisonInput",
+    "Change",
+    "Diff",
+    "ReportInputError",
+    "diff_outputs",
+    "write_report",
+]
+
+TIERS = tuple(TIER_ORDER)  # ok < investigate < pause < kill
+ACTION_TIER = {action: tier for tier, action in ACTIONS.items()}
+SEVERITY_TIER = {severity: tier for tier, severity in SEVERITY.items()}
+# A drift rule's value is its detector's estimate of the signal; show it in the unit of the matching metric.
+_DRIFT_SIGNAL_METRIC = {"acceptance": "acceptance_rate", "error": "error_rate", "thumbs_down": "thumbs_down_rate",
+                        "latency_ms": "latency_mean", "cost_usd": "cost_per_request"}
+# What a reader looks at; pending and cleared are counted only, they happen at every flap of a condition.
+NOTABLE = ("firing", "resolved", "inhibited", "held")
+FIRED = ("firing", "inhibited", "held")
+DEFAULT_CAP = 50
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_DECISION_FIELDS = ("ts", "ruleset", "rule_id", "tier", "mode", "feature", "phase", "transition")
+_COMMAND_FIELDS = ("ts", "feature", "phase", "action", "rule_id")
+# Fields of a matched decision pair whose difference is a change of rule definition worth showing.
+_DEFINITION_FIELDS = ("tier", "mode", "metric", "op", "threshold")
+
+Timestamp = int | str | datetime  # epoch milliseconds, RFC 3339 with offset, or an aware datetime
+
+
+class ReportInputError(RollguardError):
+    """An output record handed to the report lacks a field or has a malformed time.
+
+    The records should come straight from the replay; the message names the record so the producer can be fixed.
+    """
+
+
+@dataclass(frozen=True)
+class RulesetInfo:
+    """One loaded ruleset: its name, ``version`` (sha256 hex of the canonical file) and rule ids."""
+
+    name: str
+    version: str
+    rule_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReplayStats:
+    """What the replay read, for the report header. ``invalid_by_reason`` counts dead-lettered events."""
+
+    rule_paths: Sequence[str] = ()
+    event_paths: Sequence[str] = ()
+    events_read: int = 0
+    events_valid: int = 0
+    invalid_by_reason: Mapping[str, int] = field(default_factory=dict)
+    late: int = 0
+    duplicates: int = 0
+    first_event_ts: Timestamp | None = None
+    last_event_ts: Timestamp | None = None
+    rulesets: Sequence[RulesetInfo] = ()
+    # Feature/phase pairs seen in events, so that a launch nothing fired on still shows as "ok" in the verdict.
+    feature_phases: Sequence[tuple[str, str]] = ()
+    allowed_lateness: str | None = None
+
+
+@dataclass(frozen=True)
+class ComparisonInput:
+    """The candidate side of ``--compare``: B's stats and outputs over the same events; A is the main input."""
+
+    label_a: str
+    label_b: str
+    stats_b: ReplayStats
+    decisions_b: Iterable[dict]
+    commands_b: Iterable[dict]
+    pages_b: Iterable[dict]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One matched or unmatched output between sides A and B.
+
+    ``status``: ``gained`` (only in B), ``lost`` (only in A), ``moved`` (matched, ``delta_ms`` = B − A ≠ 0),
+    ``changed`` (matched at the same time, ``differences`` non-empty) or ``same``.
+    """
+
+    kind: str  # "decisions" | "commands" | "pages"
+    status: str
+    key: tuple
+    a: Mapping | None
+    b: Mapping | None
+    ts_a: int | None = None  # epoch milliseconds
+    ts_b: int | None = None
+    differences: tuple[tuple[str, Any, Any], ...] = ()
+
+    @property
+    def delta_ms(self) -> int | None:
+        return None if self.ts_a is None or self.ts_b is None else self.ts_b - self.ts_a
+
+    @property
+    def record(self) -> Mapping:
+        return self.b if self.b is not None else self.a  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Diff:
+    """All changes between two replays, ordered by time, then kind, then match key."""
+
+    changes: tuple[Change, ...]
+
+    def select(self, kind: str, *statuses: str) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.kind == kind and (not statuses or c.status in statuses))
+
+    @property
+    def differs(self) -> bool:
+        return any(c.status != "same" for c in self.changes)
+
+
+# --------------------------------------------------------------------------------------------- formatting
+
+
+def _ms(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    dt = value
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            dt = None
+    if not isinstance(dt, datetime) or dt.tzinfo is None:
+        raise ReportInputError(f"{where}: time {value!r} is not RFC 3339 with an offset nor epoch milliseconds")
+    return (dt - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _fmt_ts(ms: int) -> str:
+    return iso(ms).replace("T", " ")  # "2026-11-02 10:42:00Z": the RFC 3339 instant, easier on the eye
+
+
+def _fmt_duration(ms: int, signed: bool = False) -> str:
+    """Two largest units: ``+12m``, ``1h30m``, ``-45s``, ``2d3h``, ``0s``.
+
+    >>> _fmt_duration(12 * 60_000, signed=True), _fmt_duration(-5_430_000, signed=True), _fmt_duration(0)
+    ('+12m', '-1h30m', '0s')
+    """
+    sign = "-" if ms < 0 else "+" if signed and ms > 0 else ""
+    rest, parts = abs(ms), []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    if not parts:
+        parts = [f"{rest}ms" if rest else "0s"]
+    return sign + "".join(parts[:2])
+
+
+def _num(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    size = abs(x)
+    decimals = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 1 or size == 0 else \
+        min(6, 2 - math.floor(math.log10(size)))
+    text = f"{x:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _fmt_value(metric: str | None, value: Any, relative: bool) -> str:
+    """A metric value in its unit, decided by the metric name (CONTRACT.md §2)."""
+    if value is None:
+        return "—"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return str(value)
+    if relative:  # baseline rules compare (value - value_then) / value_then
+        return ("+" if value > 0 else "") + _num(value * 100) + "%"
+    name, _, param = (metric or "").partition(":")
+    if name == "drift":
+        name = _DRIFT_SIGNAL_METRIC.get(param.rpartition(":")[2], "")
+    if name.endswith("_rate"):
+        return _num(value * 100) + "%"
+    if name.startswith("latency_"):
+        return _num(value) + " ms"
+    if name.startswith("cost_"):
+        return ("-$" if value < 0 else "$") + _num(abs(value))
+    return _num(value)
+
+
+def _relative(d: Mapping) -> bool:
+    # A baseline rule's threshold bounds the relative change the engine puts in ``details``, not the value.
+    return "baseline_value" in (d.get("details") or {})
+
+
+def _fmt_evidence(d: Mapping) -> str:
+    """``value (op threshold)`` in the metric's unit, with what the rule actually compared when it is not the value.
+
+    >>> _fmt_evidence({"metric": "latency_p95", "value": 1620, "op": ">", "threshold": 0.5,
+    ...                "details": {"baseline_value": 1000, "change": 0.62}})
+    '1,620 ms, +62% vs baseline (> +50%)'
+    """
+    metric, details = d.get("metric"), d.get("details") or {}
+    text = _fmt_value(metric, d.get("value"), False)
+    if "change" in details:
+        text += f", {_fmt_value(metric, details['change'], True)} vs baseline"
+    elif "bound" in details:  # ``confidence``: the Wilson bound on the far side of the threshold
+        text += f", bound {_fmt_value(metric, details['bound'], False)}"
+    if d.get("threshold") is None:
+        return text + (" (estimate)" if (metric or "").startswith("drift:") and d.get("value") is not None else "")
+    return f"{text} ({d.get('op') or 'vs'} {_fmt_value(metric, d['threshold'], _relative(d))})"
+
+
+def _group_key(group: Any) -> tuple:
+    return tuple(sorted((str(k), str(v)) for k, v in (group or {}).items()))
+
+
+def _fmt_group(group: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in _group_key(group)) or "—"
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ") or "—"
+
+
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    return [_row(*header), "|" + "---|" * len(header), *(_row(*r) for r in rows)]
+
+
+def _counts(counter: Mapping[str, int], order: Sequence[str] = ()) -> str:
+    keys = [k for k in order if counter.get(k)] + sorted(k for k in counter if k not in order and counter[k])
+    return ", ".join(f"{counter[k]:,} {k}" for k in keys) or "—"
+
+
+def _require(record: Any, fields: Sequence[str], where: str) -> Mapping:
+    if not isinstance(record, Mapping):
+        raise ReportInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [f for f in fields if f not in record]
+    if missing:
+        raise ReportInputError(f"{where}: missing field(s) {', '.join(missing)}; pass records as the replay wrote them")
+    return record
+
+
+def _page_fields(page: Mapping, where: str) -> Mapping:
+    _require(page, ("event_action", "payload"), where)
+    return _require(page["payload"], ("timestamp", "severity", "component", "group", "class"), f"{where}.payload")
+
+
+# ----------------------------------------------------------------------------------------------- the diff
+
+
+def _key_decision(d: Mapping, _: Mapping) -> tuple:
+    return (d["feature"], d["phase"], d["rule_id"], _group_key(d.get("group")), d["transition"])
+
+
+def _key_command(c: Mapping, _: Mapping) -> tuple:
+    return (c["feature"], c["phase"], c["rule_id"], c["action"])
+
+
+def _key_page(p: Mapping, groups: Mapping) -> tuple:
+    # dedup_key includes the ruleset, which may be renamed in B; match on what a responder sees instead, with the
+    # segment group taken from the decision the page links to.
+    pl = p["payload"]
+    group = groups.get((pl.get("custom_details") or {}).get("decision_id"), ())
+    return (pl["component"], pl["group"], pl["class"], group, p["event_action"], pl["severity"])
+
+
+def _identity(r: Mapping) -> str:
+    # Ties in time are broken by the deterministic ids (CONTRACT.md §4), never by input order.
+    return str(r.get("decision_id") or r.get("command_id") or r.get("dedup_key") or "")
+
+
+def _pair(kind: str, a: Sequence[Mapping], b: Sequence[Mapping], key_of, groups: tuple) -> list[Change]:
+    """Match A and B records with equal keys: equal times first, the rest in time order; leftovers gain or lose."""
+    sides: dict[tuple, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for side, records in enumerate((a, b)):
+        for i, r in enumerate(records):
+            ts = _ms(r["payload"]["timestamp"] if kind == "pages" else r["ts"], f"{kind}[{i}] of {'AB'[side]}")
+            sides[key_of(r, groups[side])][side].append((ts, _identity(r), r))
+    changes = []
+    for key, (xs, ys) in sides.items():
+        xs.sort(key=lambda t: t[:2])
+        ys.sort(key=lambda t: t[:2])
+        matched, rest_a, rest_b, i, j = [], [], [], 0, 0
+        while i < len(xs) and j < len(ys):  # merge of two sorted lists: pairs with equal times
+            if xs[i][0] == ys[j][0]:
+                matched.append((xs[i], ys[j]))
+                i, j = i + 1, j + 1
+            elif xs[i][0] < ys[j][0]:
+                rest_a.append(xs[i])
+                i += 1
+            else:
+                rest_b.append(ys[j])
+                j += 1
+        rest_a += xs[i:]
+        rest_b += ys[j:]
+        matched += zip(rest_a, rest_b)
+        for (ta, _, ra), (tb, _, rb) in matched:
+            diffs = tuple((f, ra.get(f), rb.get(f)) for f in _DEFINITION_FIELDS
+                          if kind == "decisions" and ra.get(f) != rb.get(f))
+            status = "moved" if ta != tb else "changed" if diffs else "same"
+            changes.append(Change(kind, status, key, ra, rb, ta, tb, diffs))
+        changes += [Change(kind, "lost", key, r, None, t) for t, _, r in rest_a[len(rest_b):]]
+        changes += [Change(kind, "gained", key, None, r, None, t) for t, _, r in rest_b[len(rest_a):]]
+    return changes
+
+
+def _change_order(c: Change) -> tuple:
+    ts = min(t for t in (c.ts_a, c.ts_b) if t is not None)
+    return (ts, ("commands", "pages", "decisions").index(c.kind), repr(c.key), c.status, c.delta_ms or 0,
+            _identity(c.record))
+
+
+def diff_outputs(a: Mapping[str, Iterable[Mapping]], b: Mapping[str, Iterable[Mapping]]) -> Diff:
+    """Compare two replays' outputs (``{"decisions": [...], "commands": [...], "pages": [...]}``).
+
+    Decisions match on feature, phase, rule_id, group and transition (pending and cleared are ignored); commands on
+    feature, phase, rule_id and action; pages on feature, phase, rule, group, event action and severity. The ruleset
+    is not part of any key, so rules match by id even when B renames or splits its rulesets.
+
+    >>> cmd = {"ts": "2026-11-02T10:42:00Z", "feature": "f", "phase": "p", "action": "rollback", "rule_id": "r"}
+    >>> later = dict(cmd, ts="2026-11-02T10:54:00Z")
+    >>> [(c.status, c.delta_ms) for c in diff_outputs({"commands": [cmd]}, {"commands": [later]}).changes]
+    [('moved', 720000)]
+    """
+    lists: list[dict[str, list[Mapping]]] = []
+    for side, outputs in zip("AB", (a, b)):
+        decisions = [_require(d, _DECISION_FIELDS, f"decisions[{i}] of {side}")
+                     for i, d in enumerate(outputs.get("decisions", ()))]
+        lists.append({
+            "decisions": [d for d in decisions if d["transition"] in NOTABLE],
+            "commands": [_require(c, _COMMAND_FIELDS, f"commands[{i}] of {side}")
+                         for i, c in enumerate(outputs.get("commands", ()))],
+            "pages": [p for i, p in enumerate(outputs.get("pages", ())) if _page_fields(p, f"pages[{i}] of {side}")],
+        })
+    groups = tuple({d.get("decision_id"): _group_key(d.get("group")) for d in side["decisions"]} for side in lists)
+    changes: list[Change] = []
+    for kind, key_of in (("decisions", _key_decision), ("commands", _key_command), ("pages", _key_page)):
+        changes += _pair(kind, lists[0][kind], lists[1][kind], key_of, groups)
+    return Diff(tuple(sorted(changes, key=_change_order)))
+
+
+# ------------------------------------------------------------------------------------ one pass over a side
+
+
+class _Digest:
+    """Everything the report shows about one side, accumulated in a single pass over its outputs."""
+
+    def __init__(self, stats: ReplayStats, cap: int, keep_notable: bool) -> None:
+        self.cap = cap
+        self.versions = {r.name: r.version for r in stats.rulesets}
+        self.transitions: dict[str, Counter] = defaultdict(Counter)
+        self.timeline: dict[str, list[tuple[tuple, Mapping]]] = defaultdict(list)
+        self.fired: dict[str, set[str]] = defaultdict(set)
+        self.last: dict[tuple, tuple[int, Mapping]] = {}
+        self.latched: dict[tuple, str] = {}
+        self.firings: dict[tuple, Counter] = defaultdict(Counter)
+        self.shadow: dict[tuple, str] = {}
+        self.held: Counter = Counter()
+        self.pages: dict[tuple, Counter] = defaultdict(Counter)
+        self.feature_phases = {tuple(fp) for fp in stats.feature_phases}
+        self.notable: list[Mapping] | None = [] if keep_notable else None
+        self.commands: list[Mapping] = []
+        self.page_records: list[Mapping] = []
+
+    def add_decision(self, d: Mapping, where: str) -> None:
+        _require(d, _DECISION_FIELDS, where)
+        ts, rs, tier, transition = _ms(d["ts"], where), d["ruleset"], d["tier"], d["transition"]
+        fp = (d["feature"], d["phase"])
+        self.feature_phases.add(fp)
+        self.versions.setdefault(rs, d.get("ruleset_version") or "")
+        self.transitions[rs][transition] += 1
+        lifecycle = (rs, d["rule_id"], *fp, _group_key(d.get("group")))
+        if lifecycle not in self.last or self.last[lifecycle][0] <= ts:
+            self.last[lifecycle] = (ts, d)
+        if transition not in NOTABLE:
+            return
+        if self.notable is not None:
+            self.notable.append(d)
+        rows = self.timeline[rs]
+        rows.append(((ts, d["rule_id"], *fp, lifecycle[-1], NOTABLE.index(transition), str(d.get("decision_id"))), d))
+        if len(rows) > 2 * self.cap:  # amortised top-N: never hold more than twice the table
+            rows.sort(key=lambda r: r[0])
+            del rows[self.cap:]
+        if transition not in FIRED:
+            return
+        self.fired[rs].add(d["rule_id"])
+        if d["mode"] == "shadow":
+            self.shadow[fp] = worst(self.shadow.get(fp, "ok"), tier)
+        elif transition == "held":
+            self.held[fp] += 1
+        elif transition == "firing":
+            self.firings[fp][tier] += 1
+            if tier in ("pause", "kill"):
+                self.latched[fp] = worst(self.latched.get(fp, "ok"), tier)
+
+    def add_command(self, c: Mapping, where: str) -> None:
+        _require(c, _COMMAND_FIELDS, where)
+        _ms(c["ts"], where)
+        fp = (c["feature"], c["phase"])
+        self.feature_phases.add(fp)
+        self.latched[fp] = worst(self.latched.get(fp, "ok"), ACTION_TIER.get(c["action"], "ok"))
+        self.commands.append(c)
+
+    def add_page(self, p: Mapping, where: str) -> None:
+        pl = _page_fields(p, where)
+        _ms(pl["timestamp"], where)
+        fp = (pl["component"], pl["group"])
+        self.feature_phases.add(fp)
+        if p["event_action"] == "trigger":
+            self.pages[fp][pl["severity"]] += 1
+        self.page_records.append(p)
+
+    def finish(self) -> "_Digest":
+        self.commands.sort(key=lambda c: (_ms(c["ts"], "command"), c["feature"], c["phase"], c["rule_id"],
+                                          str(c.get("command_id"))))
+        # Pause and kill latch (no resume happens in a replay); investigate counts only if still firing at the end.
+        self.final = dict.fromkeys(self.feature_phases, "ok") | self.latched
+        for key, (_, d) in self.last.items():
+            if d["tier"] == "investigate" and d["mode"] != "shadow" and d["transition"] == "firing":
+                self.final[key[2:4]] = worst(self.final[key[2:4]], "investigate")
+        return self
+
+    def rulesets(self, stats: ReplayStats) -> list[str]:
+        named = [r.name for r in stats.rulesets]
+        return named + sorted(set(self.transitions) - set(named))
+
+    def timeline_rows(self, ruleset: str) -> list[Mapping]:
+        return [d for _, d in sorted(self.timeline[ruleset], key=lambda r: r[0])[: self.cap]]
+
+
+def _digest(stats, decisions, commands, pages, cap, keep_notable, side) -> _Digest:
+    digest = _Digest(stats, cap, keep_notable)
+    for i, d in enumerate(decisions):
+        digest.add_decision(d, f"decisions[{i}] of {side}")
+    for i, c in enumerate(commands):
+        digest.add_command(c, f"commands[{i}] of {side}")
+    for i, p in enumerate(pages):
+        digest.add_page(p, f"pages[{i}] of {side}")
+    return digest.finish()
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+def _render_header(stats: ReplayStats, sides: Sequence[tuple[str, ReplayStats]]) -> list[str]:
+    invalid = sum(stats.invalid_by_reason.values())
+    reasons = sorted(stats.invalid_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+    by_reason = f" ({', '.join(f'{n:,} {r}' for r, n in reasons if n)})" if invalid else ""
+    lines = ["# rollguard replay report", ""]
+    for label, side in sides:
+        rules = ", ".join(f"`{p}`" for p in side.rule_paths) or "—"
+        lines.append(f"- **Rules{f' ({label})' if label else ''}**: {rules}")
+    lines += [
+        f"- **Events**: {', '.join(f'`{p}`' for p in stats.event_paths) or '—'}",
+        f"- **Read**: {stats.events_read:,} events · {stats.events_valid:,} valid · {invalid:,} invalid, dead-lettered"
+        f"{by_reason} · {stats.late:,} late · {stats.duplicates:,} duplicates",
+    ]
+    if stats.first_event_ts is not None and stats.last_event_ts is not None:
+        first, last = _ms(stats.first_event_ts, "first_event_ts"), _ms(stats.last_event_ts, "last_event_ts")
+        lateness = f" · allowed lateness {stats.allowed_lateness}" if stats.allowed_lateness else ""
+        lines.append(f"- **Event time**: {_fmt_ts(first)} → {_fmt_ts(last)} ({_fmt_duration(last - first)}){lateness}")
+    else:
+        lines.append("- **Event time**: no valid events")
+    rows = [([label] if label else []) + [r.name, f"`{r.version[:12]}`", len(r.rule_ids)]
+            for label, side in sides for r in side.rulesets]
+    if rows:
+        lines += ["", *_table((["side"] if sides[0][0] else []) + ["ruleset", "version", "rules"], rows)]
+    return lines
+
+
+def _place(r: Mapping) -> str:
+    return f"{r['feature']} / {r['phase']}"
+
+
+def _tier_mode(d: Mapping) -> str:
+    return d["tier"] + (" (shadow)" if d["mode"] == "shadow" else "")
+
+
+def _fmt_tier(tier: str) -> str:
+    return f"**{tier.upper()}**" if tier in ("pause", "kill") else tier
+
+
+def _render_commands(digest: _Digest, title: str, cap: int) -> list[str]:
+    lines = ["", f"### {title}", ""]
+    if not digest.commands:
+        return lines + ["No commands issued."]
+    rows = [(_fmt_ts(_ms(c["ts"], "command")), _place(c), c["action"],
+             f"{c.get('ruleset', '—')} / {c['rule_id']}", c.get("reason") or "—") for c in digest.commands[:cap]]
+    lines += _table(("time", "feature / phase", "action", "rule", "reason"), rows)
+    if len(digest.commands) > cap:
+        lines.append(f"\n… {len(digest.commands) - cap:,} more, see commands.jsonl")
+    return lines
+
+
+def _render_verdict(a: _Digest, b: _Digest | None, labels: tuple[str, str], cap: int) -> list[str]:
+    lines = ["", "## Verdict", ""]
+    # Worst first, so that a capped table still shows every kill and pause.
+    fps = sorted(set(a.final) | set(b.final if b else ()),
+                 key=lambda fp: (-max(TIERS.index(d.final.get(fp, "ok")) for d in (a, b) if d), fp))
+    if not fps:
+        return lines + ["No feature produced a decision, command or page."]
+    more, fps = len(fps) - len(fps[:cap]), fps[:cap]
+    if b is None:
+        header = ("feature", "phase", "final", "enforce firings", "pages", "shadow would reach", "kills held")
+        rows = [(f, p, _fmt_tier(a.final[(f, p)]), _counts(a.firings[(f, p)], TIERS),
+                 _counts(a.pages[(f, p)], tuple(SEVERITY_TIER)), a.shadow.get((f, p), "—"), a.held[(f, p)] or "—")
+                for f, p in fps]
+    else:
+        header = ("feature", "phase", f"final ({labels[0]})", f"final ({labels[1]})",
+                  f"pages ({labels[0]})", f"pages ({labels[1]})")
+        rows = [(f, p, _fmt_tier(a.final.get((f, p), "ok")), _fmt_tier(b.final.get((f, p), "ok")),
+                 _counts(a.pages[(f, p)], tuple(SEVERITY_TIER)), _counts(b.pages[(f, p)], tuple(SEVERITY_TIER)))
+                for f, p in fps]
+    lines += ["Final: the tier in force at the end of the replay (pause and kill latch; investigate counts while "
+              "still firing). Shadow rules never change it.", "", *_table(header, rows)]
+    if more:
+        lines.append(f"\n… {more:,} more feature/phase pairs, all at or below the last tier shown")
+    lines += _render_commands(a, f"Commands ({labels[0]})" if b else "Commands", cap)
+    if b is not None:
+        lines += _render_commands(b, f"Commands ({labels[1]})", cap)
+    return lines
+
+
+def _render_timelines(digest: _Digest, stats: ReplayStats, label: str, cap: int) -> list[str]:
+    lines = ["", f"## Timeline{f' ({label})' if label else ''}"]
+    rule_ids = {r.name: r.rule_ids for r in stats.rulesets}
+    if not digest.rulesets(stats):
+        return lines + ["", "No rulesets loaded and no decisions."]
+    for rs in digest.rulesets(stats):
+        counts = digest.transitions[rs]
+        shown = sum(counts[t] for t in NOTABLE)
+        summary = " · ".join(f"{counts[t]:,} {t}" for t in NOTABLE) if shown else "No firings"
+        lines += ["", f"### {rs} · `{digest.versions.get(rs, '')[:12] or '—'}`", "",
+                  f"{summary}; not shown: {counts['pending']:,} pending, {counts['cleared']:,} cleared."]
+        quiet = [r for r in rule_ids.get(rs, ()) if r not in digest.fired[rs]]
+        if quiet:
+            lines.append(f"Quiet rules: {', '.join(quiet)}.")
+        if not shown:
+            continue
+        rows = []
+        for d in digest.timeline_rows(rs):
+            samples = d.get("samples")
+            rows.append((_fmt_ts(_ms(d["ts"], "decision")), d["rule_id"], _tier_mode(d), _place(d),
+                         _fmt_group(d.get("group")), d["transition"], _fmt_evidence(d),
+                         "—" if samples is None else _num(samples)))
+        lines += ["", *_table(("time", "rule", "tier", "feature / phase", "group", "transition",
+                                "value (vs threshold)", "samples"), rows)]
+        if shown > cap:
+            lines.append(f"\n… {shown - cap:,} more, see decisions.jsonl")
+    return lines
+
+
+def _bottom_line(diff: Diff, label_b: str, label_a: str, when) -> str:
+    """One sentence: kills and pauses gained, lost or moved, then trigger pages gained or lost per tier."""
+    parts = []
+    for status, verb in (("gained", "adds"), ("lost", "removes"), ("moved", "moves")):
+        for action, tier in ACTION_TIER.items():
+            hits = [c for c in diff.select("commands", status) if c.key[3] == action]
+            if not hits:
+                continue
+            where = [f"{c.key[0]}/{c.key[1]} " + (f"at {when(c.ts_a if c.b is None else c.ts_b)}"
+                     if c.delta_ms is None else _fmt_duration(abs(c.delta_ms)) +
+                     (" later" if c.delta_ms > 0 else " earlier")) for c in hits[:3]]
+            more = ", …" if len(hits) > 3 else ""
+            parts.append(f"{verb} {len(hits)} {tier}{'s' if len(hits) > 1 else ''} ({', '.join(where)}{more})")
+    for status, verb in (("gained", "adds"), ("lost", "removes")):
+        pages = Counter(SEVERITY_TIER.get(c.key[5], c.key[5]) for c in diff.select("pages", status)
+                        if c.key[4] == "trigger")
+        parts += [f"{verb} {pages[t]} {t} page{'s' if pages[t] != 1 else ''}" for t in reversed(TIERS) if pages[t]]
+    if parts:
+        return f"{label_b} {', '.join(parts)}."
+    firings = [c for c in diff.select("decisions") if c.status != "same"]
+    if firings:
+        return f"{label_b} issues the same commands and pages as {label_a}; {len(firings)} firing(s) differ."
+    return f"{label_b} decides exactly like {label_a} over these events."
+
+
+def _change_rows(changes: Sequence[Change], kind: str, cap: int) -> tuple[list[tuple], int]:
+    rows = []
+    shown = [c for c in changes if c.kind == kind and c.status != "same"]
+    for c in shown[:cap]:
+        r = c.record
+        times = tuple("—" if t is None else _fmt_ts(t) for t in (c.ts_a, c.ts_b)) + \
+            ("—" if c.delta_ms is None else _fmt_duration(c.delta_ms, signed=True),)
+        if kind == "commands":
+            rows.append((c.status, _place(r), r["action"], r["rule_id"], *times, r.get("reason") or "—"))
+        elif kind == "pages":
+            pl = r["payload"]
+            rows.append((c.status, f"{pl['component']} / {pl['group']}", pl["class"], r["event_action"],
+                         pl["severity"], *times))
+        else:
+            fmt = {"threshold": lambda v: _fmt_value(r.get("metric"), v, _relative(r))}
+            differences = "; ".join(f"{f} {fmt.get(f, str)(x)} → {fmt.get(f, str)(y)}" for f, x, y in c.differences)
+            rows.append((c.status, _place(r), r["rule_id"], _tier_mode(r), _fmt_group(r.get("group")),
+                         r["transition"], *times, differences or "—"))
+    return rows, len(shown) - len(rows)
+
+
+_CHANGE_HEADERS = {
+    "commands": ("change", "feature / phase", "action", "rule", "time A", "time B", "Δt", "reason"),
+    "pages": ("change", "feature / phase", "rule", "event", "severity", "time A", "time B", "Δt"),
+    "decisions": ("change", "feature / phase", "rule", "tier", "group", "transition", "time A", "time B", "Δt",
+                  "differences"),
+}
+
+
+def _render_comparison(diff: Diff, stats_a: ReplayStats, cmp: ComparisonInput, cap: int) -> list[str]:
+    first, last = stats_a.first_event_ts, stats_a.last_event_ts
+    one_day = first is not None and last is not None and \
+        _fmt_ts(_ms(first, "first_event_ts"))[:10] == _fmt_ts(_ms(last, "last_event_ts"))[:10]
+
+    def when(ms: int) -> str:
+        return _fmt_ts(ms)[11:16] if one_day else _fmt_ts(ms)
+
+    lines = ["", f"## What changes if you ship {cmp.label_b}", "",
+             f"**Bottom line:** {_bottom_line(diff, cmp.label_b, cmp.label_a, when)}", "",
+             f"A = {cmp.label_a}, B = {cmp.label_b}; Δt = B − A (negative: B acts earlier). Outputs match by "
+             "feature, phase, rule id, group and transition or action, whatever ruleset holds the rule."]
+    rules_a = {r for rs in stats_a.rulesets for r in rs.rule_ids}
+    rules_b = {r for rs in cmp.stats_b.rulesets for r in rs.rule_ids}
+    for label, only in ((cmp.label_a, rules_a - rules_b), (cmp.label_b, rules_b - rules_a)):
+        if only:
+            lines.append(f"Rules only in {label}: {', '.join(sorted(only))}.")
+    for kind, title in (("commands", "Commands"), ("pages", "Pages"), ("decisions", "Firings")):
+        counts = Counter(c.status for c in diff.select(kind))
+        summary = _counts(counts, ("gained", "lost", "moved", "changed", "same")) if counts else "None on either side"
+        lines += ["", f"### {title}", "", f"{summary}."]
+        rows, more = _change_rows(diff.changes, kind, cap)
+        if rows:
+            lines += ["", *_table(_CHANGE_HEADERS[kind], rows)]
+        if more:
+            lines.append(f"\n… {more:,} more, see {kind}.jsonl of both runs")
+    return lines
+
+
+def write_report(path, stats: ReplayStats, decisions: Iterable[dict], commands: Iterable[dict],
+                 pages: Iterable[dict], compare: ComparisonInput | None = None, *, max_rows: int = DEFAULT_CAP) -> None:
+    """Write ``report.md`` to ``path``: header, verdict, comparison (with ``compare``), timelines.
+
+    Every iterable is read once. ``max_rows`` caps each table; the rest is counted and pointed to.
+    """
+    a = _digest(stats, decisions, commands, pages, max_rows, compare is not None, "A")
+    sections = [_render_header(stats, [("", stats)] if compare is None else
+                               [(compare.label_a, stats), (compare.label_b, compare.stats_b)])]
+    if compare is None:
+        sections += [_render_verdict(a, None, ("", ""), max_rows), _render_timelines(a, stats, "", max_rows)]
+    else:
+        b = _digest(compare.stats_b, compare.decisions_b, compare.commands_b, compare.pages_b, max_rows, True, "B")
+        diff = diff_outputs({"decisions": a.notable, "commands": a.commands, "pages": a.page_records},
+                            {"decisions": b.notable, "commands": b.commands, "pages": b.page_records})
+        labels = (compare.label_a, compare.label_b)
+        sections += [_render_verdict(a, b, labels, max_rows), _render_comparison(diff, stats, compare, max_rows),
+                     _render_timelines(a, stats, compare.label_a, max_rows),
+                     _render_timelines(b, compare.stats_b, compare.label_b, max_rows)]
+    text = "\n".join(line for section in sections for line in section) + "\n"
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
