@@ -1,0 +1,121 @@
+"""Replay throughput benchmark (not a test): ``python bench/replay.py [--events N]``.
+
+Generates (once, cached under bench/data/) a scenario of at least N events (default 1,000,000) with incidents, then
+measures in this one run, each in a fresh child process:
+
+* baseline: read the same file and ``orjson.loads`` every line (the floor any JSON pipeline pays);
+* parse:    baseline + full validation into events (rules.events), no rules;
+* replay:   ``rollguard replay`` with the whole rule catalogue loaded (validation, windows, sketches, drift
+            detectors, rule evaluation, output files and report.md);
+
+and prints events/s, the ratio replay / baseline, and each child's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT / "bench" / "data"
+
+
+def _scenario_file(min_events: int) -> Path:
+    from streams.scenario import Incident, generate, scenario_from_args, write_jsonl
+
+    days = 2
+    path = DATA / f"scenario-{min_events}.jsonl"
+    if path.exists():
+        return path
+    DATA.mkdir(parents=True, exist_ok=True)
+    rate = 6.0
+    while True:
+        base = scenario_from_args("clean", duration_ms=days * 86_400_000, mean_rate_per_s=rate, seed=11)
+        incidents = (
+            Incident("latency_spike", base.start + 86_400_000 + 14 * 3_600_000, 3_600_000, 3.0),
+            Incident("pii_leak", base.start + 30 * 3_600_000, 1_800_000, 0.01),
+        )
+        scenario = dataclasses.replace(base, incidents=incidents)
+        tmp = path.with_suffix(".tmp")
+        n = write_jsonl(generate(scenario), tmp)
+        if n >= min_events:
+            tmp.rename(path)
+            return path
+        rate *= min_events / n * 1.05
+
+
+def _child(mode: str, path: str) -> None:
+    t0 = time.perf_counter()
+    n = 0
+    if mode == "baseline":
+        import orjson
+
+        with open(path, "rb") as f:
+            for line in f:
+                orjson.loads(line)
+                n += 1
+    elif mode == "parse":
+        from rules.events import EventParser, Pseudonymizer
+
+        p = EventParser(Pseudonymizer(b"bench"))
+        with open(path, "rb") as f:
+            for line in f:
+                for _ in p.parse_message(line):
+                    n += 1
+    else:
+        from rules.loader import load_rules
+        from streams.replay import replay
+        from streams.settings import Settings
+
+        rulesets = load_rules([ROOT / "rules" / "catalog"])
+        s = Settings()
+        with tempfile.TemporaryDirectory() as out:
+            res = replay(rulesets, [path], out, config=s.engine_config(), user_key=b"bench", progress=False)
+            n = res.events_read
+            extra = {k: v for k, v in res.counts.items()}
+    dt = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = {"events": n, "seconds": dt, "rss_mb": rss}
+    if mode == "replay":
+        out["outputs"] = extra
+    print(json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(*args.child)
+        return
+    path = _scenario_file(args.events)
+    size = os.path.getsize(path)
+    print(f"input: {path.relative_to(ROOT)}  ({size / 1e6:.0f} MB)")
+    results = {}
+    for mode in ("baseline", "parse", "replay"):
+        r = subprocess.run([sys.executable, __file__, "--child", mode, str(path)], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        results[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    base = results["baseline"]["events"] / results["baseline"]["seconds"]
+    print(f"{'stage':<10} {'events':>10} {'seconds':>8} {'events/s':>11} {'vs orjson':>9} {'peak RSS':>9}")
+    for mode, r in results.items():
+        rate = r["events"] / r["seconds"]
+        print(f"{mode:<10} {r['events']:>10,} {r['seconds']:>8.2f} {rate:>11,.0f} {rate / base:>9.3f} "
+              f"{r['rss_mb']:>7.0f} MB")  # fmt: skip
+    print(f"replay outputs: {results['replay'].get('outputs')}")
+    ratio = (results["replay"]["events"] / results["replay"]["seconds"]) / base
+    print(f"ratio replay/orjson = {ratio:.3f} (aim >= 0.25)")
+
+
+if __name__ == "__main__":
+    main()
