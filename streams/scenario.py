@@ -136,7 +136,7 @@ class Scenario:
     usd_per_1k_tokens_out: float = 0.004
     hallucination_prob: float = 0.01
     flag_probs: tuple[tuple[str, float], ...] = (
-        ("pii_leak", 2e-5), ("confidential", 2e-5), ("prompt_injection", 5e-5), ("toxicity", 1e-5),
+        ("pii_leak", 0.0), ("confidential", 0.0), ("prompt_injection", 5e-5), ("toxicity", 1e-5),
         ("format_error", 1e-3),
     )
     # feedback: probabilities per interaction, delays are medians of lognormal delays
