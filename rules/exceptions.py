@@ -5,13 +5,19 @@
     RollguardError                 root: catch this to catch anything rollguard raises on purpose
     ├── InvalidEvent               one input event failed validation (rules.events); it is dead-lettered
     ├── DurationError              a duration string such as ``5m`` could not be parsed (rules.durations)
+    ├── MetricNameError            a metric name is not one of CONTRACT §2 (rules.metric_names)
     ├── RulesInvalid               rule files failed validation; carries every error (rules.loader)
-    └── EngineError                the engine was driven wrongly (e.g. state from another rule set)
+    ├── SketchError                a sketch got an impossible value or a corrupt state (rules.sketches)
+    ├── ScenarioError              a generated scenario is inconsistent (streams.scenario_incidents)
+    └── ReportInputError           an output record given to the report lacks a field (streams.report)
+
+``detectors`` sits below ``rules`` and cannot import this root: its ``DetectorError`` (and
+``DetectorStateError`` for stored state that fails its signature) derive from ``Exception`` directly.
 
 Messages say what to do, not only what went wrong.
 """
 
-__all__ = ["RollguardError", "InvalidEvent", "EngineError"]
+__all__ = ["RollguardError", "InvalidEvent"]
 
 
 class RollguardError(Exception):
@@ -30,6 +36,3 @@ class InvalidEvent(RollguardError):
         self.reason = reason
         self.detail = detail
 
-
-class EngineError(RollguardError):
-    """The engine was used in a way that cannot give correct decisions; the message says how to fix the call."""

@@ -19,7 +19,7 @@ import orjson
 
 from rules.durations import format_duration
 
-__all__ = ["iso", "stable_id", "decision", "command", "page", "render_summary", "SEVERITY", "canonical"]
+__all__ = ["iso", "stable_id", "decision", "command", "page", "render_summary", "SEVERITY", "ACTIONS", "canonical"]
 
 SEVERITY = {"kill": "critical", "pause": "error", "investigate": "warning"}
 ACTIONS = {"kill": "rollback", "pause": "pause_rollout"}

@@ -126,3 +126,21 @@ def test_replay_of_the_same_input_is_byte_identical(tmp_path):
     for f in (*OUTPUT_FILES, "report.md"):
         assert filecmp.cmp(tmp_path / "a" / f, tmp_path / "b" / f, shallow=False), f
     assert (tmp_path / "a" / "commands.jsonl").read_bytes()  # the scenario does act: the comparison is not vacuous
+
+
+def test_hallucination_surge_is_rolled_back_once_the_delayed_reviews_arrive():
+    import dataclasses
+
+    from streams.scenario import Incident
+
+    base = scenario_from_args("clean", duration_ms=24 * 3_600_000, mean_rate_per_s=2.0, seed=5)
+    start = base.start + 4 * 3_600_000
+    scenario = dataclasses.replace(base, incidents=(Incident("hallucination_increase", start, 12 * 3_600_000, 0.2),))
+    parser = EventParser(Pseudonymizer(KEY))
+    eng = Engine(catalog(), EngineConfig())
+    out = eng.step(parser.parse_obj(e) for e in generate(scenario))
+    out.extend(eng.finish())
+    assert [(c["action"], c["rule_id"]) for c in out.commands] == [("rollback", "hallucination-above-5pct")]
+    t = ms(out.commands[0]["ts"])
+    # expert reviews arrive ~2 h after the interaction (review_delay_ms): detection cannot be earlier than that
+    assert start + scenario.review_delay_ms // 2 < t <= start + 4 * 3_600_000
