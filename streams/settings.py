@@ -4,7 +4,7 @@ Secrets are ``SecretStr`` and never print. The pure core never reads these: the 
 
 >>> s = Settings(user_key="k")
 >>> s
-Settings(user_key=SecretStr('**********'), signing_key=None, signing_key_id=None, detector_state_key=None, allowed_lateness='30s', max_kills_per_hour=5)
+Settings(user_key=SecretStr('**********'), signing_key=None, signing_key_id=None, allowed_lateness='30s', max_kills_per_hour=5)
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ class Settings(BaseSettings):
     user_key: SecretStr = Field(SecretStr(DEV_USER_KEY), description="HMAC key that re-keys user ids")
     signing_key: SecretStr | None = Field(None, description="HMAC-SHA256 key that signs commands")
     signing_key_id: str | None = Field(None, description="identifier of the signing key, published with commands")
-    detector_state_key: SecretStr | None = Field(None, description="HMAC key for stored detector state")
     allowed_lateness: str = Field("30s", description="events older than watermark = max ts - this are late")
     max_kills_per_hour: int = Field(5, ge=0, description="kill breaker: rollbacks per event-time hour")
 
