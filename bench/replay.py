@@ -72,16 +72,16 @@ def _child(mode: str, path: str) -> None:
                 for _ in p.parse_message(line):
                     n += 1
     else:
-        from rules.loader import load_rules
+        from rules.loader import CATALOG, load_rules
         from streams.replay import replay
         from streams.settings import Settings
 
-        rulesets = load_rules([ROOT / "rules" / "catalog"])
+        rulesets = load_rules([CATALOG])
         s = Settings()
         with tempfile.TemporaryDirectory() as out:
             res = replay(rulesets, [path], out, config=s.engine_config(), user_key=b"bench", progress=False)
             n = res.events_read
-            extra = {k: v for k, v in res.counts.items()}
+            extra = dict(res.counts)
     dt = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"events": n, "seconds": dt, "rss_mb": rss}

@@ -55,7 +55,10 @@ from rules.model import (
     summary_problems,
 )
 
-__all__ = ["RuleError", "RulesInvalid", "load_rules", "load_rules_text"]
+__all__ = ["RuleError", "RulesInvalid", "load_rules", "load_rules_text", "CATALOG"]
+
+# The bundled rule catalogue; package data of ``rules``, so it is found in an installed wheel too.
+CATALOG = Path(__file__).resolve().parent / "catalog"
 
 _TOP_KEYS = ("version", "name", "features", "phases", "defaults", "rules")
 _DEFAULT_KEYS = (

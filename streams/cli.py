@@ -16,16 +16,9 @@ from pydantic import ValidationError
 from rules.durations import parse_duration
 from rules.exceptions import RollguardError
 from rules.loader import RulesInvalid, load_rules
+from streams.settings import Settings
 
-__all__ = ["main", "CATALOG"]
-
-CATALOG = Path(__file__).resolve().parent.parent / "rules" / "catalog"
-
-
-def _settings():
-    from streams.settings import Settings
-
-    return Settings()
+__all__ = ["main"]
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -55,7 +48,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         parse_duration(args.allowed_lateness)
         rulesets = load_rules(args.rules)
         compare = load_rules(args.compare) if args.compare else None
-        settings = _settings()
+        settings = Settings()
     except RulesInvalid as e:
         return _fail(f"invalid rules:\n{e}")
     except (RollguardError, ValidationError) as e:

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import orjson
 
-from rules.loader import load_rules
+from rules.loader import CATALOG, load_rules
+from rules.outputs import iso
 from streams.replay import replay
 from streams.scenario import generate, scenario_from_args, write_jsonl
 from streams.settings import Settings
 
-__all__ = ["run_demo", "CATALOG"]
-
-CATALOG = Path(__file__).resolve().parent.parent / "rules" / "catalog"
+__all__ = ["run_demo"]
 
 
 def run_demo(out: Path, preset: str = "latency_spike") -> int:
@@ -53,6 +52,4 @@ def run_demo(out: Path, preset: str = "latency_spike") -> int:
 
 
 def _hm(ms: int) -> str:
-    from rules.outputs import iso
-
     return iso(ms)[11:16] + "Z"

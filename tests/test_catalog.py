@@ -16,10 +16,9 @@ import pytest
 from detectors import make_detector
 from engine_kit import T0, MIN, interactions, run, timeline
 from rules.events import Event, EventParser, Pseudonymizer
-from rules.loader import load_rules
+from rules.loader import CATALOG, load_rules
 from rules.engine import EngineConfig
 
-CATALOG = Path(__file__).resolve().parent.parent / "rules" / "catalog"
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import filecmp
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 
 from rules.engine import Engine, EngineConfig
 from rules.events import EventParser, Pseudonymizer
-from rules.loader import load_rules
+from rules.loader import CATALOG, load_rules
 from streams.replay import OUTPUT_FILES, replay
 from streams.scenario import generate, scenario_from_args, write_jsonl
 
-CATALOG = Path(__file__).resolve().parent.parent / "rules" / "catalog"
 KEY = b"golden-test-key-0123456789"
 MIN = 60_000
 pytestmark = pytest.mark.slow
