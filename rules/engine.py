@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from detectors import make_detector
 from rules.aggregate import contributions
-from rules.evaluation import Evaluation, _WindowCache, evaluate_metric
+from rules.evaluation import Evaluation, WindowCache, evaluate_metric
 from rules.events import Control, Event
 from rules.lifecycle import Instance, advance
 from rules.metrics import signal_value
@@ -162,7 +162,6 @@ class Engine:
                 det = fs.detectors[key] = make_detector(
                     b.rule.drift.detector, dict(b.rule.drift.params), b.detector_seed(ev.feature, ev.phase, group)
                 )
-                fs.instances.setdefault(key, Instance())
             if det.update(x):
                 fs.drift_flag[key] = fs.drift_flag.get(key, 0) + 1
 
@@ -186,7 +185,7 @@ class Engine:
             self._expire(fs, watermark)
 
     def _evaluate_instant(self, out: Outputs, feature: str, fs: FeatureState, t: int, everys: frozenset[int]) -> None:
-        cache = _WindowCache()
+        cache = WindowCache()
         rules: dict[int, tuple[BoundRule, list[str]]] = {}
         for phase in sorted(fs.phases):
             fp = self.plan.for_feature(feature, phase)
@@ -233,8 +232,8 @@ class Engine:
         self.policy.on_transition(
             out, fs, self.breaker, b, inst, transition, feature, phase, dict(zip(r.group_by, group)), t, ev
         )
-        if inst.state in ("inactive", "resolved") and not inst.paged and b.store is not None:
-            del fs.instances[key]  # back to rest: the series windows alone carry what matters
+        if inst.state in ("inactive", "resolved") and not inst.paged:
+            del fs.instances[key]  # back to rest: the windows (or the detector) alone carry what matters
 
     def _expire(self, fs: FeatureState, watermark: int) -> None:
         if len(fs.seen) > 1024:

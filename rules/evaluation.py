@@ -30,7 +30,7 @@ from rules.aggregate import Bucket
 from rules.metrics import COUNT_METRICS, metric_value, rate_counts
 from rules.windows import SeriesBuckets, SeriesKey, StoreSpec
 
-__all__ = ["Evaluation", "evaluate_metric", "wilson_bound", "OPS"]
+__all__ = ["Evaluation", "WindowCache", "evaluate_metric", "wilson_bound", "OPS"]
 
 OPS: dict[str, Callable[[float, float], bool]] = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
@@ -57,7 +57,7 @@ def wilson_bound(successes: int, trials: int, confidence: float, upper: bool) ->
     return (centre + margin) / denom if upper else (centre - margin) / denom
 
 
-class _WindowCache:
+class WindowCache:
     """Merged windows of one evaluation instant, shared by the rules that read the same series and window."""
 
     __slots__ = ("_d",)
@@ -92,7 +92,7 @@ def evaluate_metric(
     phase: str,
     group: tuple[str, ...],
     t: int,
-    cache: _WindowCache,
+    cache: WindowCache,
 ) -> Evaluation:
     """Evaluate ``rule`` (a validated ``rules.model.Rule``) for ``(phase, group)`` at instant ``t``."""
     w = rule.window_ms

@@ -11,7 +11,7 @@ import gzip
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -71,12 +71,12 @@ class _Progress:
         self.total, self.enabled, self.last = total, enabled and total > 0, 0.0
         self.start = time.monotonic()
 
-    def update(self, done: int, events: int) -> None:
+    def update(self, position: Callable[[], int], events: int) -> None:
         now = time.monotonic()
         if not self.enabled or now - self.last < 0.25:
             return
         self.last = now
-        frac = min(done / self.total, 1.0)
+        frac = min(position() / self.total, 1.0)
         rate = events / max(now - self.start, 1e-9)
         bar = "#" * int(frac * 30)
         sys.stderr.write(f"\rreplay [{bar:<30}] {frac:6.1%}  {events:,} events  {rate:,.0f}/s ")
@@ -97,18 +97,29 @@ def _open(path: str) -> tuple[BinaryIO, BinaryIO | None]:
     return raw, raw
 
 
-def _lines(paths: list[str]) -> Iterator[tuple[str, int, bytes, int]]:
-    """(file, line number, line, bytes consumed so far over all files)."""
-    done_before = 0
-    for path in paths:
-        src, raw = _open(path)
-        try:
-            for n, line in enumerate(src, 1):
-                yield path, n, line, done_before + (raw.tell() if raw is not None else 0)
-        finally:
-            if raw is not None:
-                done_before += raw.tell()
-                src.close()
+class _Input:
+    """Lines of the events paths in order, as (file, line number, line); ``position()`` is the bytes consumed so
+    far over all files, read only when the progress bar redraws (not once per line)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        self._done_before = 0
+        self._raw: BinaryIO | None = None
+
+    def position(self) -> int:
+        return self._done_before + (self._raw.tell() if self._raw is not None else 0)
+
+    def __iter__(self) -> Iterator[tuple[str, int, bytes]]:
+        for path in self.paths:
+            src, self._raw = _open(path)
+            try:
+                for n, line in enumerate(src, 1):
+                    yield path, n, line
+            finally:
+                if self._raw is not None:
+                    self._done_before += self._raw.tell()
+                    src.close()
+                    self._raw = None
 
 
 def replay(
@@ -141,7 +152,8 @@ def replay(
         dead.clear()
 
     try:
-        for path, n, line, done in _lines(event_paths):
+        source = _Input(event_paths)
+        for path, n, line in source:
             if not line.strip():
                 continue
             for item in parser.parse_message(line):
@@ -162,7 +174,7 @@ def replay(
                     batch.append(item)
             if len(batch) >= BATCH:
                 flush()
-                bar.update(done, result.events_read)
+                bar.update(source.position, result.events_read)
         flush()
         for eng, sink in zip(engines, sinks):
             sink.outputs(eng.finish())
