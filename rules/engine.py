@@ -35,7 +35,9 @@ from rules.lifecycle import Instance, advance
 from rules.metrics import signal_value
 from rules.model import RuleSet
 from rules.plan import BoundRule, FeaturePlan, Plan
+from rules.outputs import iso
 from rules.policy import Outputs, Policy
+from rules.reload import migrate
 from rules.state import BreakerState, FeatureState
 from rules.windows import SeriesBuckets
 
@@ -127,6 +129,33 @@ class Engine:
             fs = self.features[feature]
             if fs.max_ts is not None:
                 self._evaluate_until(out, feature, fs, fs.max_ts)
+        return out
+
+    def advance_idle(self, feature: str, watermark: int) -> Outputs:
+        """Live mode only: move an idle feature's watermark to ``watermark`` (the shell derives it from the wall
+        clock) and evaluate the instants it passes, so windows close and ``for`` timers run while no event comes.
+        Every decision it produces carries ``idle_watermark``. Later events older than the watermark are late."""
+        out = Outputs()
+        fs = self.features.get(feature)
+        if fs is None or fs.max_ts is None:
+            return out
+        lateness = self.config.allowed_lateness_ms
+        if watermark <= fs.max_ts - lateness:
+            return out
+        fs.max_ts = watermark + lateness
+        self._evaluate_until(out, feature, fs, watermark)
+        mark = iso(watermark)
+        for d in out.decisions:
+            d["idle_watermark"] = mark
+        return out
+
+    def reload(self, rulesets: tuple[RuleSet, ...]) -> Outputs:
+        """Swap in new rule sets, keeping the state that still means the same thing (see ``rules.reload``)."""
+        old, new = self.plan, Plan(tuple(rulesets))
+        out = Outputs()
+        for feature in sorted(self.features):
+            migrate(self.features[feature], feature, old, new, out)
+        self.plan = new
         return out
 
     # --- ingest ------------------------------------------------------------------------------------------------

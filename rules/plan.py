@@ -83,6 +83,9 @@ class Plan:
             sk: StoreSpec(i, sk[0], sk[1], v["lat"], v["users"], v["ret"]) for i, (sk, v) in enumerate(stores.items())
         }
         self.store_by_id = {s.id: s for s in self.stores.values()}
+        # names of the stores that stay the same across rule reloads (persisted state refers to stores by these)
+        self.store_names = {s.id: f"{s.every_ms}:{','.join(s.keys)}" for s in self.stores.values()}
+        self.store_ids = {name: sid for sid, name in self.store_names.items()}
         self.rules = tuple(
             BoundRule(i, rs, rule, self.stores[sk] if sk else None, base, param, metric,
                       rule.tier in ("pause", "kill"))  # fmt: skip

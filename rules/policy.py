@@ -76,15 +76,18 @@ class Policy:
             return
         if tier == "kill" and latch != "kill":
             hour = t // HOUR_MS
-            issued = breaker.kills.get(hour, 0)
-            if issued >= self.max_kills_per_hour:
+            kills = breaker.kills.setdefault(hour, set())
+            # the kill's identity, not a count: re-processing the same input after a crash never counts it twice
+            kill_id = stable_id("kill", feature, phase, bound.ruleset.name, rule.id, group, inst.incident)
+            issued = len(kills)
+            if kill_id not in kills and issued >= self.max_kills_per_hour:
                 inst.held = True
                 d = dec("held", breaker={"kills_this_hour": issued, "max_kills_per_hour": self.max_kills_per_hour})
                 if hour not in breaker.paged:
                     breaker.paged.add(hour)
                     out.pages.append(self._breaker_page(d, hour, issued))
                 return
-            breaker.kills[hour] = issued + 1
+            kills.add(kill_id)
         d = dec("firing")
         if tier in ("pause", "kill") and (latch is None or (latch == "pause" and tier == "kill")):
             fs.latches[phase] = tier

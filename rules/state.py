@@ -16,6 +16,7 @@ from rules.windows import SeriesBuckets, SeriesKey
 __all__ = ["FeatureState", "BreakerState", "InstanceKey"]
 
 InstanceKey = tuple[str, str, str, tuple[str, ...]]  # (ruleset, rule id, phase, group values)
+US = "\x1f"  # separates segment values inside one persisted field name
 
 
 class FeatureState:
@@ -37,7 +38,7 @@ class FeatureState:
     def watermark(self, lateness_ms: int) -> int | None:
         return None if self.max_ts is None else self.max_ts - lateness_ms
 
-    def to_state(self, detector_key: bytes) -> dict[str, Any]:
+    def to_state(self, detector_key: bytes, with_stores: bool = True) -> dict[str, Any]:
         def ik(k: InstanceKey) -> str:
             return "\x1f".join((k[0], k[1], k[2], *k[3]))
 
@@ -47,7 +48,9 @@ class FeatureState:
             "stores": {
                 str(sid): {"\x1f".join((k[0], *k[1])): s.to_state() for k, s in sorted(series.items())}
                 for sid, series in sorted(self.stores.items())
-            },
+            }
+            if with_stores
+            else {},
             "next_eval": {str(e): t for e, t in sorted(self.next_eval.items())},
             "instances": {ik(k): i.to_state() for k, i in sorted(self.instances.items())},
             "detectors": {
@@ -57,6 +60,53 @@ class FeatureState:
             "latches": dict(sorted(self.latches.items())),
             "phases": sorted(self.phases),
         }
+
+    # --- split form for incremental persistence: a small "core" plus one entry per window bucket --------------
+
+    def core_state(self, detector_key: bytes) -> dict[str, Any]:
+        """Everything but the window buckets (those persist one by one, see ``bucket_fields``)."""
+        d = self.to_state(detector_key, with_stores=False)
+        d["stores"] = {}
+        return d
+
+    def bucket_fields(self, store_keys: dict[int, str], since: int | None) -> tuple[dict[str, dict], set[str]]:
+        """``(changed, present)``: the state of every bucket starting at or after ``since`` (all when None),
+        and the field names of every bucket held. A field is store key, phase, bucket start and segment values, joined by ``US``;
+        ``store_keys`` maps store id to a name stable across rule reloads (its ``every`` and segment keys)."""
+        changed: dict[str, dict] = {}
+        present: set[str] = set()
+        for sid, series in self.stores.items():
+            sk = store_keys[sid]
+            for (phase, seg), s in series.items():
+                for start, b in s.buckets.items():
+                    f = US.join((sk, phase, str(start), *seg))
+                    present.add(f)
+                    if since is None or start >= since:
+                        changed[f] = b.to_state()
+        return changed, present
+
+    @classmethod
+    def from_parts(cls, core: dict[str, Any], buckets: dict[str, dict], plan: Any, detector_key: bytes) -> FeatureState:
+        """Inverse of ``core_state`` + ``bucket_fields`` under ``plan`` (a ``rules.plan.Plan``): buckets of stores
+        it no longer has, or that lack a sketch its rules now need, are dropped."""
+        from rules.aggregate import Bucket
+
+        fs = cls.from_state(core, detector_key)
+        for f, st in buckets.items():
+            sk, phase, start, *seg = f.split(US)
+            sid = plan.store_ids.get(sk)
+            if sid is None:
+                continue
+            spec = plan.store_by_id[sid]
+            if (spec.needs_latency and "lat" not in st) or (spec.needs_users and "users" not in st):
+                continue
+            key = (phase, tuple(seg))
+            series = fs.stores.setdefault(sid, {})
+            s = series.get(key)
+            if s is None:
+                s = series[key] = SeriesBuckets()
+            s.buckets[int(start)] = Bucket.from_state(st)
+        return fs
 
     @classmethod
     def from_state(cls, d: dict[str, Any], detector_key: bytes) -> FeatureState:
@@ -92,15 +142,26 @@ class BreakerState:
     __slots__ = ("kills", "paged")
 
     def __init__(self) -> None:
-        self.kills: dict[int, int] = {}  # hour index (ts // 3600000) -> kill commands issued
-        self.paged: set[int] = set()
+        self.kills: dict[int, set[str]] = {}  # hour index (ts // 3600000) -> ids of the kills issued in it
+        self.paged: set[int] = set()  # hours whose breaker page went out
+
+    def merge(self, other: BreakerState) -> None:
+        """Union with another worker's view (both only ever grow within an hour)."""
+        for h, ids in other.kills.items():
+            self.kills.setdefault(h, set()).update(ids)
+        self.paged |= other.paged
+
+    def expire(self, before_hour: int) -> None:
+        for h in [h for h in self.kills if h < before_hour]:
+            del self.kills[h]
+        self.paged = {h for h in self.paged if h >= before_hour}
 
     def to_state(self) -> dict[str, Any]:
-        return {"kills": {str(h): n for h, n in sorted(self.kills.items())}, "paged": sorted(self.paged)}
+        return {"kills": {str(h): sorted(ids) for h, ids in sorted(self.kills.items())}, "paged": sorted(self.paged)}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> BreakerState:
         b = cls()
-        b.kills = {int(h): n for h, n in d["kills"].items()}
+        b.kills = {int(h): set(ids) for h, ids in d["kills"].items()}
         b.paged = set(d["paged"])
         return b

@@ -1,0 +1,64 @@
+"""Rule hot reload: carry a feature's state over from one compiled plan to the next.
+
+What survives a reload is what still means the same thing under the new rules:
+
+* window buckets of a store with the same ``every`` and segment keys (a store that now also needs latency
+  sketches or user counts, which the old one did not keep, starts empty: its rules see data from the reload on);
+* lifecycle instances of rules that still exist (pending timers and firing incidents continue); instances of
+  removed rules end with a ``resolved`` decision (``cause: rule_removed``) and a page resolve if they had paged;
+* drift detectors whose rule kept the same detector, signal and parameters;
+* latches (a killed feature stays killed until an operator resumes it) and evaluation clocks of every kept ``every``.
+"""
+
+from __future__ import annotations
+
+from rules.outputs import decision, page
+from rules.plan import Plan
+from rules.policy import Outputs
+from rules.state import FeatureState
+
+__all__ = ["migrate"]
+
+
+def migrate(fs: FeatureState, feature: str, old: Plan, new: Plan, out: Outputs) -> None:
+    """Rewrite ``fs`` in place from ``old`` to ``new``; decisions about removed rules go to ``out``."""
+    remap: dict[int, int] = {}
+    for key, spec in old.stores.items():
+        nspec = new.stores.get(key)
+        if nspec is None:
+            continue
+        if (nspec.needs_latency and not spec.needs_latency) or (nspec.needs_users and not spec.needs_users):
+            continue
+        remap[spec.id] = nspec.id
+    fs.stores = {remap[sid]: series for sid, series in fs.stores.items() if sid in remap}
+
+    t = fs.max_ts if fs.max_ts is not None else 0
+    for key in sorted(fs.instances):
+        if (key[0], key[1]) in new.by_key:
+            continue
+        inst = fs.instances.pop(key)
+        b = old.by_key.get((key[0], key[1]))
+        if b is None or inst.state not in ("pending", "firing"):
+            continue
+        d = decision(
+            t=t, ruleset=b.ruleset, rule=b.rule, feature=feature, phase=key[2],
+            group=dict(zip(b.rule.group_by, key[3])), transition="resolved", metric=b.metric, value=None,
+            samples=0, window_start=t, window_end=t, extra={"cause": "rule_removed", "plan_version": new.version},
+        )  # fmt: skip
+        out.decisions.append(d)
+        if inst.paged:
+            out.pages.append(page(action="resolve", dec=d, incident=inst.incident))
+
+    for key in list(fs.detectors):
+        ob, nb = old.by_key.get((key[0], key[1])), new.by_key.get((key[0], key[1]))
+        if ob is None or nb is None or ob.rule.drift != nb.rule.drift:
+            del fs.detectors[key]
+            fs.drift_flag.pop(key, None)
+
+    everys: set[int] = set()
+    for phase in fs.phases:
+        everys |= new.for_feature(feature, phase).everys
+    nxt = {e: v for e, v in fs.next_eval.items() if e in everys}
+    for e in everys - set(nxt):
+        nxt[e] = t - t % e + e
+    fs.next_eval = nxt

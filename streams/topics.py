@@ -1,0 +1,79 @@
+"""Kafka topic names (CONTRACT §4 outputs, issue 3 inputs) and their creation.
+
+>>> Topics().outputs()
+('rollguard.decisions', 'rollguard.commands', 'rollguard.pages', 'rollguard.deadletter')
+>>> Topics(prefix="staging.").interactions
+'staging.rollguard.interactions'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Topics", "ensure_topics"]
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = ""
+
+    def _t(self, name: str) -> str:
+        return f"{self.prefix}rollguard.{name}"
+
+    @property
+    def interactions(self) -> str:
+        return self._t("interactions")
+
+    @property
+    def feedback(self) -> str:
+        return self._t("feedback")
+
+    @property
+    def control(self) -> str:
+        return self._t("control")
+
+    @property
+    def decisions(self) -> str:
+        return self._t("decisions")
+
+    @property
+    def commands(self) -> str:
+        return self._t("commands")
+
+    @property
+    def pages(self) -> str:
+        return self._t("pages")
+
+    @property
+    def deadletter(self) -> str:
+        return self._t("deadletter")
+
+    def inputs(self) -> tuple[str, str]:
+        return (self.interactions, self.feedback)
+
+    def outputs(self) -> tuple[str, str, str, str]:
+        return (self.decisions, self.commands, self.pages, self.deadletter)
+
+    def all(self) -> tuple[str, ...]:
+        return (*self.inputs(), self.control, *self.outputs())
+
+
+def ensure_topics(bootstrap: str, topics: Topics, partitions: int = 4, **client: object) -> list[str]:
+    """Create the topics that do not exist yet (input topics with ``partitions``; control and outputs with 1
+    partition each, so their order is total). Returns the names created."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rollguard-admin", **client)
+    try:
+        existing = set(admin.list_topics())
+        want = [NewTopic(t, partitions if t in topics.inputs() else 1, 1) for t in topics.all() if t not in existing]
+        if want:
+            try:
+                admin.create_topics(want)
+            except TopicAlreadyExistsError:
+                pass
+        return [t.name for t in want]
+    finally:
+        admin.close()
