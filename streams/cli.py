@@ -123,6 +123,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), preset=args.preset)
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    cfg = getattr(args, "config", None)
+    if cfg and not os.path.isfile(cfg):
+        raise RollguardError(f"settings file not found: {cfg}")
+    return Settings(_env_file=cfg) if cfg else Settings()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.live import run_worker
+
+    try:
+        settings = _settings(args)
+    except ValidationError as e:
+        return _fail(f"invalid settings:\n{e}")
+    if not settings.kafka_bootstrap or not settings.redis_url:
+        return _fail("set ROLLGUARD_KAFKA_BOOTSTRAP and ROLLGUARD_REDIS_URL (or run `rollguard demo`, which starts "
+                     "an embedded broker and Redis)")  # fmt: skip
+    try:
+        return run_worker(settings, create_topics=args.create_topics, log_level=args.log_level)
+    except RulesInvalid as e:
+        return _fail(f"invalid rules:\n{e}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rollguard", description="Streaming guardrail monitor for AI feature launches.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -149,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=float)
     s.add_argument("--rate", type=float, help="mean interactions per second")
     s.set_defaults(func=cmd_scenario)
+
+    w = sub.add_parser("worker", help="run a live worker (Faust): Kafka in, Redis state, decisions/commands/pages out")
+    w.add_argument("--config", metavar="FILE", help="settings file (KEY=VALUE lines, ROLLGUARD_ prefix); env wins")
+    w.add_argument("--create-topics", action=argparse.BooleanOptionalAction, default=True,
+                   help="create missing rollguard topics at start")  # fmt: skip
+    w.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    w.set_defaults(func=cmd_worker)
+
+    from streams.emitter import add_emit_parser
+
+    add_emit_parser(sub)
 
     d = sub.add_parser("demo", help="generate a scenario with an incident and replay it through the catalogue")
     d.add_argument("--out", default="out/demo", metavar="DIR")

@@ -14,19 +14,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
 from rules.engine import Engine, EngineConfig, Outputs
 from rules.events import EventParser, InvalidEvent, Pseudonymizer, redact
 from rules.model import RuleSet
+from rules.outputs import iso
 from streams.report import ComparisonInput, ReplayStats, RulesetInfo, write_report
 
-__all__ = ["ReplayResult", "replay", "OUTPUT_FILES"]
+__all__ = ["ReplayResult", "replay", "OUTPUT_FILES", "Source", "FileSource"]
 
 OUTPUT_FILES = ("decisions.jsonl", "commands.jsonl", "pages.jsonl", "deadletter.jsonl")
 BATCH = 4096
+_NO_END = 1 << 62
 
 
 @dataclass
@@ -38,6 +40,7 @@ class ReplayResult:
     compare_engine: Engine | None = None
     counts: dict[str, int] = field(default_factory=dict)  # outputs written per file, side A
     compare_counts: dict[str, int] = field(default_factory=dict)
+    outside_window: int = 0  # valid events skipped by since_ms / until_ms (not in events_read)
 
 
 class _Sink:
@@ -65,18 +68,22 @@ class _Sink:
 
 
 class _Progress:
-    """A progress bar on stderr by bytes read; the wall clock only paces redraws, never touches decisions."""
+    """A progress bar on stderr (bytes of files, messages of topics); the wall clock only paces redraws, never
+    touches decisions."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.last = total, enabled and total > 0, 0.0
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.last = enabled, 0.0
         self.start = time.monotonic()
 
-    def update(self, position: Callable[[], int], events: int) -> None:
+    def update(self, progress: Callable[[], tuple[int, int]], events: int) -> None:
         now = time.monotonic()
         if not self.enabled or now - self.last < 0.25:
             return
         self.last = now
-        frac = min(position() / self.total, 1.0)
+        done, total = progress()
+        if total <= 0:
+            return
+        frac = min(done / total, 1.0)
         rate = events / max(now - self.start, 1e-9)
         bar = "#" * int(frac * 30)
         sys.stderr.write(f"\rreplay [{bar:<30}] {frac:6.1%}  {events:,} events  {rate:,.0f}/s ")
@@ -85,6 +92,19 @@ class _Progress:
     def close(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
+
+
+class Source(Protocol):
+    """Where a replay reads from: ``(origin, payload)`` pairs in replay order. ``origin`` is what a dead letter
+    carries as ``source`` (``{"file", "line"}``, ``{"topic", "partition", "offset"}``); ``payload`` is one message
+    (a JSON object or a batch array). ``labels`` name the input in the report; ``progress()`` is (done, total) in
+    any unit, total 0 when unknown."""
+
+    labels: tuple[str, ...]
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], bytes]]: ...
+
+    def progress(self) -> tuple[int, int]: ...
 
 
 def _open(path: str) -> tuple[BinaryIO, BinaryIO | None]:
@@ -97,24 +117,27 @@ def _open(path: str) -> tuple[BinaryIO, BinaryIO | None]:
     return raw, raw
 
 
-class _Input:
-    """Lines of the events paths in order, as (file, line number, line); ``position()`` is the bytes consumed so
-    far over all files, read only when the progress bar redraws (not once per line)."""
+class FileSource:
+    """The non-blank lines of JSONL files in order, origin ``{"file", "line"}``; progress is bytes consumed over
+    all files (``-`` is stdin, of unknown size)."""
 
     def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
+        self.paths = list(paths)
+        self.labels = tuple(self.paths)
+        self.total = sum(os.path.getsize(p) for p in self.paths if p != "-")
         self._done_before = 0
         self._raw: BinaryIO | None = None
 
-    def position(self) -> int:
-        return self._done_before + (self._raw.tell() if self._raw is not None else 0)
+    def progress(self) -> tuple[int, int]:
+        return self._done_before + (self._raw.tell() if self._raw is not None else 0), self.total
 
-    def __iter__(self) -> Iterator[tuple[str, int, bytes]]:
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], bytes]]:
         for path in self.paths:
             src, self._raw = _open(path)
             try:
                 for n, line in enumerate(src, 1):
-                    yield path, n, line
+                    if line.strip():
+                        yield {"file": path, "line": n}, line
             finally:
                 if self._raw is not None:
                     self._done_before += self._raw.tell()
@@ -124,7 +147,7 @@ class _Input:
 
 def replay(
     rulesets: tuple[RuleSet, ...],
-    event_paths: list[str],
+    event_paths: list[str] | None,
     out_dir: str | Path,
     *,
     config: EngineConfig,
@@ -133,13 +156,27 @@ def replay(
     rule_paths: tuple[list[str], list[str] | None] = ([], None),
     progress: bool | None = None,
     allowed_lateness: str = "30s",
+    source: Source | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
 ) -> ReplayResult:
+    """Replay ``event_paths`` (JSONL files) or ``source`` (e.g. :class:`streams.kafka_source.KafkaSource`) into
+    ``out_dir``. Events whose event time is outside [``since_ms``, ``until_ms``) (default: the source's own
+    ``since_ms`` / ``until_ms`` attributes, if any) are skipped and counted in ``ReplayResult.outside_window``;
+    invalid input is dead-lettered whatever its time."""
+    if (source is None) == (event_paths is None):
+        raise ValueError("replay needs exactly one of event_paths and source")
+    src: Source = FileSource(event_paths) if source is None else source  # type: ignore[arg-type]
+    since_ms, until_ms = _bound(since_ms, src, "since_ms"), _bound(until_ms, src, "until_ms")
+    if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+        raise ValueError(f"empty time window: since {since_ms} >= until {until_ms}")
+    lo = -1 if since_ms is None else since_ms  # event times are >= 0 (parse_ts)
+    hi = _NO_END if until_ms is None else until_ms
     out = Path(out_dir)
     parser = EventParser(Pseudonymizer(user_key))
     engines = [Engine(rulesets, config)] + ([Engine(compare, config)] if compare is not None else [])
     sinks = [_Sink(out)] + ([_Sink(out / "compare")] if compare is not None else [])
-    total = sum(os.path.getsize(p) for p in event_paths if p != "-")
-    bar = _Progress(total, sys.stderr.isatty() if progress is None else progress)
+    bar = _Progress(sys.stderr.isatty() if progress is None else progress)
     result = ReplayResult(out, engine=engines[0], compare_engine=engines[1] if compare is not None else None)
     batch: list = []
     dead: list[dict] = []
@@ -152,29 +189,29 @@ def replay(
         dead.clear()
 
     try:
-        source = _Input(event_paths)
-        for path, n, line in source:
-            if not line.strip():
-                continue
-            for item in parser.parse_message(line):
-                result.events_read += 1
+        for origin, payload in src:
+            for item in parser.parse_message(payload):
                 if isinstance(item, InvalidEvent):
+                    result.events_read += 1
                     result.invalid[item.reason] = result.invalid.get(item.reason, 0) + 1
                     dead.append(
                         {
                             "reason": item.reason,
                             "detail": item.detail,
-                            "source": {"file": path, "line": n},
+                            "source": origin,
                             "payload": redact(getattr(item, "payload", None), parser.pseudo)
                             if hasattr(item, "payload")
-                            else {"_payload": f"<redacted {len(line)} bytes>"},
+                            else {"_payload": f"<redacted {len(payload)} bytes>"},
                         }
                     )
-                else:
+                elif lo <= item.ts < hi:
+                    result.events_read += 1
                     batch.append(item)
+                else:
+                    result.outside_window += 1
             if len(batch) >= BATCH:
                 flush()
-                bar.update(source.position, result.events_read)
+                bar.update(src.progress, result.events_read)
         flush()
         for eng, sink in zip(engines, sinks):
             sink.outputs(eng.finish())
@@ -185,8 +222,20 @@ def replay(
     result.counts = sinks[0].counts
     if compare is not None:
         result.compare_counts = sinks[1].counts
-    _report(result, engines, sinks, event_paths, rule_paths, allowed_lateness)
+    labels = src.labels + ((f"event time [{_when(since_ms)}, {_when(until_ms)})",) if lo >= 0 or hi < _NO_END else ())
+    _report(result, engines, sinks, labels, rule_paths, allowed_lateness)
     return result
+
+
+def _bound(given: int | None, src: object, name: str) -> int | None:
+    own = getattr(src, name, None)
+    if given is not None and own is not None and given != own:
+        raise ValueError(f"{name} {given} differs from the source's {own}")
+    return own if given is None else given
+
+
+def _when(ms: int | None) -> str:
+    return "…" if ms is None else iso(ms)
 
 
 def _stats(eng: Engine, result: ReplayResult, event_paths, rule_paths, lateness: str) -> ReplayStats:

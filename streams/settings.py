@@ -2,13 +2,17 @@
 
 Secrets are ``SecretStr`` and never print. The pure core never reads these: the shell passes values in.
 
->>> s = Settings(user_key="k")
->>> s
-Settings(user_key=SecretStr('**********'), signing_key=None, signing_key_id=None, allowed_lateness='30s', max_kills_per_hour=5)
+>>> s = Settings(user_key="k", signing_key="s")
+>>> s.user_key, s.signing_key
+(SecretStr('**********'), SecretStr('**********'))
+>>> "'k'" in repr(s) or "'s'" in repr(s)
+False
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import sys
 
 from pydantic import Field, SecretStr, field_validator
@@ -33,11 +37,43 @@ class Settings(BaseSettings):
     allowed_lateness: str = Field("30s", description="events older than watermark = max ts - this are late")
     max_kills_per_hour: int = Field(5, ge=0, description="kill breaker: rollbacks per event-time hour")
 
-    @field_validator("allowed_lateness")
+    # --- live pipeline (issue 3) -----------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(None, description="host:port[,host:port]; unset = embedded stack (demo)")
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset = embedded stack (demo)")
+    topic_prefix: str = Field("", description="prefix of every rollguard topic (e.g. 'staging.')")
+    app_id: str = Field("rollguard", pattern=r"^[A-Za-z0-9._-]+$", description="Kafka consumer group / Faust id")
+    state_namespace: str = Field("rollguard", pattern=r"^[A-Za-z0-9._-]+$", description="Redis key prefix")
+    state_key: SecretStr | None = Field(None, description="HMAC key of detector state in Redis (default: from user_key)")
+    rules: list[str] = Field(default_factory=list, description="rule files/folders; empty = bundled catalogue")
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of the input topics when rollguard creates them")
+    batch_max: int = Field(2000, ge=1, description="messages per processed batch at most")
+    batch_within: str = Field("100ms", description="wait at most this long to fill a batch")
+    idle_after: str | None = Field("2m", description="advance an idle feature's watermark after this wall time")
+    rules_poll: str = Field("5s", description="how often the rules folder is checked for changes")
+
+    @field_validator("allowed_lateness", "batch_within", "rules_poll")
     @classmethod
     def _duration(cls, v: str) -> str:
         parse_duration(v)
         return v
+
+    @field_validator("idle_after")
+    @classmethod
+    def _opt_duration(cls, v: str | None) -> str | None:
+        if v in (None, "", "0", "off"):
+            return None
+        parse_duration(v)
+        return v
+
+    def state_key_bytes(self) -> bytes:
+        if self.state_key is not None:
+            return self.state_key.get_secret_value().encode()
+        return hmac.new(self.user_key.get_secret_value().encode(), b"rollguard-state", hashlib.sha256).digest()
+
+    def rule_paths(self) -> list[str]:
+        from rules.loader import CATALOG
+
+        return list(self.rules) or [str(CATALOG)]
 
     def engine_config(self, allowed_lateness: str | None = None) -> EngineConfig:
         return EngineConfig(

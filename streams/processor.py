@@ -1,0 +1,367 @@
+"""The live batch processor: raw Kafka messages in, engine step, outputs published, state committed to Redis.
+
+Independent of Faust (the agent in ``streams.app`` only hands batches over), so the exactly-once logic is plain code:
+
+1. parse every message (single event or batch envelope); invalid ones become dead letters with topic/partition/
+   offset and a redacted payload;
+2. load the state of features not cached yet from Redis (one round trip, with the kill breaker);
+3. skip events at or below the feature's stored offset for their partition (already applied before a crash);
+4. ``Engine.step`` — the same pure function replay uses;
+5. publish decisions, commands, pages and dead letters and wait for the broker's acknowledgement;
+6. commit the touched features' state with their new offsets to Redis (atomic per feature), then the partition
+   offsets.
+
+A crash between 5 and 6 re-runs the batch from the old state: the same outputs with the same ids are published
+again (at-least-once delivery of deterministic records, never different content). Any Redis or Kafka failure in
+2, 5 or 6 drops the touched features from memory, backs off, pages "monitor degraded" once and retries from 1: the
+batch is never acknowledged before it is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from rules.engine import Engine
+from rules.events import EventParser, InvalidEvent, redact
+from rules.model import TIER_ORDER
+from rules.outputs import iso, stable_id
+from rules.policy import Outputs
+from rules.state import BreakerState, FeatureState
+from streams.store import FeatureWrite, RedisStore
+from streams.topics import Topics
+
+__all__ = ["Message", "Processor", "Publisher", "ProcessorStats", "summary_of"]
+
+log = logging.getLogger("rollguard.processor")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+    @property
+    def tp(self) -> str:
+        return f"{self.topic}:{self.partition}"
+
+
+class Publisher(Protocol):
+    def publish(self, records: Sequence[tuple[str, bytes, bytes]]) -> Awaitable[None]:
+        """Send ``(topic, key, value)`` records in order; return once the broker acknowledged all of them."""
+
+
+@dataclass
+class ProcessorStats:
+    messages: int = 0
+    events: int = 0
+    invalid: dict[str, int] = field(default_factory=dict)
+    skipped_replayed: int = 0  # events already applied before a restart (fenced by stored offsets)
+    batches: int = 0
+    retries: int = 0
+    fenced: int = 0
+    published: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Cached:
+    offsets: dict[str, int]  # tp -> highest offset applied to this feature
+    persisted: set[str]  # bucket fields present in Redis
+    last_arrival: float  # wall clock of the last event (idle watermarks)
+
+
+class Processor:
+    """Owns the engine's in-memory state for the features of the partitions this worker holds."""
+
+    def __init__(self, engine: Engine, store: RedisStore, parser: EventParser, publisher: Publisher, *,
+                 topics: Topics, detector_key: bytes, clock: Callable[[], float] = time.time,
+                 max_backoff_s: float = 5.0) -> None:  # fmt: skip
+        self.engine = engine
+        self.store = store
+        self.parser = parser
+        self.publisher = publisher
+        self.topics = topics
+        self.key = detector_key
+        self.clock = clock
+        self.max_backoff_s = max_backoff_s
+        self.cache: dict[str, _Cached] = {}
+        self.stats = ProcessorStats()
+        self.lock = asyncio.Lock()  # batches, idle ticks and reloads never interleave
+        self.degraded = False  # a "monitor degraded" page went out and was not resolved yet
+        self.full_rewrite: set[str] = set()  # features whose buckets must all be rewritten (after a reload)
+
+    # --- batches ------------------------------------------------------------------------------------------------
+
+    async def process(self, messages: Sequence[Message], owns: Callable[[str], bool] | None = None,
+                      dead_letters: bool = True) -> None:  # fmt: skip
+        """Process one batch until it is committed. Returns only on success (or cancellation). ``owns`` keeps
+        only the features this worker owns (control topic, read by every worker)."""
+        async with self.lock:
+            delay = 0.1
+            while True:
+                try:
+                    await self._process_once(messages, owns, dead_letters)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - Redis/Kafka unavailable or a bug: never ack, never die
+                    self.stats.retries += 1
+                    log.warning("batch of %d messages failed (%s: %s); retrying in %.1fs",
+                                len(messages), type(e).__name__, e, delay)  # fmt: skip
+                    self._forget({f for f in self.cache})
+                    await self._page_degraded(e)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.max_backoff_s)
+            if self.degraded:
+                await self._resolve_degraded()
+
+    async def _process_once(self, messages: Sequence[Message], owns, dead_letters: bool) -> None:
+        parsed: list[tuple[Message, list]] = []
+        dead: list[dict] = []
+        features: set[str] = set()
+        for m in messages:
+            items = []
+            for item in self.parser.parse_message(m.value or b"null"):
+                if isinstance(item, InvalidEvent):
+                    if dead_letters:
+                        dead.append(self._dead_letter(m, item))
+                elif owns is None or owns(item.feature):
+                    items.append(item)
+                    features.add(item.feature)
+            parsed.append((m, items))
+        await self._ensure_loaded(sorted(features))
+        breaker = await self.store.load_breaker()
+        self.engine.breaker.merge(breaker)
+
+        eng = self.engine
+        prev_max = {f: (eng.features[f].max_ts if f in eng.features else None) for f in features}
+        applied: dict[str, dict[str, int]] = {}
+        batch = []
+        part_off: dict[str, int] = {}
+        for m, items in parsed:
+            tp = m.tp
+            part_off[tp] = max(part_off.get(tp, -1), m.offset)
+            for item in items:
+                f = item.feature
+                c = self.cache.get(f)
+                if c is not None and m.offset <= c.offsets.get(tp, -1):
+                    self.stats.skipped_replayed += 1
+                    continue
+                batch.append(item)
+                applied.setdefault(f, {})[tp] = m.offset
+        out = eng.step(batch)
+        # dead letters of messages a previous run already committed are not sent twice
+        stored = await self.store.partition_offsets(sorted(part_off))
+        dead = [d for d in dead if d["source"]["offset"] > (stored.get(f"{d['source']['topic']}:{d['source']['partition']}") or -1)]  # noqa: E501
+        await self._publish(out, dead)
+        now = self.clock()
+        for f in applied:
+            c = self.cache.setdefault(f, _Cached({}, set(), now))
+            c.last_arrival = now
+        await self._commit(applied, prev_max, part_off)
+        self.stats.messages += len(messages)
+        self.stats.events += len(batch)
+        self.stats.batches += 1
+        for d in dead:
+            self.stats.invalid[d["reason"]] = self.stats.invalid.get(d["reason"], 0) + 1
+
+    def _dead_letter(self, m: Message, item: InvalidEvent) -> dict:
+        payload = getattr(item, "payload", None)
+        return {
+            "reason": item.reason,
+            "detail": item.detail,
+            "source": {"topic": m.topic, "partition": m.partition, "offset": m.offset},
+            "payload": redact(payload, self.parser.pseudo)
+            if hasattr(item, "payload")
+            else {"_payload": f"<redacted {len(m.value or b'')} bytes>"},
+        }
+
+    # --- state --------------------------------------------------------------------------------------------------
+
+    async def _ensure_loaded(self, features: list[str]) -> None:
+        missing = [f for f in features if f not in self.cache]
+        if not missing:
+            return
+        records, _ = await self.store.load(missing)
+        now = self.clock()
+        for f in missing:
+            rec = records[f]
+            if rec.core is not None:
+                self.engine.features[f] = FeatureState.from_parts(rec.core, rec.buckets, self.engine.plan, self.key)
+            else:
+                self.engine.features.pop(f, None)
+            self.cache[f] = _Cached(dict(rec.offsets), set(rec.buckets), now)
+
+    def _forget(self, features: set[str]) -> None:
+        """Drop in-memory state (it is reloaded from Redis on next use): after a failure or a revocation."""
+        for f in features:
+            self.cache.pop(f, None)
+            self.engine.features.pop(f, None)
+        self.engine.breaker = BreakerState()
+
+    def revoke(self, features_of: Callable[[str], bool]) -> None:
+        self._forget({f for f in self.cache if features_of(f)})
+
+    async def _commit(self, applied: dict[str, dict[str, int]], prev_max: dict[str, int | None],
+                      part_off: dict[str, int]) -> None:  # fmt: skip
+        writes = [self._write(f, offs, prev_max.get(f)) for f, offs in sorted(applied.items())]
+        result = await self.store.commit(writes, self.engine.breaker, part_off)
+        for f, ok in result.items():
+            if ok:
+                c = self.cache[f]
+                c.offsets.update(applied[f])
+            else:
+                self.stats.fenced += 1
+                log.warning("state of %s was written by another worker; dropping the local copy", f)
+                self._forget({f})
+
+    def _write(self, f: str, offsets: dict[str, int], prev_max: int | None) -> FeatureWrite:
+        eng = self.engine
+        fs = eng.features[f]
+        c = self.cache[f]
+        since = None
+        if prev_max is not None and f not in self.full_rewrite:
+            every = max((s.every_ms for s in eng.plan.store_by_id.values()), default=0)
+            since = prev_max - eng.config.allowed_lateness_ms - every
+        self.full_rewrite.discard(f)
+        changed, present = fs.bucket_fields(eng.plan.store_names, since)
+        deleted = sorted(c.persisted - present)
+        c.persisted = present
+        return FeatureWrite(
+            feature=f,
+            core=orjson.dumps(fs.core_state(self.key)),
+            summary=orjson.dumps(summary_of(eng, f, fs)),
+            offsets=offsets,
+            changed={k: orjson.dumps(v) for k, v in changed.items()},
+            deleted=deleted,
+        )
+
+    # --- outputs ------------------------------------------------------------------------------------------------
+
+    async def _publish(self, out: Outputs, dead: list[dict]) -> None:
+        t = self.topics
+        recs: list[tuple[str, bytes, bytes]] = []
+        recs += [(t.decisions, d["feature"].encode(), orjson.dumps(d)) for d in out.decisions]
+        recs += [(t.commands, c["feature"].encode(), orjson.dumps(c)) for c in out.commands]
+        recs += [(t.pages, p["payload"]["component"].encode(), orjson.dumps(p)) for p in out.pages]
+        recs += [(t.deadletter, d["source"]["topic"].encode(), orjson.dumps(d)) for d in dead]
+        if recs:
+            await self.publisher.publish(recs)
+            for topic, _, _ in recs:
+                self.stats.published[topic] = self.stats.published.get(topic, 0) + 1
+
+    async def _page_degraded(self, err: Exception) -> None:
+        if self.degraded:
+            return
+        try:
+            await self.publisher.publish([(self.topics.pages, b"rollguard", orjson.dumps(self._degraded_page(
+                "trigger", f"rollguard monitor degraded: {type(err).__name__}: {str(err)[:200]}; "
+                "batches are retried, nothing is acknowledged until state is saved")))])  # fmt: skip
+            self.degraded = True
+        except Exception as e:  # noqa: BLE001 - Kafka itself may be what is down; keep retrying the batch
+            log.error("cannot page 'monitor degraded' (%s); will try again", e)
+
+    async def _resolve_degraded(self) -> None:
+        try:
+            await self.publisher.publish([(self.topics.pages, b"rollguard", orjson.dumps(
+                self._degraded_page("resolve", "rollguard monitor recovered")))])  # fmt: skip
+            self.degraded = False
+        except Exception as e:  # noqa: BLE001
+            log.error("cannot resolve the 'monitor degraded' page (%s)", e)
+
+    def _degraded_page(self, action: str, summary: str) -> dict:
+        return {
+            "event_action": action,
+            "dedup_key": "rollguard-" + stable_id("degraded", self.topics.prefix),
+            "payload": {
+                "summary": summary,
+                "source": "rollguard",
+                "severity": "error",
+                "timestamp": iso(int(self.clock() * 1000)),
+                "component": "rollguard",
+                "group": "monitor",
+                "class": "monitor-degraded",
+            },
+        }
+
+    # --- idle watermarks ----------------------------------------------------------------------------------------
+
+    async def idle_tick(self, idle_after_s: float) -> int:
+        """Advance the watermark of features without events for ``idle_after_s`` of wall time, assuming their
+        event time kept pace with the wall clock since the last event. Returns how many features advanced."""
+        async with self.lock:
+            now = self.clock()
+            eng = self.engine
+            lateness = eng.config.allowed_lateness_ms
+            out = Outputs()
+            touched: dict[str, dict[str, int]] = {}
+            prev_max = {}
+            for f, c in sorted(self.cache.items()):
+                fs = eng.features.get(f)
+                idle = now - c.last_arrival
+                if fs is None or fs.max_ts is None or idle < idle_after_s:
+                    continue
+                prev_max[f] = fs.max_ts
+                wm = fs.max_ts - lateness + int(idle * 1000)
+                # event time moved on by the idle time; the arrival clock restarts so the next tick adds only its own
+                c.last_arrival = now
+                out.extend(eng.advance_idle(f, wm))
+                touched[f] = {}
+            if not touched:
+                return 0
+            try:
+                await self._publish(out, [])
+                await self._commit(touched, prev_max, {})
+            except Exception as e:  # noqa: BLE001 - the next tick recomputes from Redis
+                log.warning("idle watermark advance failed (%s); state reloads from Redis", e)
+                self._forget(set(touched))
+                await self._page_degraded(e)
+            return len(touched)
+
+    # --- control ------------------------------------------------------------------------------------------------
+
+    async def reload(self, rulesets: tuple) -> None:
+        async with self.lock:
+            out = self.engine.reload(rulesets)
+            self.full_rewrite |= set(self.cache)
+            if out:
+                await self._publish(out, [])
+            writes = sorted(self.cache)
+            if writes:
+                await self._commit({f: {} for f in writes}, {f: None for f in writes}, {})
+
+
+def summary_of(engine: Engine, feature: str, fs: FeatureState) -> dict:
+    """What ``rollguard status`` shows for one feature: per phase the tier, latch and active rules."""
+    lateness = engine.config.allowed_lateness_ms
+    phases: dict[str, dict[str, Any]] = {}
+    for ph in sorted(fs.phases | set(fs.latches)):
+        phases[ph] = {"tier": "ok", "latch": fs.latches.get(ph), "rules": []}
+    for (rs, rid, ph, group), inst in sorted(fs.instances.items()):
+        if inst.state not in ("pending", "firing"):
+            continue
+        b = engine.plan.by_key.get((rs, rid))
+        tier = b.rule.tier if b else "investigate"
+        p = phases.setdefault(ph, {"tier": "ok", "latch": fs.latches.get(ph), "rules": []})
+        p["rules"].append({"ruleset": rs, "rule_id": rid, "tier": tier, "state": inst.state,
+                           "group": list(group), "since": iso(inst.pending_since or inst.incident or 0),
+                           "held": inst.held})  # fmt: skip
+        if inst.state == "firing" and TIER_ORDER[tier] > TIER_ORDER.get(p["tier"], -1):
+            p["tier"] = tier
+    for p in phases.values():
+        if p["latch"] and TIER_ORDER[p["latch"]] > TIER_ORDER.get(p["tier"], -1):
+            p["tier"] = p["latch"]
+    return {
+        "feature": feature,
+        "watermark": iso(fs.max_ts - lateness) if fs.max_ts is not None else None,
+        "plan_version": engine.plan.version,
+        "phases": phases,
+    }
