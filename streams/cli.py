@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from rules.durations import parse_duration
 from rules.exceptions import RollguardError
 from rules.loader import RulesInvalid, load_rules
+from streams.kafka_source import add_from_kafka_args
 from streams.settings import Settings
 
 __all__ = ["main"]
@@ -42,6 +43,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.kafka_source import source_from_args
     from streams.replay import replay
 
     try:
@@ -49,17 +51,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
         rulesets = load_rules(args.rules)
         compare = load_rules(args.compare) if args.compare else None
         settings = Settings()
+        source = source_from_args(args, settings.topic_prefix)
     except RulesInvalid as e:
         return _fail(f"invalid rules:\n{e}")
     except (RollguardError, ValidationError) as e:
         return _fail(str(e))
-    for p in args.events:
+    for p in args.events or ():
         if p != "-" and not os.path.isfile(p):
             return _fail(f"events file not found: {p}")
     res = replay(
         rulesets,
-        args.events,
+        None if source else args.events,
         args.out,
+        source=source,
+        since_ms=args.since,
+        until_ms=args.until,
         config=settings.engine_config(args.allowed_lateness),
         user_key=settings.user_key_bytes(),
         compare=compare,
@@ -78,6 +84,7 @@ def _print_summary(res) -> None:
     print(
         f"events: {res.events_read:,} read, {invalid:,} invalid (dead-lettered), {st.late:,} late, "
         f"{st.duplicates:,} duplicate"
+        + (f", {res.outside_window:,} outside --since/--until" if res.outside_window else "")
     )
     c = res.counts
     print(
@@ -152,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("replay", help="replay JSONL events through rule sets (backtest)")
     r.add_argument("--rules", nargs="+", required=True, metavar="PATH", help="rule files or folders")
-    r.add_argument("--events", nargs="+", required=True, metavar="PATH", help=".jsonl / .jsonl.gz files, or -")
+    inputs = r.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--events", nargs="+", metavar="PATH", help=".jsonl / .jsonl.gz files, or -")
+    add_from_kafka_args(r, inputs)
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--compare", nargs="+", metavar="PATH", help="candidate rule set to compare against --rules")
     r.add_argument("--allowed-lateness", default="30s", metavar="DURATION")

@@ -95,7 +95,12 @@ class KafkaSource:
 
     def messages(self) -> Iterator[KafkaMessage]:
         """Every message of the snapshot, merged; a missing value (tombstone) is ``b""``."""
-        consumer = self._consumer()
+        from kafka.errors import KafkaError
+
+        try:
+            consumer = self._consumer()
+        except KafkaError as e:
+            raise KafkaSourceError(f"cannot read from Kafka at {self.bootstrap}: {e!r}") from e
         try:
             begin, end = self._snapshot(consumer)
             self.snapshot = {(tp.topic, tp.partition): (begin[tp], end[tp]) for tp in begin}
@@ -107,6 +112,8 @@ class KafkaSource:
             for tp in live:
                 consumer.seek(tp, begin[tp])
             yield from self._merge(consumer, live, end)
+        except KafkaError as e:
+            raise KafkaSourceError(f"reading {', '.join(self.topics)} from {self.bootstrap} failed: {e!r}") from e
         finally:
             consumer.close()
 

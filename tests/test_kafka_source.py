@@ -202,6 +202,14 @@ def test_missing_topics_are_named(stack, topic_prefix):
         list(KafkaSource(stack.kafka_bootstrap, [f"{topic_prefix}nowhere"], stall_timeout_s=5))
 
 
+def test_an_unreachable_broker_is_a_rollguard_error():
+    from streams.embedded import free_port
+
+    src = KafkaSource(f"127.0.0.1:{free_port()}", ["t"], consumer_config={"bootstrap_timeout_ms": 1000})
+    with pytest.raises(KafkaSourceError, match="cannot read"):
+        list(src)
+
+
 def test_a_group_in_the_consumer_config_is_refused():
     with pytest.raises(KafkaSourceError, match="group_id"):
         KafkaSource("127.0.0.1:1", ["t"], consumer_config={"group_id": "g"})
