@@ -95,13 +95,15 @@ class Engine:
             if fs is None:
                 fs = features[ev.feature] = FeatureState()
             ts = ev.ts
-            if fs.max_ts is not None and ts < fs.max_ts - lateness:
+            src = ev.type
+            smax = fs.src_max.get(src)
+            if smax is not None and ts < smax - lateness:  # late relative to its own source
                 stats.late += 1
                 continue
             if ev.event_id in fs.seen:
                 stats.duplicates += 1
                 continue
-            counts[ev.type] += 1
+            counts[src] += 1
             fs.seen[ev.event_id] = ts
             if stats.min_ts is None or ts < stats.min_ts:
                 stats.min_ts = ts
@@ -110,7 +112,9 @@ class Engine:
             fp = plan_for(ev.feature, ev.phase)
             if ev.phase not in fs.phases:
                 fs.phases.add(ev.phase)
-                self._start_clocks(fs, fp, ts)
+            if src not in fs.src_first:
+                fs.src_first[src] = ts
+                self._start_clocks(fs, ev.feature)
             if not fp.metric_rules and not fp.drift_rules:
                 stats.unmatched += 1
             if fp.stores:
@@ -119,8 +123,30 @@ class Engine:
                 self._update_detectors(fs, fp, ev)
             if fs.max_ts is None or ts > fs.max_ts:
                 fs.max_ts = ts
-                self._evaluate_until(out, ev.feature, fs, ts - lateness)
+            if smax is None or ts > smax:
+                fs.src_max[src] = ts
+                wm = self._watermark(fs, ev.feature)
+                if wm is not None:
+                    self._evaluate_until(out, ev.feature, fs, wm)
         return out
+
+    def _watermark(self, fs: FeatureState, feature: str) -> int | None:
+        """The feature's watermark: the lowest, over the sources its rules read, of (highest event time of that
+        source - allowed lateness); None until every such source was seen. An event late for its own source is
+        dropped, so no applied event ever falls into an evaluated window: what is evaluated does not depend on
+        how interactions and feedback interleave (two Kafka topics in live mode, one file in replay)."""
+        sources = self.plan.profile(feature).sources
+        if not sources:
+            return None
+        src_max = fs.src_max
+        low = None
+        for s in sources:
+            v = src_max.get(s)
+            if v is None:
+                return None
+            if low is None or v < low:
+                low = v
+        return low - self.config.allowed_lateness_ms
 
     def finish(self) -> Outputs:
         """End of a finite input: evaluate every instant up to each feature's last event time."""
@@ -128,23 +154,28 @@ class Engine:
         for feature in sorted(self.features):
             fs = self.features[feature]
             if fs.max_ts is not None:
+                self._start_clocks(fs, feature, force=True)
                 self._evaluate_until(out, feature, fs, fs.max_ts)
         return out
 
-    def advance_idle(self, feature: str, watermark: int) -> Outputs:
-        """Live mode only: move an idle feature's watermark to ``watermark`` (the shell derives it from the wall
-        clock) and evaluate the instants it passes, so windows close and ``for`` timers run while no event comes.
-        Every decision it produces carries ``idle_watermark``. Later events older than the watermark are late."""
+    def advance_idle(self, feature: str, source: str, ts: int) -> Outputs:
+        """Live mode only: treat ``source`` of ``feature`` as having reached event time ``ts`` although no event
+        came (the shell derives ``ts`` from the wall clock), so windows close and ``for`` timers run while a source
+        is silent. Every decision it produces carries ``idle_watermark``. Later events of that source older than
+        ``ts - allowed lateness`` are late."""
         out = Outputs()
         fs = self.features.get(feature)
-        if fs is None or fs.max_ts is None:
+        if fs is None or fs.max_ts is None or ts <= fs.src_max.get(source, ts - 1):
             return out
-        lateness = self.config.allowed_lateness_ms
-        if watermark <= fs.max_ts - lateness:
-            return out
-        fs.max_ts = watermark + lateness
-        self._evaluate_until(out, feature, fs, watermark)
-        mark = iso(watermark)
+        fs.src_max[source] = ts
+        if source not in fs.src_first:
+            fs.src_first[source] = ts
+            self._start_clocks(fs, feature)
+        fs.max_ts = max(fs.max_ts, ts)
+        wm = self._watermark(fs, feature)
+        if wm is not None:
+            self._evaluate_until(out, feature, fs, wm)
+        mark = iso(wm) if wm is not None else None
         for d in out.decisions:
             d["idle_watermark"] = mark
         return out
@@ -160,10 +191,23 @@ class Engine:
 
     # --- ingest ------------------------------------------------------------------------------------------------
 
-    def _start_clocks(self, fs: FeatureState, fp: FeaturePlan, ts: int) -> None:
-        for every in fp.everys:
-            if every not in fs.next_eval:
-                fs.next_eval[every] = ts - ts % every + every
+    def _start_clocks(self, fs: FeatureState, feature: str, force: bool = False) -> None:
+        """Start the evaluation clocks once every source the feature's rules read was seen (or, with ``force``, at
+        the end of a finite input)."""
+        prof = self.plan.profile(feature)
+        if fs.next_eval or not prof.everys:
+            return
+        firsts = [fs.src_first.get(s) for s in prof.sources]
+        if None in firsts and not force:
+            return
+        known = [t for t in firsts if t is not None] or list(fs.src_first.values())
+        if not known:
+            return
+        # every applied event of a source is at or after its first one minus the allowed lateness, so instants
+        # skipped before this origin have no data and would decide nothing, whichever event came first
+        origin = min(known) - self.config.allowed_lateness_ms
+        for every in prof.everys:
+            fs.next_eval[every] = origin - origin % every + every
 
     @staticmethod
     def _add(fs: FeatureState, fp: FeaturePlan, ev: Event) -> None:
@@ -191,8 +235,11 @@ class Engine:
                 det = fs.detectors[key] = make_detector(
                     b.rule.drift.detector, dict(b.rule.drift.params), b.detector_seed(ev.feature, ev.phase, group)
                 )
-            if det.update(x):
-                fs.drift_flag[key] = fs.drift_flag.get(key, 0) + 1
+            flagged = det.update(x)
+            pend = fs.drift_pending.get(key)
+            if pend is None:
+                pend = fs.drift_pending[key] = []
+            pend.append([ev.ts, 1 if flagged else 0, det.estimation, det.n_updates])
 
     # --- evaluation --------------------------------------------------------------------------------------------
 
@@ -230,7 +277,9 @@ class Engine:
     def _evaluate_rule(self, out, feature, fs, b: BoundRule, phases, t, cache) -> None:
         series = fs.stores.get(b.store.id, {})
         n = len(b.rule.group_by)
-        groups = {(k[0], k[1][:n]) for k in series if k[0] in phases}
+        # a series counts from its first bucket before t: one that only holds later events (already applied, as
+        # they are within the allowed lateness) must not be evaluated, or when it is would depend on arrival order
+        groups = {(k[0], k[1][:n]) for k, s in series.items() if k[0] in phases and _has_before(s.buckets, t)}
         # instances that exist but saw no data in retention still need evaluating (e.g. traffic dropped to zero)
         groups.update((k[2], k[3]) for k in fs.instances if k[0] == b.ruleset.name and k[1] == b.rule.id)
         for phase, group in sorted(groups):
@@ -240,9 +289,18 @@ class Engine:
     def _evaluate_drift(self, out, feature, fs, b: BoundRule, phases, t) -> None:
         keys = sorted(k for k in fs.detectors if k[0] == b.ruleset.name and k[1] == b.rule.id and k[2] in phases)
         for key in keys:
-            det = fs.detectors[key]
-            flagged = fs.drift_flag.pop(key, 0)
-            ev = Evaluation(bool(flagged), det.estimation, det.n_updates, t - b.rule.every_ms, t)
+            pend = fs.drift_pending.get(key)
+            flagged = 0
+            if pend:
+                take = [p for p in pend if p[0] < t]
+                if take:
+                    fs.drift_pending[key] = [p for p in pend if p[0] >= t]
+                    flagged = sum(p[1] for p in take)
+                    fs.drift_last[key] = [take[-1][2], take[-1][3]]
+            last = fs.drift_last.get(key)
+            if last is None:
+                continue  # no update before t yet
+            ev = Evaluation(bool(flagged), last[0], last[1], t - b.rule.every_ms, t)
             if flagged:
                 ev.details["drift_flags"] = flagged
             self._apply(out, feature, fs, b, key[2], key[3], t, ev)
@@ -272,3 +330,8 @@ class Engine:
             horizon = watermark - spec.retention_ms - spec.every_ms
             for key in [k for k, s in series.items() if (s.expire(horizon) or not s.buckets)]:
                 del series[key]
+
+
+def _has_before(buckets: dict[int, object], t: int) -> bool:
+    # insertion order is nearly chronological, so the first key usually answers
+    return any(start < t for start in buckets)

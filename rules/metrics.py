@@ -19,7 +19,8 @@ from typing import Any
 
 from rules.aggregate import COST_SCALE, LATENCY_SCALE, SCORE_SCALE, UNIT_SCALE, Bucket
 
-__all__ = ["metric_value", "rate_counts", "needs_latency_sketch", "needs_users", "COUNT_METRICS", "signal_value"]
+__all__ = ["metric_value", "rate_counts", "needs_latency_sketch", "needs_users", "COUNT_METRICS", "signal_value",
+           "metric_sources", "signal_sources"]
 
 # metrics whose value is a count: zero is a real observation, not "no data"
 COUNT_METRICS = frozenset({"requests", "cost_total", "flag_count", "active_users", "tickets"})
@@ -131,6 +132,23 @@ _METRICS: dict[str, Callable[[Bucket, str | None], tuple[float | None, int]]] = 
 def metric_value(base: str, param: str | None, b: Bucket) -> tuple[float | None, int]:
     """``(value, samples)`` of metric ``base[:param]`` over bucket ``b``."""
     return _METRICS[base](b, param)
+
+
+_FEEDBACK_METRICS = frozenset({
+    "acceptance_rate", "edit_rate", "rejection_rate", "thumbs_down_rate", "review_rate", "hallucination_rate",
+    "review_score_mean", "tickets", "csat_mean", "nps",
+})  # fmt: skip
+
+
+def metric_sources(base: str) -> frozenset[str]:
+    """The event types (``interaction``, ``feedback``) a metric reads: its rules wait for their watermarks."""
+    if base == "tickets_per_1k_users":
+        return frozenset({"interaction", "feedback"})
+    return frozenset({"feedback" if base in _FEEDBACK_METRICS else "interaction"})
+
+
+def signal_sources(signal: str) -> frozenset[str]:
+    return frozenset({"feedback" if signal in ("acceptance", "thumbs_down") else "interaction"})
 
 
 def needs_latency_sketch(base: str) -> bool:

@@ -7,16 +7,17 @@ investigate), each tier in load order, so that a kill inhibits lower tiers decid
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 
 from rules.metric_names import parse_metric
-from rules.metrics import needs_latency_sketch, needs_users
+from rules.metrics import metric_sources, needs_latency_sketch, needs_users, signal_sources
 from rules.model import TIER_ORDER, Rule, RuleSet
 from rules.windows import StoreSpec
 
-__all__ = ["BoundRule", "Plan", "FeaturePlan"]
+__all__ = ["BoundRule", "Plan", "FeaturePlan", "FeatureProfile"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +34,12 @@ class BoundRule:
     latching: bool  # pause / kill: never resolve by themselves
 
     @property
+    def sources(self) -> frozenset[str]:
+        if self.store is None:
+            return signal_sources(self.rule.drift.signal)
+        return metric_sources(self.base)
+
+    @property
     def sort_key(self) -> tuple[int, int]:
         return (-TIER_ORDER[self.rule.tier], self.order)
 
@@ -42,6 +49,14 @@ class BoundRule:
     def detector_seed(self, feature: str, phase: str, group: tuple[str, ...]) -> int:
         h = hashlib.sha256(repr((self.ruleset.name, self.rule.id, feature, phase, group)).encode()).digest()
         return int.from_bytes(h[:4], "big")
+
+
+@dataclass(frozen=True)
+class FeatureProfile:
+    """What a feature's watermark and clocks depend on, over every phase its rule sets could apply to."""
+
+    everys: frozenset[int]  # evaluation clocks
+    sources: frozenset[str]  # event types its rules read: its watermark is the lowest of theirs
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +108,11 @@ class Plan:
         )
         self.by_key = {(b.ruleset.name, b.rule.id): b for b in self.rules}
         self.for_feature = lru_cache(maxsize=4096)(self._for_feature)
+        self.profile = lru_cache(maxsize=4096)(self._profile)
+
+    def _profile(self, feature: str) -> FeatureProfile:
+        rules = [b for b in self.rules if any(fnmatch.fnmatchcase(feature, p) for p in b.ruleset.features)]
+        return FeatureProfile(frozenset(b.rule.every_ms for b in rules), frozenset().union(*(b.sources for b in rules)))
 
     def _for_feature(self, feature: str, phase: str) -> FeaturePlan:
         rules = [b for b in self.rules if b.ruleset.applies_to(feature, phase)]

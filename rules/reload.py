@@ -7,7 +7,8 @@ What survives a reload is what still means the same thing under the new rules:
 * lifecycle instances of rules that still exist (pending timers and firing incidents continue); instances of
   removed rules end with a ``resolved`` decision (``cause: rule_removed``) and a page resolve if they had paged;
 * drift detectors whose rule kept the same detector, signal and parameters;
-* latches (a killed feature stays killed until an operator resumes it) and evaluation clocks of every kept ``every``.
+* latches (a killed feature stays killed until an operator resumes it) and evaluation clocks of every kept
+  ``every``; a new ``every`` starts at the next instant after the feature's current position.
 """
 
 from __future__ import annotations
@@ -53,12 +54,13 @@ def migrate(fs: FeatureState, feature: str, old: Plan, new: Plan, out: Outputs) 
         ob, nb = old.by_key.get((key[0], key[1])), new.by_key.get((key[0], key[1]))
         if ob is None or nb is None or ob.rule.drift != nb.rule.drift:
             del fs.detectors[key]
-            fs.drift_flag.pop(key, None)
+            fs.drift_pending.pop(key, None)
+            fs.drift_last.pop(key, None)
 
-    everys: set[int] = set()
-    for phase in fs.phases:
-        everys |= new.for_feature(feature, phase).everys
+    everys = new.profile(feature).everys
     nxt = {e: v for e, v in fs.next_eval.items() if e in everys}
-    for e in everys - set(nxt):
-        nxt[e] = t - t % e + e
+    if nxt or fs.next_eval:  # clocks were running: new ones start at the next instant of the current watermark
+        start = min(fs.next_eval.values())
+        for e in everys - set(nxt):
+            nxt[e] = start - start % e + e
     fs.next_eval = nxt

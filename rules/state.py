@@ -22,16 +22,22 @@ US = "\x1f"  # separates segment values inside one persisted field name
 class FeatureState:
     """State of one feature: watermark, dedup ids, windows, rule instances, detectors and latches."""
 
-    __slots__ = ("max_ts", "seen", "stores", "next_eval", "instances", "detectors", "drift_flag", "latches", "phases")
+    __slots__ = ("max_ts", "src_max", "src_first", "seen", "stores", "next_eval", "instances", "detectors",
+                 "drift_pending", "drift_last", "latches", "phases")  # fmt: skip
 
     def __init__(self) -> None:
-        self.max_ts: int | None = None
+        self.max_ts: int | None = None  # highest event time of any source
+        self.src_max: dict[str, int] = {}  # source ("interaction" | "feedback") -> highest event time seen
+        self.src_first: dict[str, int] = {}  # source -> time of its first applied event (clock origin)
         self.seen: dict[str, int] = {}  # event_id -> ts, kept until the watermark passes ts
         self.stores: dict[int, dict[SeriesKey, SeriesBuckets]] = {}
         self.next_eval: dict[int, int] = {}  # every_ms -> next instant to evaluate
         self.instances: dict[InstanceKey, Instance] = {}
         self.detectors: dict[InstanceKey, DriftDetector] = {}
-        self.drift_flag: dict[InstanceKey, int] = {}  # drift flagged since the last evaluation: count of flags
+        # detector updates not yet evaluated, in arrival order: [event ts, flagged 0/1, estimation, n_updates];
+        # an instant t takes those with ts < t, so what it sees does not depend on how two sources interleave
+        self.drift_pending: dict[InstanceKey, list[list]] = {}
+        self.drift_last: dict[InstanceKey, list] = {}  # [estimation, n_updates] of the last evaluated update
         self.latches: dict[str, str] = {}  # phase -> "pause" | "kill"
         self.phases: set[str] = set()
 
@@ -44,6 +50,8 @@ class FeatureState:
 
         return {
             "max_ts": self.max_ts,
+            "src_max": dict(sorted(self.src_max.items())),
+            "src_first": dict(sorted(self.src_first.items())),
             "seen": dict(sorted(self.seen.items())),
             "stores": {
                 str(sid): {"\x1f".join((k[0], *k[1])): s.to_state() for k, s in sorted(series.items())}
@@ -56,7 +64,8 @@ class FeatureState:
             "detectors": {
                 ik(k): base64.b64encode(d.to_state(detector_key)).decode() for k, d in sorted(self.detectors.items())
             },
-            "drift_flag": {ik(k): v for k, v in sorted(self.drift_flag.items())},
+            "drift_pending": {ik(k): v for k, v in sorted(self.drift_pending.items()) if v},
+            "drift_last": {ik(k): v for k, v in sorted(self.drift_last.items())},
             "latches": dict(sorted(self.latches.items())),
             "phases": sorted(self.phases),
         }
@@ -120,6 +129,8 @@ class FeatureState:
 
         fs = cls()
         fs.max_ts = d["max_ts"]
+        fs.src_max = dict(d["src_max"])
+        fs.src_first = dict(d["src_first"])
         fs.seen = dict(d["seen"])
         fs.stores = {
             int(sid): {sk(k): SeriesBuckets.from_state(v) for k, v in series.items()}
@@ -130,7 +141,8 @@ class FeatureState:
         fs.detectors = {
             ik(k): DriftDetector.from_state(base64.b64decode(v), detector_key) for k, v in d["detectors"].items()
         }
-        fs.drift_flag = {ik(k): v for k, v in d["drift_flag"].items()}
+        fs.drift_pending = {ik(k): [list(x) for x in v] for k, v in d["drift_pending"].items()}
+        fs.drift_last = {ik(k): list(v) for k, v in d["drift_last"].items()}
         fs.latches = dict(d["latches"])
         fs.phases = set(d["phases"])
         return fs

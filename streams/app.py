@@ -100,6 +100,11 @@ class Worker:
             stream_wait_empty=True,
             web_enabled=False,
             autodiscover=False,
+            # the group join waits up to the rebalance timeout for members; keep it short so a worker that starts or
+            # takes over after a crash does so in seconds (the session timeout bounds crash detection)
+            broker_session_timeout=s.session_timeout_s,
+            broker_rebalance_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=max(0.5, s.session_timeout_s / 5),
         )
         source = app.topic(*self.topics.inputs(), value_serializer="raw", key_serializer="raw",
                            partitions=s.partitions)  # fmt: skip

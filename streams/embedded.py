@@ -123,7 +123,7 @@ class EmbeddedStack:
         # Durable like production (AOF, never evict): the worker refuses an evicting Redis.
         self._procs["redis"] = self._spawn(
             [str(redis_binary()), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction",
              "--protected-mode", "no"], log)  # fmt: skip
         _wait_port(self.redis_port, self._procs["redis"], "redis-server", log)
 

@@ -39,6 +39,8 @@ from streams.topics import Topics
 
 __all__ = ["Message", "Processor", "Publisher", "ProcessorStats", "summary_of"]
 
+_NO_EVENTS = 1 << 62  # "since" of a write that applied no event: no bucket changed (expired ones are diffed)
+
 log = logging.getLogger("rollguard.processor")
 
 
@@ -75,7 +77,8 @@ class ProcessorStats:
 class _Cached:
     offsets: dict[str, int]  # tp -> highest offset applied to this feature
     persisted: set[str]  # bucket fields present in Redis
-    last_arrival: float  # wall clock of the last event (idle watermarks)
+    first_seen: float  # wall clock when this worker took the feature over
+    src_arrival: dict[str, float] = field(default_factory=dict)  # source -> wall clock of its last event
 
 
 class Processor:
@@ -142,7 +145,7 @@ class Processor:
         self.engine.breaker.merge(breaker)
 
         eng = self.engine
-        prev_max = {f: (eng.features[f].max_ts if f in eng.features else None) for f in features}
+        min_ts: dict[str, int] = {}  # earliest event time applied per feature: buckets from there on changed
         applied: dict[str, dict[str, int]] = {}
         batch = []
         part_off: dict[str, int] = {}
@@ -157,16 +160,18 @@ class Processor:
                     continue
                 batch.append(item)
                 applied.setdefault(f, {})[tp] = m.offset
+                if item.type != "control" and (f not in min_ts or item.ts < min_ts[f]):
+                    min_ts[f] = item.ts
         out = eng.step(batch)
         # dead letters of messages a previous run already committed are not sent twice
         stored = await self.store.partition_offsets(sorted(part_off))
         dead = [d for d in dead if d["source"]["offset"] > (stored.get(f"{d['source']['topic']}:{d['source']['partition']}") or -1)]  # noqa: E501
         await self._publish(out, dead)
         now = self.clock()
-        for f in applied:
-            c = self.cache.setdefault(f, _Cached({}, set(), now))
-            c.last_arrival = now
-        await self._commit(applied, prev_max, part_off)
+        for item in batch:
+            if item.type != "control":
+                self.cache[item.feature].src_arrival[item.type] = now
+        await self._commit(applied, min_ts, part_off)
         self.stats.messages += len(messages)
         self.stats.events += len(batch)
         self.stats.batches += 1
@@ -210,9 +215,10 @@ class Processor:
     def revoke(self, features_of: Callable[[str], bool]) -> None:
         self._forget({f for f in self.cache if features_of(f)})
 
-    async def _commit(self, applied: dict[str, dict[str, int]], prev_max: dict[str, int | None],
+    async def _commit(self, applied: dict[str, dict[str, int]], since: dict[str, int | None],
                       part_off: dict[str, int]) -> None:  # fmt: skip
-        writes = [self._write(f, offs, prev_max.get(f)) for f, offs in sorted(applied.items())]
+        """``since``: per feature, the earliest event time applied (None: every bucket may have changed)."""
+        writes = [self._write(f, offs, since.get(f, _NO_EVENTS)) for f, offs in sorted(applied.items())]
         result = await self.store.commit(writes, self.engine.breaker, part_off)
         for f, ok in result.items():
             if ok:
@@ -223,15 +229,16 @@ class Processor:
                 log.warning("state of %s was written by another worker; dropping the local copy", f)
                 self._forget({f})
 
-    def _write(self, f: str, offsets: dict[str, int], prev_max: int | None) -> FeatureWrite:
+    def _write(self, f: str, offsets: dict[str, int], since: int | None) -> FeatureWrite:
         eng = self.engine
         fs = eng.features[f]
         c = self.cache[f]
-        since = None
-        if prev_max is not None and f not in self.full_rewrite:
-            every = max((s.every_ms for s in eng.plan.store_by_id.values()), default=0)
-            since = prev_max - eng.config.allowed_lateness_ms - every
-        self.full_rewrite.discard(f)
+        if f in self.full_rewrite:
+            since = None
+            self.full_rewrite.discard(f)
+        elif since is not None:
+            # a bucket holding an event at `since` starts at most one `every` earlier
+            since -= max((s.every_ms for s in eng.plan.store_by_id.values()), default=0)
         changed, present = fs.bucket_fields(eng.plan.store_names, since)
         deleted = sorted(c.persisted - present)
         c.persisted = present
@@ -295,31 +302,40 @@ class Processor:
     # --- idle watermarks ----------------------------------------------------------------------------------------
 
     async def idle_tick(self, idle_after_s: float) -> int:
-        """Advance the watermark of features without events for ``idle_after_s`` of wall time, assuming their
-        event time kept pace with the wall clock since the last event. Returns how many features advanced."""
+        """Live mode only: a source of a feature (interactions or feedback) silent for ``idle_after_s`` of wall time
+        no longer holds the feature's watermark back. If the other source is flowing, the silent one is brought
+        level with it; if the whole feature is silent, its event time is assumed to have kept pace with the wall
+        clock since its last event. Returns how many features advanced."""
         async with self.lock:
             now = self.clock()
             eng = self.engine
-            lateness = eng.config.allowed_lateness_ms
             out = Outputs()
             touched: dict[str, dict[str, int]] = {}
-            prev_max = {}
             for f, c in sorted(self.cache.items()):
                 fs = eng.features.get(f)
-                idle = now - c.last_arrival
-                if fs is None or fs.max_ts is None or idle < idle_after_s:
+                if fs is None or fs.max_ts is None:
                     continue
-                prev_max[f] = fs.max_ts
-                wm = fs.max_ts - lateness + int(idle * 1000)
-                # event time moved on by the idle time; the arrival clock restarts so the next tick adds only its own
-                c.last_arrival = now
-                out.extend(eng.advance_idle(f, wm))
-                touched[f] = {}
+                sources = eng.plan.profile(f).sources
+                silent = [s for s in sorted(sources) if now - c.src_arrival.get(s, c.first_seen) >= idle_after_s]
+                if not silent:
+                    continue
+                if len(silent) == len(sources):  # the whole feature is quiet
+                    quiet = now - max(c.src_arrival.values(), default=c.first_seen)
+                    target = fs.max_ts + int(quiet * 1000)
+                else:
+                    target = fs.max_ts
+                produced = Outputs()
+                for s in silent:
+                    produced.extend(eng.advance_idle(f, s, target))
+                    c.src_arrival[s] = now if len(silent) == len(sources) else c.src_arrival.get(s, c.first_seen)
+                if produced or len(silent) == len(sources):
+                    out.extend(produced)
+                    touched[f] = {}
             if not touched:
                 return 0
             try:
                 await self._publish(out, [])
-                await self._commit(touched, prev_max, {})
+                await self._commit(touched, {}, {})
             except Exception as e:  # noqa: BLE001 - the next tick recomputes from Redis
                 log.warning("idle watermark advance failed (%s); state reloads from Redis", e)
                 self._forget(set(touched))

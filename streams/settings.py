@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     batch_max: int = Field(2000, ge=1, description="messages per processed batch at most")
     batch_within: str = Field("100ms", description="wait at most this long to fill a batch")
     idle_after: str | None = Field("2m", description="advance an idle feature's watermark after this wall time")
+    session_timeout_s: float = Field(10.0, gt=1, le=300, description="Kafka group session/rebalance timeout")
     rules_poll: str = Field("5s", description="how often the rules folder is checked for changes")
 
     @field_validator("allowed_lateness", "batch_within", "rules_poll")

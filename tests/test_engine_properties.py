@@ -117,3 +117,25 @@ def test_replaying_twice_is_byte_identical():
                             segment={"platform": rnd.choice(["mobile", "desktop"])})  # fmt: skip
     evs.sort(key=lambda e: e.ts)
     assert outputs(evs)[1] == outputs(evs)[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(streams(), st.randoms(use_true_random=False))
+def test_any_interleaving_of_interactions_and_feedback_gives_the_same_decisions(evs, rnd):
+    # live mode reads the two event types from two Kafka topics: each keeps its own order, but how they interleave
+    # depends on fetch timing. Shift each source as a whole and merge them arbitrarily.
+    inter = [e for e in evs if e.type == "interaction"]
+    fb = [e for e in evs if e.type == "feedback"]
+    merged, i, j = [], 0, 0
+    bias = rnd.choice([0.02, 0.5, 0.98])  # mostly one source far ahead of the other, or evenly mixed
+    while i < len(inter) or j < len(fb):
+        if j >= len(fb) or (i < len(inter) and rnd.random() < bias):
+            merged.append(inter[i])
+            i += 1
+        else:
+            merged.append(fb[j])
+            j += 1
+    a, out_a, _ = outputs(evs)
+    b, out_b, _ = outputs(merged)
+    assert (a.stats.late, a.stats.events) == (b.stats.late, b.stats.events)
+    assert out_a == out_b

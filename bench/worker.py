@@ -1,0 +1,382 @@
+"""Live worker benchmark (not a test): ``python bench/worker.py [--events N] [--quick]``.
+
+Runs everything in one go on the local stack (the embedded tansu broker and redis-server, or the Kafka and Redis
+of ``ROLLGUARD_KAFKA_BOOTSTRAP`` / ``ROLLGUARD_REDIS_URL`` when both are set) and prints:
+
+* bare Faust:  events/s through a Faust agent that only counts (``bench/bare_agent.py``: same broker, same Faust
+               settings, raw serializers, the worker's ``take_events`` batching; also a plain ``async for``);
+* worker:      events/s through ``rollguard worker`` (bundled catalogue) on the same single-event messages, and on
+               batch envelopes of ``--envelope`` events, with their ratios to the bare agent's message rate;
+* detection:   end-to-end latency (p50/p99) from producing an event to the rollback command being readable on the
+               commands topic, with the worker running and caught up (``bench/latency_probe.py``).
+
+Every input is produced before its consumer starts (fresh topics and consumer group per run), so a run measures
+consumption only; the rate counts from the end of the first processed batch (the first Redis commit for the
+worker) to the last, which leaves the ~5 s group join and process start out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BENCH = ROOT / "bench"
+
+# features spread over the 4 input partitions (murmur2 of the key, as every Kafka client partitions)
+FEATURES = ("email-reply", "chat-assist", "summarize", "search-answer")
+PARTITIONS = 4
+USER_KEY = "bench-user-key-0123456789"
+
+
+# --- input ----------------------------------------------------------------------------------------------------
+
+
+def generate_events(n: int, rate: float) -> list[dict]:
+    """``n`` events of the "clean" scenario for the 4 features (``rate`` interactions/s each, weekday business
+    hours), merged in event-time order."""
+    from streams.scenario import generate, scenario_from_args
+
+    per = -(-n // len(FEATURES))
+    start = 1_793_577_600_000 + 15 * 3_600_000  # 10:00 local time of the scenario: daytime traffic
+    streams = [
+        itertools.islice(generate(scenario_from_args("clean", feature=f, seed=11 + i, start=start,
+                                                     duration_ms=7 * 86_400_000, mean_rate_per_s=rate)), per)
+        for i, f in enumerate(FEATURES)
+    ]  # fmt: skip
+    return list(itertools.islice(heapq.merge(*streams, key=lambda e: e["ts"]), n))
+
+
+def messages(topics, events: list[dict], envelope: int = 1) -> list[tuple[str, bytes, bytes, int]]:
+    """Kafka messages ``(topic, key, value, events in it)`` keyed by feature: one event each, or envelopes of
+    ``envelope`` events per topic and feature."""
+    import orjson
+
+    out: list[tuple[str, bytes, bytes, int]] = []
+    buf: dict[tuple[str, str], list] = {}
+    for e in events:
+        topic = topics.feedback if e["type"] == "feedback" else topics.interactions
+        if envelope == 1:
+            out.append((topic, e["feature"].encode(), orjson.dumps(e), 1))
+            continue
+        k = (topic, e["feature"])
+        buf.setdefault(k, []).append(e)
+        if len(buf[k]) >= envelope:
+            out.append((topic, e["feature"].encode(), orjson.dumps(buf.pop(k)), envelope))
+    for (topic, feature), evs in buf.items():
+        out.append((topic, feature.encode(), orjson.dumps(evs), len(evs)))
+    return out
+
+
+def produce(bootstrap: str, msgs: list[tuple[str, bytes, bytes, int]]) -> dict[str, int]:
+    """Send ``msgs`` in order and wait for the broker; returns the last offset per "topic:partition"."""
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20, acks=1,
+                      max_request_size=8 << 20)  # fmt: skip
+    last: dict[str, int] = {}
+
+    def done(md) -> None:
+        tp = f"{md.topic}:{md.partition}"
+        last[tp] = max(last.get(tp, -1), md.offset)
+
+    for topic, key, value, _ in msgs:
+        p.send(topic, key=key, value=value).add_callback(done)
+    p.flush()
+    p.close()
+    return last
+
+
+def split_warmup(msgs: list[tuple[str, bytes, bytes, int]]) -> tuple[list, list]:
+    """The first message of every (topic, feature), and the rest."""
+    firsts: set[tuple[str, bytes]] = set()
+    warm, rest = [], []
+    for m in msgs:
+        k = (m[0], m[1])
+        (rest if k in firsts else warm).append(m)
+        firsts.add(k)
+    return warm, rest
+
+
+# --- children -------------------------------------------------------------------------------------------------
+
+
+def child_env(stack, prefix: str, app_id: str, **settings: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=str(ROOT),
+        ROLLGUARD_KAFKA_BOOTSTRAP=stack.kafka_bootstrap,
+        ROLLGUARD_REDIS_URL=stack.redis_url,
+        ROLLGUARD_TOPIC_PREFIX=prefix,
+        ROLLGUARD_APP_ID=app_id,
+        ROLLGUARD_STATE_NAMESPACE=app_id,
+        ROLLGUARD_IDLE_AFTER="off",
+        ROLLGUARD_USER_KEY=USER_KEY,
+        ROLLGUARD_SESSION_TIMEOUT_S="6",
+        ROLLGUARD_PARTITIONS=str(PARTITIONS),
+    )
+    env.update({f"ROLLGUARD_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def worker_argv(profile: Path | None) -> list[str]:
+    if profile is None:
+        return [sys.executable, "-m", "streams.cli", "worker"]
+    return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "streams.cli", "worker"]
+
+
+def run_bare(stack, prefix: str, messages: int, mode: str, logdir: Path, timeout: float) -> dict:
+    out = logdir / f"bare-{mode}.json"
+    out.unlink(missing_ok=True)
+    env = child_env(stack, prefix, f"{prefix}bare-{mode}")
+    env["BENCH_MODE"], env["BENCH_EXPECT"], env["BENCH_OUT"] = mode, str(messages), str(out)
+    with open(logdir / f"bare-{mode}.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(BENCH / "bare_agent.py")], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+        t0 = time.time()
+        try:
+            while not out.exists():
+                if proc.poll() is not None or time.time() - t0 > timeout:
+                    raise SystemExit(f"bare agent ({mode}) failed or timed out; log: {logdir / log.name}")
+                time.sleep(0.05)
+        finally:
+            stop(proc)
+    r = json.loads(out.read_text())
+    return {"messages": r["n_last"] - r["n_first"], "events": r["n_last"] - r["n_first"], "seconds": r["t_last"] - r["t_first"], "startup": r["t_first"] - t0,
+            "cpu": r.get("cpu_last", float("nan")) - r.get("cpu_first", float("nan"))}  # fmt: skip
+
+
+def run_worker(stack, prefix: str, msgs: list, name: str, logdir: Path, timeout: float, *,
+               produced: dict[str, int] | None = None, profile: Path | None = None, **settings: str) -> dict:  # fmt: skip
+    """``rollguard worker`` on fresh topics, timed by polling the partition offsets it commits to Redis.
+
+    ``produced`` (the last offsets): the topics already hold ``msgs``; timed from the worker's first commit to the
+    last. Otherwise a burst: the first message of every topic/feature is produced first; once the worker committed
+    those (it is up, joined and has loaded its state), the rest is sent at once and timed from the start of sending
+    to the last commit — for envelopes, whose few messages may all fit in one batch."""
+    import redis
+
+    app_id = f"{prefix}{name}"
+    burst = produced is None
+    warm, rest = split_warmup(msgs) if burst else ([], msgs)
+    last = produce(stack.kafka_bootstrap, warm) if burst else produced
+    r = redis.Redis.from_url(stack.redis_url)
+    env = child_env(stack, prefix, app_id, **settings)
+
+    def poll(goal: dict[str, int]) -> tuple[float, int, list[int]]:
+        tps = sorted(goal)
+        vals = [int(v) if v is not None else -1 for v in r.mget([f"{app_id}:{{tp:{tp}}}" for tp in tps])]
+        return time.time(), sum(v + 1 for v in vals), [v - goal[tp] for v, tp in zip(vals, tps)]
+
+    with open(logdir / f"{name}.log", "wb") as log:
+        proc = subprocess.Popen(worker_argv(profile), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        t0 = time.time()
+
+        def wait(goal: dict[str, int], until) -> tuple[float, int, float]:
+            while True:
+                now, done, behind = poll(goal)
+                if until(done, behind):
+                    return now, done, cpu_seconds(proc.pid)
+                if proc.poll() is not None or now - t0 > timeout:
+                    raise SystemExit(f"worker {name} failed or timed out ({done:,} messages done); log: "
+                                     f"{logdir / log.name}")  # fmt: skip
+                time.sleep(0.01)
+
+        try:
+            if burst:
+                wait(last, lambda done, behind: min(behind) >= 0)
+                startup = time.time() - t0
+                first = (time.time(), sum(v + 1 for v in last.values()), cpu_seconds(proc.pid))
+                last = produce(stack.kafka_bootstrap, rest)
+                timed = rest
+            else:
+                first = wait(last, lambda done, behind: done > 0)
+                startup = first[0] - t0
+                timed = None
+            end = wait(last, lambda done, behind: min(behind) >= 0)
+        finally:
+            stop(proc, timeout=60 if profile else 20)
+            r.close()
+    n_msgs = end[1] - first[1]
+    n_events = sum(m[3] for m in timed) if timed is not None else n_msgs * sum(m[3] for m in msgs) / len(msgs)
+    return {"messages": n_msgs, "events": n_events, "seconds": end[0] - first[0], "startup": startup,
+            "cpu": end[2] - first[2]}  # fmt: skip
+
+
+# --- report ---------------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpus} CPUs ({model or platform.machine()}), Python {platform.python_version()}, {platform.system()}"
+
+
+def rules_summary() -> str:
+    from rules.loader import CATALOG, load_rules
+    from rules.plan import Plan
+
+    plan = Plan(load_rules([CATALOG]))
+    parts = []
+    for f in FEATURES:
+        fp = plan.for_feature(f, "closed_beta")
+        parts.append(f"{f} {len(fp.metric_rules) + len(fp.drift_rules)} ({len(fp.drift_rules)} drift)")
+    return f"catalogue: {len(plan.rules)} rules; applying per feature/closed_beta: " + ", ".join(parts)
+
+
+def print_profile(path: Path, events: int, top: int = 25) -> None:
+    import pstats
+
+    st = pstats.Stats(str(path))
+    rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # by own time
+    total = sum(v[2] for v in st.stats.values())
+    print(f"\nworker profile ({path.name}, cProfile, {events:,} events; own time per event, top {top}):")
+    print(f"{'us/event':>9} {'share':>6}  function")
+    for (file, line, fn), (_cc, _nc, tt, _ct, _callers) in rows:
+        where = file.replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "")
+        print(f"{tt / events * 1e6:>9.1f} {tt / total:>6.1%}  {fn}  ({where}:{line})")
+    cum = sorted(st.stats.items(), key=lambda kv: kv[1][3], reverse=True)
+    print(f"\ncumulative time per event, rollguard functions (top {top}):")
+    shown = 0
+    for (file, line, fn), (_cc, _nc, _tt, ct, _callers) in cum:
+        if str(ROOT) in file and ".venv" not in file:
+            print(f"{ct / events * 1e6:>9.1f} {ct / total:>6.1%}  {fn}  ({file.replace(str(ROOT) + '/', '')}:{line})")
+            shown += 1
+            if shown >= top:
+                break
+
+
+def report(res: dict[str, dict], envelope: int) -> None:
+    bare = res["bare-take"]["messages"] / res["bare-take"]["seconds"]
+    print(f"\n{'run':<36} {'messages':>9} {'seconds':>8} {'msg/s':>9} {'events/s':>9} {'vs bare':>8} {'CPU':>5}")
+    labels = {"bare-take": "bare Faust agent, take_events", "bare-iter": "bare Faust agent, async for",
+              "worker-single": "rollguard worker, single events",
+              "worker-env": f"rollguard worker, envelopes of {envelope}"}  # fmt: skip
+    rate = {}
+    for key, label in labels.items():
+        if key not in res:
+            continue
+        r = res[key]
+        rate[key] = r["events"] / r["seconds"]
+        cpu = f"{r['cpu'] / r['seconds']:.0%}" if r["cpu"] == r["cpu"] else "-"
+        print(f"{label:<36} {r['messages']:>9,} {r['seconds']:>8.2f} {r['messages'] / r['seconds']:>9,.0f} "
+              f"{rate[key]:>9,.0f} {rate[key] / bare:>7.2f}x {cpu:>5}")  # fmt: skip
+    print("(vs bare: events/s over the bare take_events agent's messages/s; CPU: the consumer process's CPU time "
+          "over the timed span)")  # fmt: skip
+    print(f"\nworker single-event messages / bare agent      = {rate['worker-single'] / bare:.2f}   (aim >= 0.8)")
+    print(f"worker envelopes events/s / bare messages/s    = {rate['worker-env'] / bare:.2f}   (aim >= 10)")
+    print(f"not timed: group join + start, bare {res['bare-take']['startup']:.1f}s, worker "
+          f"{res['worker-single']['startup']:.1f}s")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000, help="events per throughput run (default 100,000)")
+    ap.add_argument("--envelope", type=int, default=100, help="events per batch envelope (default 100)")
+    ap.add_argument("--rate", type=float, default=10.0, help="mean interactions/s per feature in event time")
+    ap.add_argument("--trials", type=int, default=30, help="detection-latency trials (default 30)")
+    ap.add_argument("--quick", action="store_true", help="20,000 events, 10 trials, no plain async-for run")
+    ap.add_argument("--no-latency", action="store_true", help="skip the detection-latency trials")
+    ap.add_argument("--profile", metavar="DIR", help="run the worker under cProfile, write .prof files to DIR and "
+                    "print the top costs per event (slows the worker down; rates are then not comparable)")
+    ap.add_argument("--logs", metavar="DIR", help="keep child logs here (default: a temporary folder)")
+    args = ap.parse_args()
+    if args.quick:
+        args.events, args.trials = min(args.events, 20_000), min(args.trials, 10)
+    from latency_probe import measure_latency
+
+    from streams.embedded import EmbeddedStack
+    from streams.topics import Topics, ensure_topics
+
+    logdir = Path(args.logs or tempfile.mkdtemp(prefix="rollguard-bench-"))
+    logdir.mkdir(parents=True, exist_ok=True)
+    profdir = Path(args.profile) if args.profile else None
+    if profdir:
+        profdir.mkdir(parents=True, exist_ok=True)
+    prof = (lambda n: profdir / f"{n}.prof") if profdir else (lambda n: None)
+    bootstrap, redis_url = os.environ.get("ROLLGUARD_KAFKA_BOOTSTRAP"), os.environ.get("ROLLGUARD_REDIS_URL")
+    if bootstrap and redis_url:
+        stack, started = argparse.Namespace(kafka_bootstrap=bootstrap, redis_url=redis_url), None
+    else:
+        stack = started = EmbeddedStack().start()
+    run = f"bw{os.getpid()}-{int(time.time()) % 100_000}"
+    timeout = 120 + args.events / 500
+    t_start = time.time()
+    res: dict[str, dict] = {}
+    try:
+        print(f"machine: {machine()}")
+        print(f"stack:   {'external' if started is None else 'embedded (tansu + redis-server)'} "
+              f"{stack.kafka_bootstrap} {stack.redis_url}; logs in {logdir}")  # fmt: skip
+        print(rules_summary())
+        events = generate_events(args.events, args.rate)
+        span = (events[-1]["ts"] - events[0]["ts"]) / 60_000
+        single, env = Topics(f"{run}-s."), Topics(f"{run}-e.")
+        for t in (single, env):
+            ensure_topics(stack.kafka_bootstrap, t, PARTITIONS)
+        single_msgs, env_msgs = messages(single, events), messages(env, events, args.envelope)
+        t0 = time.time()
+        last_single = produce(stack.kafka_bootstrap, single_msgs)
+        print(f"input:   {len(events):,} events of {len(FEATURES)} features over {PARTITIONS} partitions, "
+              f"{span:.0f} min of event time: {len(single_msgs):,} single-event messages (produced in "
+              f"{time.time() - t0:.1f}s before the consumers start), {len(env_msgs):,} envelopes of <= "
+              f"{args.envelope}")  # fmt: skip
+        for mode in ("take",) if args.quick else ("take", "iter"):
+            res[f"bare-{mode}"] = run_bare(stack, single.prefix, len(single_msgs), mode, logdir, timeout)
+        res["worker-single"] = run_worker(stack, single.prefix, single_msgs, "worker-single", logdir, timeout,
+                                          produced=last_single, profile=prof("worker-single"))  # fmt: skip
+        res["worker-env"] = run_worker(stack, env.prefix, env_msgs, "worker-env", logdir, timeout,
+                                       profile=prof("worker-env"))  # fmt: skip
+        lat = None
+        if not args.no_latency:
+            lat = measure_latency(stack, Topics(f"{run}-l."), child_env, worker_argv(None), logdir, args.trials)
+    finally:
+        if started is not None:
+            started.stop()
+    report(res, args.envelope)
+    if lat is not None:
+        lat.print()
+    print(f"\ntotal bench time {time.time() - t_start:.0f}s")
+    if profdir:
+        print_profile(profdir / "worker-single.prof", len(events))  # the whole process life: every event
+        print_profile(profdir / "worker-env.prof", len(events))
+
+
+if __name__ == "__main__":
+    main()
