@@ -127,7 +127,7 @@ def cmd_scenario(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
-    return run_demo(Path(args.out), preset=args.preset)
+    return run_demo(Path(args.out), preset=args.preset, offline=args.offline, duration=args.duration)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -190,12 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_worker)
 
     from streams.emitter import add_emit_parser
+    from streams.ops import add_ops_parsers
 
     add_emit_parser(sub)
+    add_ops_parsers(sub, rsub)
 
-    d = sub.add_parser("demo", help="generate a scenario with an incident and replay it through the catalogue")
+    d = sub.add_parser("demo", help="embedded broker + Redis + worker + traffic with an incident, until the rollback")
     d.add_argument("--out", default="out/demo", metavar="DIR")
     d.add_argument("--preset", default="latency_spike")
+    d.add_argument("--duration", default="8h", help="event time the scenario covers (default 8h)")
+    d.add_argument("--offline", action="store_true", help="file replay only: no embedded broker, Redis or worker")
     d.set_defaults(func=cmd_demo)
     return p
 

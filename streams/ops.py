@@ -1,0 +1,174 @@
+"""Operator commands against a running deployment: ``status`` (from Redis), ``resume`` and ``rules reload`` (control
+messages on the control topic, which every worker reads; the resume is recorded in the audit trail as a
+``resolved`` decision with ``cause: operator_resume``, the operator and the reason)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from rules.exceptions import RollguardError
+from streams.settings import Settings
+from streams.topics import Topics
+
+__all__ = ["add_ops_parsers", "read_status", "send_control", "resume_message", "render_status"]
+
+
+def resume_message(feature: str, phase: str | None, reason: str, operator: str | None, now_ms: int) -> dict:
+    msg = {"type": "control", "action": "resume", "event_id": f"resume-{uuid.uuid4().hex}", "ts": now_ms,
+           "feature": feature, "reason": reason}  # fmt: skip
+    if phase:
+        msg["phase"] = phase
+    if operator:
+        msg["operator"] = operator
+    return msg
+
+
+def send_control(bootstrap: str, topics: Topics, key: str, msg: dict, timeout_s: float = 15.0) -> Any:
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    try:
+        p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_block_ms=int(timeout_s * 1000))
+        md = p.send(topics.control, key=key.encode(), value=orjson.dumps(msg)).get(timeout=timeout_s)
+        p.close(timeout=timeout_s)
+        return md
+    except KafkaError as e:
+        raise RollguardError(f"cannot publish to {topics.control} at {bootstrap}: {e}") from e
+
+
+async def read_status(redis_url: str, namespace: str) -> list[dict]:
+    import redis.asyncio as aioredis
+
+    from streams.store import RedisStore
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        store = RedisStore(r, namespace)
+        features = await store.features()
+        summaries = await store.summaries(features)
+        breaker = await store.load_breaker()
+    finally:
+        await r.aclose()
+    out = [summaries[f] for f in features if f in summaries]
+    for s in out:
+        s["breaker_kills_by_hour"] = {str(h): len(ids) for h, ids in sorted(breaker.kills.items())[-3:]}
+    return out
+
+
+def render_status(rows: list[dict], now_ms: int) -> str:
+    if not rows:
+        return "no feature state yet (has a worker processed events?)"
+    lines = [f"{'FEATURE':<24} {'PHASE':<16} {'TIER':<12} {'LATCH':<6} {'WATERMARK':<21} {'UPDATED':>8}  ACTIVE RULES"]
+    for s in rows:
+        age = f"{(now_ms - s['updated_ms']) / 1000:.0f}s ago"
+        for phase, p in sorted(s["phases"].items()) or [("-", {"tier": "ok", "latch": None, "rules": []})]:
+            rules = ", ".join(
+                f"{r['rule_id']}({r['tier']},{r['state']}{',held' if r['held'] else ''}"
+                + (f",{'/'.join(r['group'])}" if r["group"] else "") + ")"
+                for r in p["rules"]
+            )  # fmt: skip
+            lines.append(f"{s['feature']:<24} {phase:<16} {p['tier'].upper():<12} {p['latch'] or '-':<6} "
+                         f"{(s['watermark'] or '-')[:20]:<21} {age:>8}  {rules or '-'}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    s = _settings()
+    url = args.redis_url or s.redis_url
+    if not url:
+        print("rollguard: error: set ROLLGUARD_REDIS_URL or --redis-url", file=sys.stderr)
+        return 2
+    try:
+        rows = asyncio.run(read_status(url, args.namespace or s.state_namespace))
+    except OSError as e:
+        print(f"rollguard: error: cannot read Redis at {url}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - redis errors are not OSError subclasses
+        print(f"rollguard: error: cannot read Redis at {url}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if args.feature:
+        rows = [r for r in rows if r["feature"] == args.feature]
+    if args.json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+    else:
+        print(render_status(rows, int(time.time() * 1000)))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    s = _settings()
+    bootstrap = args.bootstrap or s.kafka_bootstrap
+    if not bootstrap:
+        print("rollguard: error: set ROLLGUARD_KAFKA_BOOTSTRAP or --bootstrap", file=sys.stderr)
+        return 2
+    if not args.reason.strip():
+        print("rollguard: error: --reason must say why (it goes to the audit trail)", file=sys.stderr)
+        return 2
+    msg = resume_message(args.feature, args.phase, args.reason.strip(), args.operator, int(time.time() * 1000))
+    from rules.events import EventParser, Pseudonymizer
+
+    try:  # the worker would dead-letter it; say so here instead
+        EventParser(Pseudonymizer(b"validation-only-key")).parse_obj(msg)
+    except RollguardError as e:
+        print(f"rollguard: error: invalid resume: {e}", file=sys.stderr)
+        return 2
+    md = send_control(bootstrap, Topics(args.topic_prefix if args.topic_prefix is not None else s.topic_prefix),
+                      args.feature, msg)  # fmt: skip
+    where = f"phase {args.phase}" if args.phase else "all phases"
+    print(f"resume of {args.feature} ({where}) sent as {msg['event_id']} to {md.topic}@{md.offset}; "
+          "the owning worker clears the latches and records it")  # fmt: skip
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    s = _settings()
+    bootstrap = args.bootstrap or s.kafka_bootstrap
+    if not bootstrap:
+        print("rollguard: error: set ROLLGUARD_KAFKA_BOOTSTRAP or --bootstrap", file=sys.stderr)
+        return 2
+    topics = Topics(args.topic_prefix if args.topic_prefix is not None else s.topic_prefix)
+    md = send_control(bootstrap, topics, "reload", {"type": "control", "action": "reload"})
+    print(f"reload requested on {md.topic}@{md.offset}; every worker re-reads its rules folder")
+    return 0
+
+
+def add_ops_parsers(sub: Any, rules_sub: Any) -> None:
+    st = sub.add_parser("status", help="current tier, latches and active rules per feature/phase (from Redis)")
+    st.add_argument("feature", nargs="?", help="only this feature")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--redis-url", help="default: ROLLGUARD_REDIS_URL")
+    st.add_argument("--namespace", help="default: ROLLGUARD_STATE_NAMESPACE")
+    st.set_defaults(func=cmd_status)
+
+    rs = sub.add_parser("resume", help="operator resume: clear the pause/kill latch of a feature (control message)")
+    rs.add_argument("feature")
+    rs.add_argument("--phase", help="only this phase (default: every phase)")
+    rs.add_argument("--reason", required=True, help="why it is safe to resume (recorded in the audit trail)")
+    rs.add_argument("--operator", default=_whoami(), help="who resumes (default: the login name)")
+    rs.add_argument("--bootstrap", help="default: ROLLGUARD_KAFKA_BOOTSTRAP")
+    rs.add_argument("--topic-prefix", help="default: ROLLGUARD_TOPIC_PREFIX")
+    rs.set_defaults(func=cmd_resume)
+
+    rl = rules_sub.add_parser("reload", help="ask every worker to re-read its rules folder (control message)")
+    rl.add_argument("--bootstrap", help="default: ROLLGUARD_KAFKA_BOOTSTRAP")
+    rl.add_argument("--topic-prefix", help="default: ROLLGUARD_TOPIC_PREFIX")
+    rl.set_defaults(func=cmd_reload)
+
+
+def _whoami() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return None
