@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BENCH = ROOT / "bench"
 
+import profile_kit  # noqa: E402 - bench/ is the script's folder
+
 # features spread over the 4 input partitions (murmur2 of the key, as every Kafka client partitions)
 FEATURES = ("email-reply", "chat-assist", "summarize", "search-answer")
 PARTITIONS = 4
@@ -149,10 +151,8 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def worker_argv(profile: Path | None) -> list[str]:
-    if profile is None:
-        return [sys.executable, "-m", "streams.cli", "worker"]
-    return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "streams.cli", "worker"]
+def worker_argv() -> list[str]:
+    return [sys.executable, "-m", "streams.cli", "worker"]
 
 
 def run_bare(stack, prefix: str, messages: int, mode: str, logdir: Path, timeout: float) -> dict:
@@ -199,7 +199,7 @@ def run_worker(stack, prefix: str, msgs: list, name: str, logdir: Path, timeout:
         return time.time(), sum(v + 1 for v in vals), [v - goal[tp] for v, tp in zip(vals, tps)]
 
     with open(logdir / f"{name}.log", "wb") as log:
-        proc = subprocess.Popen(worker_argv(profile), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(worker_argv(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         t0 = time.time()
 
         def wait(goal: dict[str, int], until) -> tuple[float, int, float]:
@@ -216,16 +216,20 @@ def run_worker(stack, prefix: str, msgs: list, name: str, logdir: Path, timeout:
             if burst:
                 wait(last, lambda done, behind: min(behind) >= 0)
                 startup = time.time() - t0
+                spy = profile_kit.start(proc.pid, profile) if profile else None
                 first = (time.time(), sum(v + 1 for v in last.values()), cpu_seconds(proc.pid))
                 last = produce(stack.kafka_bootstrap, rest)
                 timed = rest
             else:
                 first = wait(last, lambda done, behind: done > 0)
+                spy = profile_kit.start(proc.pid, profile) if profile else None
                 startup = first[0] - t0
                 timed = None
             end = wait(last, lambda done, behind: min(behind) >= 0)
+            if spy is not None:
+                profile_kit.finish(spy)
         finally:
-            stop(proc, timeout=60 if profile else 20)
+            stop(proc)
             r.close()
     n_msgs = end[1] - first[1]
     n_events = sum(m[3] for m in timed) if timed is not None else n_msgs * sum(m[3] for m in msgs) / len(msgs)
@@ -261,28 +265,6 @@ def rules_summary() -> str:
     return f"catalogue: {len(plan.rules)} rules; applying per feature/closed_beta: " + ", ".join(parts)
 
 
-def print_profile(path: Path, events: int, top: int = 25) -> None:
-    import pstats
-
-    st = pstats.Stats(str(path))
-    rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # by own time
-    total = sum(v[2] for v in st.stats.values())
-    print(f"\nworker profile ({path.name}, cProfile, {events:,} events; own time per event, top {top}):")
-    print(f"{'us/event':>9} {'share':>6}  function")
-    for (file, line, fn), (_cc, _nc, tt, _ct, _callers) in rows:
-        where = file.replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "")
-        print(f"{tt / events * 1e6:>9.1f} {tt / total:>6.1%}  {fn}  ({where}:{line})")
-    cum = sorted(st.stats.items(), key=lambda kv: kv[1][3], reverse=True)
-    print(f"\ncumulative time per event, rollguard functions (top {top}):")
-    shown = 0
-    for (file, line, fn), (_cc, _nc, _tt, ct, _callers) in cum:
-        if str(ROOT) in file and ".venv" not in file:
-            print(f"{ct / events * 1e6:>9.1f} {ct / total:>6.1%}  {fn}  ({file.replace(str(ROOT) + '/', '')}:{line})")
-            shown += 1
-            if shown >= top:
-                break
-
-
 def report(res: dict[str, dict], envelope: int) -> None:
     bare = res["bare-take"]["messages"] / res["bare-take"]["seconds"]
     print(f"\n{'run':<36} {'messages':>9} {'seconds':>8} {'msg/s':>9} {'events/s':>9} {'vs bare':>8} {'CPU':>5}")
@@ -314,8 +296,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=30, help="detection-latency trials (default 30)")
     ap.add_argument("--quick", action="store_true", help="20,000 events, 10 trials, no plain async-for run")
     ap.add_argument("--no-latency", action="store_true", help="skip the detection-latency trials")
-    ap.add_argument("--profile", metavar="DIR", help="run the worker under cProfile, write .prof files to DIR and "
-                    "print the top costs per event (slows the worker down; rates are then not comparable)")
+    ap.add_argument("--profile", metavar="DIR", help="sample the worker runs with py-spy over their timed spans, "
+                    "keep the raw stacks in DIR and print the CPU time per event by component and function")
     ap.add_argument("--logs", metavar="DIR", help="keep child logs here (default: a temporary folder)")
     args = ap.parse_args()
     if args.quick:
@@ -330,7 +312,7 @@ def main() -> None:
     profdir = Path(args.profile) if args.profile else None
     if profdir:
         profdir.mkdir(parents=True, exist_ok=True)
-    prof = (lambda n: profdir / f"{n}.prof") if profdir else (lambda n: None)
+    prof = (lambda n: profdir / f"{n}.txt") if profdir else (lambda n: None)
     bootstrap, redis_url = os.environ.get("ROLLGUARD_KAFKA_BOOTSTRAP"), os.environ.get("ROLLGUARD_REDIS_URL")
     if bootstrap and redis_url:
         stack, started = argparse.Namespace(kafka_bootstrap=bootstrap, redis_url=redis_url), None
@@ -365,7 +347,7 @@ def main() -> None:
                                        profile=prof("worker-env"))  # fmt: skip
         lat = None
         if not args.no_latency:
-            lat = measure_latency(stack, Topics(f"{run}-l."), child_env, worker_argv(None), logdir, args.trials)
+            lat = measure_latency(stack, Topics(f"{run}-l."), child_env, worker_argv(), logdir, args.trials)
     finally:
         if started is not None:
             started.stop()
@@ -374,8 +356,8 @@ def main() -> None:
         lat.print()
     print(f"\ntotal bench time {time.time() - t_start:.0f}s")
     if profdir:
-        print_profile(profdir / "worker-single.prof", len(events))  # the whole process life: every event
-        print_profile(profdir / "worker-env.prof", len(events))
+        profile_kit.report(profdir / "worker-single.txt", res["worker-single"]["events"], "worker, single events")
+        profile_kit.report(profdir / "worker-env.txt", res["worker-env"]["events"], "worker, envelopes")
 
 
 if __name__ == "__main__":

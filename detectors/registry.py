@@ -32,6 +32,7 @@ from typing import Any
 from river import drift
 from river.drift import binary
 
+from detectors import fast
 from detectors.base import DriftDetector
 from detectors.exceptions import DetectorError
 
@@ -152,7 +153,7 @@ _CATALOGUE: dict[str, _Detector] = {
         params={"warm_start": _COUNT, "alpha": _FRACTION, "beta": _FRACTION},
     ),
     "hddm_a": _Detector(
-        binary.HDDMA,
+        fast.HDDMA,
         binary=True,
         params={
             "drift_confidence": _PROBABILITY,

@@ -70,6 +70,8 @@ _ALLOWED_GLOBALS = frozenset(
         ("river.drift.binary.hddm_w", "HDDMW"),
         ("river.drift.binary.hddm_w", "SampleInfo"),
         ("river.stats.mean", "Mean"),
+        ("detectors.fast", "HDDMA"),
+        ("detectors.fast", "Mean"),
         ("river.stats.var", "Var"),
         ("river.stats.ewmean", "EWMean"),
         ("river._river_rust.stats", "RsEWMean"),

@@ -78,19 +78,22 @@ class FeatureState:
         d["stores"] = {}
         return d
 
-    def bucket_fields(self, store_keys: dict[int, str], since: int | None) -> tuple[dict[str, dict], set[str]]:
-        """``(changed, present)``: the state of every bucket starting at or after ``since`` (all when None),
-        and the field names of every bucket held. A field is store key, phase, bucket start and segment values, joined by ``US``;
-        ``store_keys`` maps store id to a name stable across rule reloads (its ``every`` and segment keys)."""
+    def bucket_fields(self, plan: Any, since: int | None) -> tuple[dict[str, dict], set[str]]:
+        """``(changed, present)``: the state of every bucket that can hold an event at or after ``since`` (all when
+        None), and the field names of every bucket held. A field is the store's name (its ``every`` and segment
+        keys, stable across rule reloads; ``plan`` is a ``rules.plan.Plan``), phase, bucket start and segment
+        values, joined by ``US``."""
         changed: dict[str, dict] = {}
         present: set[str] = set()
+        names = plan.store_names
         for sid, series in self.stores.items():
-            sk = store_keys[sid]
+            sk = names[sid]
+            low = None if since is None else since - plan.store_by_id[sid].every_ms
             for (phase, seg), s in series.items():
                 for start, b in s.buckets.items():
                     f = US.join((sk, phase, str(start), *seg))
                     present.add(f)
-                    if since is None or start >= since:
+                    if low is None or start > low:
                         changed[f] = b.to_state()
         return changed, present
 

@@ -236,10 +236,7 @@ class Processor:
         if f in self.full_rewrite:
             since = None
             self.full_rewrite.discard(f)
-        elif since is not None:
-            # a bucket holding an event at `since` starts at most one `every` earlier
-            since -= max((s.every_ms for s in eng.plan.store_by_id.values()), default=0)
-        changed, present = fs.bucket_fields(eng.plan.store_names, since)
+        changed, present = fs.bucket_fields(eng.plan, since)
         deleted = sorted(c.persisted - present)
         c.persisted = present
         return FeatureWrite(
