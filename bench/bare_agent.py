@@ -8,7 +8,8 @@ from the same ``ROLLGUARD_*`` environment (``streams.settings.Settings``), plus:
   ``async for event in stream``);
 * ``BENCH_EXPECT`` how many messages the topics hold; once counted, the timing is written and the process stops;
 * ``BENCH_OUT``    where to write the timing (JSON: ``t_first``/``n_first`` at the end of the first batch — or the
-  first message in ``iter`` mode — and ``t_last``/``n_last`` once every message was counted; wall clock seconds).
+  first message in ``iter`` mode — and ``t_last``/``n_last`` once every message was counted; wall clock seconds,
+  ``cpu_*`` the process CPU time then). ``BENCH_OUT`` with suffix ``.first`` is created at the first batch.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def build(settings: Settings, mode: str, expect: int, out: Path) -> faust.App:
         now, cpu = time.time(), time.process_time()
         if not timing:
             timing.update(t_first=now, n_first=n, cpu_first=cpu)
+            out.with_suffix(".first").touch()  # the parent may start a profiler now
         if n >= expect and "t_last" not in timing:
             timing.update(t_last=now, n_last=n, cpu_last=cpu)
             out.write_bytes(orjson.dumps(timing))

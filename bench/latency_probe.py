@@ -49,6 +49,7 @@ class LatencyResult:
     trials: list[Trial] = field(default_factory=list)
     background_rate: float = 0.0
     worker_startup: float = 0.0
+    fetch_floor: list[float] = field(default_factory=list)  # ms, see fetch_floor()
 
     def print(self) -> None:
         ok = [t for t in self.trials if t.seen is not None and t.trip_wall is not None]
@@ -61,9 +62,15 @@ class LatencyResult:
         trip = np.array([(t.seen - t.trip_wall) * 1000 for t in ok])
         leak = np.array([(t.seen - t.leak_wall) * 1000 for t in ok])
         print(f"{'from':<44} {'p50 ms':>8} {'p99 ms':>8} {'min':>7} {'max':>7}")
-        for label, a in (("tripping event (watermark passes instant)", trip), ("pii_leak event", leak)):
+        rows = [("tripping event (watermark passes instant)", trip), ("pii_leak event", leak)]
+        if self.fetch_floor:
+            rows.append(("reference: broker fetch alone (see below)", np.array(self.fetch_floor)))
+        for label, a in rows:
             print(f"{label:<44} {np.percentile(a, 50):>8.0f} {np.percentile(a, 99):>8.0f} {a.min():>7.0f} "
                   f"{a.max():>7.0f}")  # fmt: skip
+        if self.fetch_floor:
+            print("reference: produce -> consumed by a bare aiokafka consumer with fetch_max_wait_ms=1500 (what "
+                  "Faust's consumer hardcodes), on an otherwise idle topic")  # fmt: skip
 
 
 def _feedback(feature: str, seq: int, ts: int) -> bytes:
@@ -102,6 +109,55 @@ def _read_commands(bootstrap: str, topic: str, seen: dict[str, float], stop: thr
         c.close()
 
 
+def _create_topic(bootstrap: str, name: str) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, 1, 1)])
+    finally:
+        admin.close()
+
+
+def fetch_floor(bootstrap: str, topic: str, samples: int = 20) -> list[float]:
+    """Milliseconds from sending a message to an aiokafka consumer (fetch_max_wait_ms=1500, as Faust's) having
+    it: what the broker's fetch wait alone adds to any Faust pipeline on this broker."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    async def run() -> list[float]:
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=1500, enable_auto_commit=False,
+                             auto_offset_reset="latest")  # fmt: skip
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        await c.start()
+        await p.start()
+        out: list[float] = []
+        try:
+            c.assign([TopicPartition(topic, 0)])
+            await c.seek_to_end(TopicPartition(topic, 0))
+
+            async def consume() -> None:
+                while len(out) < samples:
+                    for recs in (await c.getmany(timeout_ms=3000)).values():
+                        now = time.time()
+                        out.extend((now - float(m.value)) * 1000 for m in recs)
+
+            task = asyncio.create_task(consume())
+            await asyncio.sleep(0.5)
+            for _ in range(samples):
+                await p.send_and_wait(topic, str(time.time()).encode())
+                await asyncio.sleep(0.137)
+            await asyncio.wait_for(task, 10)
+        finally:
+            await p.stop()
+            await c.stop()
+        return out
+
+    return asyncio.run(run())
+
+
 def measure_latency(stack, topics, child_env, argv: list[str], logdir: Path, trials: int, gap: float = 0.4,
                     warmup: float = 1.5, trial_timeout: float = 15.0) -> LatencyResult:  # fmt: skip
     import redis
@@ -111,6 +167,9 @@ def measure_latency(stack, topics, child_env, argv: list[str], logdir: Path, tri
     from streams.topics import ensure_topics
 
     ensure_topics(stack.kafka_bootstrap, topics, 4)
+    probe = f"{topics.prefix}bench.fetch-probe"
+    _create_topic(stack.kafka_bootstrap, probe)
+    result = LatencyResult(fetch_floor=fetch_floor(stack.kafka_bootstrap, probe))
     app_id = f"{topics.prefix}worker-latency"
     env = child_env(stack, topics.prefix, app_id, RULES=json.dumps([str(CATALOG), str(BENCH / "latency_rules.yaml")]),
                     ALLOWED_LATENESS=f"{LATENESS_MS // 1000}s", MAX_KILLS_PER_HOUR="1000000")  # fmt: skip
@@ -121,7 +180,6 @@ def measure_latency(stack, topics, child_env, argv: list[str], logdir: Path, tri
     reader.start()
     producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, linger_ms=0, acks=1)
     r = redis.Redis.from_url(stack.redis_url)
-    result = LatencyResult()
     seq = 0
     sent = 0
 

@@ -10,9 +10,15 @@ of ``ROLLGUARD_KAFKA_BOOTSTRAP`` / ``ROLLGUARD_REDIS_URL`` when both are set) an
 * detection:   end-to-end latency (p50/p99) from producing an event to the rollback command being readable on the
                commands topic, with the worker running and caught up (``bench/latency_probe.py``).
 
-Every input is produced before its consumer starts (fresh topics and consumer group per run), so a run measures
-consumption only; the rate counts from the end of the first processed batch (the first Redis commit for the
-worker) to the last, which leaves the ~5 s group join and process start out.
+Single-event messages are produced before their consumer starts (fresh topics and consumer group per run), and
+the rate counts from the consumer's first processed batch (the bare agent's own clock; the worker's first Redis
+commit, polled) to the last, which leaves the ~5 s group join and process start out. Envelopes are few messages (one
+batch may hold them all), so the worker first gets the first envelope of every topic/feature and, once it has
+committed those (joined, state loaded), the rest is sent at once and timed from the start of sending to the last
+commit. ``--profile DIR`` samples the timed spans with py-spy and prints where the CPU time per event goes.
+
+Other helpers in bench/: ``bare_agent.py`` (the bare Faust agent), ``latency_probe.py`` (detection latency),
+``latency_rules.yaml`` (its fast kill rule), ``profile_kit.py`` (py-spy sampling and the per-event breakdown).
 """
 
 from __future__ import annotations
@@ -155,11 +161,15 @@ def worker_argv() -> list[str]:
     return [sys.executable, "-m", "streams.cli", "worker"]
 
 
-def run_bare(stack, prefix: str, messages: int, mode: str, logdir: Path, timeout: float) -> dict:
+def run_bare(stack, prefix: str, messages: int, mode: str, logdir: Path, timeout: float,
+             profile: Path | None = None) -> dict:  # fmt: skip
     out = logdir / f"bare-{mode}.json"
+    first = out.with_suffix(".first")
     out.unlink(missing_ok=True)
+    first.unlink(missing_ok=True)
     env = child_env(stack, prefix, f"{prefix}bare-{mode}")
     env["BENCH_MODE"], env["BENCH_EXPECT"], env["BENCH_OUT"] = mode, str(messages), str(out)
+    spy = None
     with open(logdir / f"bare-{mode}.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, str(BENCH / "bare_agent.py")], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
@@ -168,12 +178,23 @@ def run_bare(stack, prefix: str, messages: int, mode: str, logdir: Path, timeout
             while not out.exists():
                 if proc.poll() is not None or time.time() - t0 > timeout:
                     raise SystemExit(f"bare agent ({mode}) failed or timed out; log: {logdir / log.name}")
-                time.sleep(0.05)
+                if profile and spy is None and first.exists():
+                    spy = profile_kit.start(proc.pid, profile)
+                time.sleep(0.01)
         finally:
+            if spy is not None:
+                profile_kit.finish(spy)
             stop(proc)
     r = json.loads(out.read_text())
-    return {"messages": r["n_last"] - r["n_first"], "events": r["n_last"] - r["n_first"], "seconds": r["t_last"] - r["t_first"], "startup": r["t_first"] - t0,
-            "cpu": r.get("cpu_last", float("nan")) - r.get("cpu_first", float("nan"))}  # fmt: skip
+    n = r["n_last"] - r["n_first"]
+    return {"messages": n, "events": n, "seconds": r["t_last"] - r["t_first"], "startup": r["t_first"] - t0,
+            "cpu": r["cpu_last"] - r["cpu_first"]}  # fmt: skip
+
+
+def batches_so_far(r) -> int:
+    """Batches the workers on this Redis processed: the processor reads the kill breaker (one HGETALL) per batch;
+    feature state is loaded with HGETALL too, but only on a feature's first batch, before the timed span."""
+    return int(r.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0))
 
 
 def run_worker(stack, prefix: str, msgs: list, name: str, logdir: Path, timeout: float, *,
@@ -218,14 +239,17 @@ def run_worker(stack, prefix: str, msgs: list, name: str, logdir: Path, timeout:
                 startup = time.time() - t0
                 spy = profile_kit.start(proc.pid, profile) if profile else None
                 first = (time.time(), sum(v + 1 for v in last.values()), cpu_seconds(proc.pid))
+                b0 = batches_so_far(r)
                 last = produce(stack.kafka_bootstrap, rest)
                 timed = rest
             else:
                 first = wait(last, lambda done, behind: done > 0)
+                b0 = batches_so_far(r)
                 spy = profile_kit.start(proc.pid, profile) if profile else None
                 startup = first[0] - t0
                 timed = None
             end = wait(last, lambda done, behind: min(behind) >= 0)
+            batches = batches_so_far(r) - b0
             if spy is not None:
                 profile_kit.finish(spy)
         finally:
@@ -234,7 +258,7 @@ def run_worker(stack, prefix: str, msgs: list, name: str, logdir: Path, timeout:
     n_msgs = end[1] - first[1]
     n_events = sum(m[3] for m in timed) if timed is not None else n_msgs * sum(m[3] for m in msgs) / len(msgs)
     return {"messages": n_msgs, "events": n_events, "seconds": end[0] - first[0], "startup": startup,
-            "cpu": end[2] - first[2]}  # fmt: skip
+            "cpu": end[2] - first[2], "batches": batches}  # fmt: skip
 
 
 # --- report ---------------------------------------------------------------------------------------------------
@@ -267,7 +291,8 @@ def rules_summary() -> str:
 
 def report(res: dict[str, dict], envelope: int) -> None:
     bare = res["bare-take"]["messages"] / res["bare-take"]["seconds"]
-    print(f"\n{'run':<36} {'messages':>9} {'seconds':>8} {'msg/s':>9} {'events/s':>9} {'vs bare':>8} {'CPU':>5}")
+    print(f"\n{'run':<36} {'messages':>9} {'seconds':>8} {'msg/s':>9} {'events/s':>9} {'vs bare':>8} {'CPU':>5} "
+          f"{'msgs/batch':>10}")  # fmt: skip
     labels = {"bare-take": "bare Faust agent, take_events", "bare-iter": "bare Faust agent, async for",
               "worker-single": "rollguard worker, single events",
               "worker-env": f"rollguard worker, envelopes of {envelope}"}  # fmt: skip
@@ -278,10 +303,12 @@ def report(res: dict[str, dict], envelope: int) -> None:
         r = res[key]
         rate[key] = r["events"] / r["seconds"]
         cpu = f"{r['cpu'] / r['seconds']:.0%}" if r["cpu"] == r["cpu"] else "-"
+        batch = f"{r['messages'] / r['batches']:,.0f}" if r.get("batches") else "-"
         print(f"{label:<36} {r['messages']:>9,} {r['seconds']:>8.2f} {r['messages'] / r['seconds']:>9,.0f} "
-              f"{rate[key]:>9,.0f} {rate[key] / bare:>7.2f}x {cpu:>5}")  # fmt: skip
-    print("(vs bare: events/s over the bare take_events agent's messages/s; CPU: the consumer process's CPU time "
-          "over the timed span)")  # fmt: skip
+              f"{rate[key]:>9,.0f} {rate[key] / bare:>7.2f}x {cpu:>5} {batch:>10}")  # fmt: skip
+    print("vs bare: events/s over the bare take_events agent's messages/s. CPU: the consumer process's CPU time over "
+          "the timed span.\nmsgs/batch: messages per processed batch (batches counted from the worker's Redis "
+          "commands)")  # fmt: skip
     print(f"\nworker single-event messages / bare agent      = {rate['worker-single'] / bare:.2f}   (aim >= 0.8)")
     print(f"worker envelopes events/s / bare messages/s    = {rate['worker-env'] / bare:.2f}   (aim >= 10)")
     print(f"not timed: group join + start, bare {res['bare-take']['startup']:.1f}s, worker "
@@ -340,7 +367,8 @@ def main() -> None:
               f"{time.time() - t0:.1f}s before the consumers start), {len(env_msgs):,} envelopes of <= "
               f"{args.envelope}")  # fmt: skip
         for mode in ("take",) if args.quick else ("take", "iter"):
-            res[f"bare-{mode}"] = run_bare(stack, single.prefix, len(single_msgs), mode, logdir, timeout)
+            res[f"bare-{mode}"] = run_bare(stack, single.prefix, len(single_msgs), mode, logdir, timeout,
+                                           profile=prof(f"bare-{mode}") if mode == "take" else None)  # fmt: skip
         res["worker-single"] = run_worker(stack, single.prefix, single_msgs, "worker-single", logdir, timeout,
                                           produced=last_single, profile=prof("worker-single"))  # fmt: skip
         res["worker-env"] = run_worker(stack, env.prefix, env_msgs, "worker-env", logdir, timeout,
@@ -356,6 +384,7 @@ def main() -> None:
         lat.print()
     print(f"\ntotal bench time {time.time() - t_start:.0f}s")
     if profdir:
+        profile_kit.report(profdir / "bare-take.txt", res["bare-take"]["events"], "bare agent (take_events)")
         profile_kit.report(profdir / "worker-single.txt", res["worker-single"]["events"], "worker, single events")
         profile_kit.report(profdir / "worker-env.txt", res["worker-env"]["events"], "worker, envelopes")
 

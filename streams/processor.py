@@ -44,6 +44,10 @@ _NO_EVENTS = 1 << 62  # "since" of a write that applied no event: no bucket chan
 log = logging.getLogger("rollguard.processor")
 
 
+class _EngineFailure(Exception):
+    """The pure engine raised (a bug on some input), as opposed to Redis or Kafka being unavailable."""
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     topic: str
@@ -111,7 +115,11 @@ class Processor:
             delay = 0.1
             while True:
                 try:
-                    await self._process_once(messages, owns, dead_letters)
+                    try:
+                        await self._process_once(messages, owns, dead_letters)
+                    except _EngineFailure:
+                        self._forget(set(self.cache))
+                        await self._isolate(messages, owns, dead_letters)
                     break
                 except asyncio.CancelledError:
                     raise
@@ -162,7 +170,10 @@ class Processor:
                 applied.setdefault(f, {})[tp] = m.offset
                 if item.type != "control" and (f not in min_ts or item.ts < min_ts[f]):
                     min_ts[f] = item.ts
-        out = eng.step(batch)
+        try:
+            out = eng.step(batch)
+        except Exception as e:  # noqa: BLE001 - a bug on some input: find the message, dead-letter it, go on
+            raise _EngineFailure(e) from e
         # dead letters of messages a previous run already committed are not sent twice
         stored = await self.store.partition_offsets(sorted(part_off))
         dead = [d for d in dead if d["source"]["offset"] > (stored.get(f"{d['source']['topic']}:{d['source']['partition']}") or -1)]  # noqa: E501
@@ -177,6 +188,25 @@ class Processor:
         self.stats.batches += 1
         for d in dead:
             self.stats.invalid[d["reason"]] = self.stats.invalid.get(d["reason"], 0) + 1
+
+    async def _isolate(self, messages: Sequence[Message], owns, dead_letters: bool) -> None:
+        """The engine raised on this batch: redo it message by message; one that still fails is dead-lettered
+        (reason ``processing_error``) and skipped, so one bad event never blocks its partition. I/O errors
+        propagate to the caller's retry."""
+        for m in messages:
+            try:
+                await self._process_once([m], owns, dead_letters)
+            except _EngineFailure as e:
+                self._forget(set(self.cache))
+                log.error("message %s@%d makes the engine fail (%s); dead-lettered", m.tp, m.offset, e.__cause__)
+                err = InvalidEvent("processing_error", f"{type(e.__cause__).__name__} while applying this message")
+                try:
+                    err.payload = orjson.loads(m.value or b"null")  # type: ignore[attr-defined]  # redacted below
+                except orjson.JSONDecodeError:
+                    pass
+                await self._publish(Outputs(), [self._dead_letter(m, err)])
+                await self.store.commit([], None, {m.tp: m.offset})
+                self.stats.invalid["processing_error"] = self.stats.invalid.get("processing_error", 0) + 1
 
     def _dead_letter(self, m: Message, item: InvalidEvent) -> dict:
         payload = getattr(item, "payload", None)

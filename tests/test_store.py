@@ -167,3 +167,29 @@ def test_an_evicting_redis_is_refused(stack, redis_client, policy):
             asyncio.run(go())
     finally:
         redis_client.config_set("maxmemory-policy", "noeviction")
+
+
+def test_a_message_that_breaks_the_engine_is_dead_lettered_and_the_rest_applied(stack, redis_client, monkeypatch):
+    import rules.engine as engine_mod
+
+    real = engine_mod.contributions
+    poison = orjson.loads(MSGS[10].value)["event_id"]
+
+    def contributions(ev):
+        if ev.event_id == poison:
+            raise ZeroDivisionError("bug (test)")
+        return real(ev)
+
+    monkeypatch.setattr(engine_mod, "contributions", contributions)
+
+    async def go():
+        pub = ListPublisher()
+        p = processor(stack.redis_url, "poison", pub)
+        await run(p, MSGS[:300], 100)
+        return p, pub
+
+    p, pub = asyncio.run(go())
+    dead = [orjson.loads(v) for t, _, v in pub.records if t == Topics().deadletter]
+    assert [(d["reason"], d["source"]["offset"]) for d in dead] == [("processing_error", MSGS[10].offset)]
+    assert "ZeroDivisionError" in dead[0]["detail"]
+    assert p.stats.events == 299 and p.stats.invalid == {"processing_error": 1}
