@@ -148,6 +148,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return _fail("set ROLLGUARD_KAFKA_BOOTSTRAP and ROLLGUARD_REDIS_URL (or run `rollguard demo`, which starts "
                      "an embedded broker and Redis)")  # fmt: skip
     try:
+        load_rules(settings.rule_paths())  # fail before connecting to anything
         return run_worker(settings, create_topics=args.create_topics, log_level=args.log_level)
     except RulesInvalid as e:
         return _fail(f"invalid rules:\n{e}")

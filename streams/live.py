@@ -6,16 +6,20 @@ import asyncio
 import logging
 
 from streams.settings import Settings
-from streams.topics import Topics, ensure_topics
+from streams.topics import Topics, TopicsError, ensure_topics, input_partitions
 
 __all__ = ["run_worker", "preflight"]
 
 
-def preflight(settings: Settings, create_topics: bool = True) -> None:
-    """Fail fast with a clear message: Redis must not evict, topics must exist."""
+def preflight(settings: Settings, create_topics: bool = True) -> Settings:
+    """Fail fast with a clear message: Redis must not evict, the input topics must exist and be co-partitioned.
+    Returns the settings with ``partitions`` set to the input topics' actual count."""
     import redis.asyncio as aioredis
 
-    from streams.store import RedisStore
+    from streams.store import RedisStore, StoreError
+
+    from kafka.errors import KafkaError
+    from redis.exceptions import RedisError
 
     async def check() -> None:
         r = aioredis.Redis.from_url(settings.redis_url)
@@ -24,9 +28,18 @@ def preflight(settings: Settings, create_topics: bool = True) -> None:
         finally:
             await r.aclose()
 
-    asyncio.run(check())
-    if create_topics:
-        ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix), settings.partitions)
+    try:
+        asyncio.run(check())
+    except (RedisError, OSError) as e:
+        raise StoreError(f"cannot reach Redis at {settings.redis_url}: {e}") from e
+    topics = Topics(settings.topic_prefix)
+    try:
+        if create_topics:
+            ensure_topics(settings.kafka_bootstrap, topics, settings.partitions)
+        n = input_partitions(settings.kafka_bootstrap, topics)
+    except KafkaError as e:
+        raise TopicsError(f"cannot use Kafka at {settings.kafka_bootstrap}: {e}") from e
+    return settings.model_copy(update={"partitions": n})
 
 
 def run_worker(settings: Settings, create_topics: bool = True, log_level: str = "warning") -> int:
@@ -34,7 +47,7 @@ def run_worker(settings: Settings, create_topics: bool = True, log_level: str = 
 
     from streams.app import Worker
 
-    preflight(settings, create_topics)
+    settings = preflight(settings, create_topics)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings)
     FaustWorker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()

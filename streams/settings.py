@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import sys
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rules.durations import parse_duration
+from rules.exceptions import RollguardError
 from rules.engine import EngineConfig
 
 __all__ = ["Settings", "DEV_USER_KEY"]
@@ -44,7 +46,9 @@ class Settings(BaseSettings):
     app_id: str = Field("rollguard", pattern=r"^[A-Za-z0-9._-]+$", description="Kafka consumer group / Faust id")
     state_namespace: str = Field("rollguard", pattern=r"^[A-Za-z0-9._-]+$", description="Redis key prefix")
     state_key: SecretStr | None = Field(None, description="HMAC key of detector state in Redis (default: from user_key)")
-    rules: list[str] = Field(default_factory=list, description="rule files/folders; empty = bundled catalogue")
+    rules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="rule files/folders, comma-separated (or a JSON list); empty = catalogue"
+    )
     partitions: int = Field(4, ge=1, le=1024, description="partitions of the input topics when rollguard creates them")
     batch_max: int = Field(2000, ge=1, description="messages per processed batch at most")
     batch_within: str = Field("100ms", description="wait at most this long to fill a batch")
@@ -55,7 +59,26 @@ class Settings(BaseSettings):
     @field_validator("allowed_lateness", "batch_within", "rules_poll")
     @classmethod
     def _duration(cls, v: str) -> str:
-        parse_duration(v)
+        _check_duration(v)
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+        return v
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _paths(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                import json
+
+                return json.loads(v)
+            return [p.strip() for p in v.split(",") if p.strip()]
         return v
 
     @field_validator("idle_after")
@@ -63,7 +86,7 @@ class Settings(BaseSettings):
     def _opt_duration(cls, v: str | None) -> str | None:
         if v in (None, "", "0", "off"):
             return None
-        parse_duration(v)
+        _check_duration(v)
         return v
 
     def state_key_bytes(self) -> bytes:
@@ -89,3 +112,10 @@ class Settings(BaseSettings):
         if key == DEV_USER_KEY:
             print("rollguard: warning: ROLLGUARD_USER_KEY is not set; using the development key", file=sys.stderr)
         return key.encode()
+
+
+def _check_duration(v: str) -> None:
+    try:
+        parse_duration(v)
+    except RollguardError as e:  # pydantic names the setting only for ValueError
+        raise ValueError(str(e)) from None

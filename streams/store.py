@@ -120,10 +120,15 @@ class RedisStore:
 
     async def check(self) -> None:
         """Refuse a Redis that may evict keys: losing state silently would lose or double-count events."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         try:
             cfg = await self.r.config_get("maxmemory-policy")
             policy = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                       for k, v in cfg.items()}.get("maxmemory-policy", "")  # fmt: skip
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            raise StoreError(f"cannot reach Redis: {e}") from e
         except Exception as e:  # noqa: BLE001 - managed Redis may forbid CONFIG; say what to do
             raise StoreError(
                 f"cannot read Redis maxmemory-policy ({e}); rollguard needs 'noeviction' — set it, or allow CONFIG GET"

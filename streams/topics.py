@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Topics", "ensure_topics"]
+from rules.exceptions import RollguardError
+
+__all__ = ["Topics", "ensure_topics", "input_partitions", "TopicsError"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +79,28 @@ def ensure_topics(bootstrap: str, topics: Topics, partitions: int = 4, **client:
         return [t.name for t in want]
     finally:
         admin.close()
+
+
+def input_partitions(bootstrap: str, topics: Topics, **client: object) -> int:
+    """The partition count the input topics share; raises ``TopicsError`` when they differ (events of one feature
+    would then land on different workers) or do not exist."""
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, client_id="rollguard-check", **client)
+    try:
+        counts = {t: len(c.partitions_for_topic(t) or ()) for t in topics.inputs()}
+    finally:
+        c.close()
+    missing = [t for t, n in counts.items() if n == 0]
+    if missing:
+        raise TopicsError(f"input topic(s) missing: {', '.join(missing)} (run the worker with --create-topics)")
+    if len(set(counts.values())) != 1:
+        raise TopicsError(
+            "input topics must have the same partition count so one worker gets all events of a feature: "
+            + ", ".join(f"{t}={n}" for t, n in counts.items())
+        )
+    return next(iter(counts.values()))
+
+
+class TopicsError(RollguardError):
+    """The Kafka topics are missing or inconsistent."""

@@ -228,7 +228,7 @@ def test_resume_of_an_unknown_feature_and_control_garbage_do_not_stop_the_worker
         assert not [p for p in pages.poll() if p["payload"]["class"] == "monitor-degraded"]
         assert worker.alive()
     finally:
-        worker.stop()
+        worker.kill9() if worker.alive() else None  # a stuck worker would take 30 s to stop
         pages.close()
 
 
@@ -267,9 +267,9 @@ def test_rules_folder_change_reloads_without_restart_and_invalid_rules_are_rejec
 
         # a broken file is rejected with a located error; the worker keeps v2 and carries on
         (rules / "ops.yaml").write_text(rule_yaml(0.3, "investigate").replace("error_rate", "eror_rate"))
-        wait_until(lambda: log_has(worker, "rules reload (rules folder changed) rejected, keeping version "
-                                   f"{v2[:12]}"), 20, "rejection", worker)  # fmt: skip
-        assert "eror_rate" in worker.log.read_text()
+        wait_until(lambda: log_has(worker, "rules reload (rules folder changed) rejected, keeping version"), 20,
+                   "rejection", worker)  # fmt: skip
+        assert "ops.yaml:7: ruleset 'ops' rule 'errors': metric: unknown metric 'eror_rate'" in worker.log.read_text()
         n2 = len(decisions.poll())
         last = produce(stack, topics, interactions(f, 24, 6) + interactions(f, 30, 6, "ok"))
         wait_processed(stack, topics, last, worker, timeout=60)
