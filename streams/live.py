@@ -35,7 +35,7 @@ def preflight(settings: Settings, create_topics: bool = True) -> Settings:
     topics = Topics(settings.topic_prefix)
     try:
         if create_topics:
-            ensure_topics(settings.kafka_bootstrap, topics, settings.partitions)
+            ensure_topics(settings.kafka_bootstrap, topics, settings.partitions, bootstrap_timeout_ms=10_000)
         n = input_partitions(settings.kafka_bootstrap, topics)
     except KafkaError as e:
         raise TopicsError(f"cannot use Kafka at {settings.kafka_bootstrap}: {e}") from e

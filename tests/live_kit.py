@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,6 +60,28 @@ class LiveWorker:
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
+    def assignments(self, topic: str) -> list[set[int]]:
+        """The partitions of ``topic`` this worker was given at each group (re)assignment so far, oldest first,
+        read from Faust's INFO log table ("Setting newly assigned partitions ... for group")."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        out = []
+        for block in _ASSIGNED.findall(text):
+            row = re.search(rf"^\|\s*{re.escape(topic)}\s*\|\s*\{{([^}}]*)\}}\s*\|", block, re.M)
+            out.append(_partition_set(row.group(1)) if row else set())
+        return out
+
+
+_ASSIGNED = re.compile(r"Setting newly assigned partitions(.*?)for group", re.S)
+
+
+def _partition_set(text: str) -> set[int]:
+    """Faust's partition set rendering: ``0-2, 5`` -> {0, 1, 2, 5}."""
+    out: set[int] = set()
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        lo, _, hi = item.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
 
 def setup_topics(stack, prefix: str, partitions: int = 4) -> Topics:
     topics = Topics(prefix)
@@ -110,6 +133,16 @@ def merge_offsets(*lasts: dict[str, int]) -> dict[str, int]:
         for tp, off in last.items():
             out[tp] = max(out.get(tp, -1), off)
     return out
+
+
+def processed_offsets(stack, topics: Topics, tps: Iterable[str]) -> dict[str, int]:
+    """The processed offset Redis records per partition (-1: none yet)."""
+    r = redis.Redis.from_url(stack.redis_url)
+    ns = f"{topics.prefix}rollguard"
+    try:
+        return {tp: int(r.get(f"{ns}:{{tp:{tp}}}") or -1) for tp in tps}
+    finally:
+        r.close()
 
 
 def wait_processed(stack, topics: Topics, last: dict[str, int], worker: LiveWorker | None = None,

@@ -175,13 +175,14 @@ def test_resume_clears_the_latch_and_a_later_incident_fires_again(stack, topic_p
         phase = status(cli, topics)[f]["phases"]["default"]
         assert (phase["tier"], phase["latch"]) == ("kill", "kill")
         assert [r["rule_id"] for r in phase["rules"]] == ["errors"]
+        code, out, _ = cli(topics, "status", f)
+        assert code == 0 and out.split("\n")[1].split()[:4] == [f, "default", "KILL", "kill"]
 
         code, out, err = cli(topics, "resume", f, "--reason", "prompt v7 reverted", "--operator", "alice")
         assert code == 0, err
         assert "resume of resume-me (all phases) sent" in out
         [res] = decisions.wait(lambda d: d.get("cause") == "operator_resume", worker, what="resume decision")
-        assert res["transition"] == "resolved" and (res["feature"], res["phase"], res["rule_id"]) == (f, "default",
-                                                                                                      "errors")  # fmt: skip
+        assert (res["transition"], res["feature"], res["phase"], res["rule_id"]) == ("resolved", f, "default", "errors")
         assert (res["operator"], res["reason"]) == ("alice", "prompt v7 reverted")
         assert res["resume_id"].startswith("resume-")
         wait_until(lambda: status(cli, topics)[f]["phases"]["default"]["latch"] is None, 15, "latch cleared", worker)
@@ -220,12 +221,16 @@ def test_resume_of_an_unknown_feature_and_control_garbage_do_not_stop_the_worker
         assert code == 0, err
         produce_each(stack, topics.control, b"x", [b"{not json", orjson.dumps({"type": "control", "action": "nap"})])
         last = produce(stack, topics, interactions(f, 2, 2, "ok"))
-        wait_processed(stack, topics, last, worker, timeout=20)
+        wait_processed(stack, topics, last, worker, timeout=10)
         dead = Tail(stack, topics.deadletter).wait(lambda d: d["source"]["topic"] == topics.control, worker, n=2,
                                                    what="control dead letters")  # fmt: skip
         assert [d["reason"] for d in dead] == ["invalid_json", "schema"]
         assert "never-seen" not in status(cli, topics)
         assert not [p for p in pages.poll() if p["payload"]["class"] == "monitor-degraded"]
+        # a reload afterwards saves the state of every feature the worker holds: none is missing
+        assert cli(topics, "rules", "reload")[0] == 0
+        wait_until(lambda: log_has(worker, "rules reloaded (control message)"), 20, "control reload", worker)
+        assert not log_has(worker, "Traceback") and not log_has(worker, "failed")
         assert worker.alive()
     finally:
         worker.kill9() if worker.alive() else None  # a stuck worker would take 30 s to stop
@@ -446,8 +451,8 @@ rules:
     metric: requests
     op: "<"
     threshold: 1
-    window: 10s
-    every: 10s
+    window: 5s
+    every: 5s
     min_samples: 0
 """)
     worker = LiveWorker(stack, topics, tmp_path / "worker.log", rules=json.dumps([str(rules)]), idle_after="2s",
