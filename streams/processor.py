@@ -182,7 +182,8 @@ class Processor:
         for item in batch:
             if item.type != "control":
                 self.cache[item.feature].src_arrival[item.type] = now
-        await self._commit(applied, min_ts, part_off)
+        # the partition offset marks dead letters as published: only the worker that publishes them may set it
+        await self._commit(applied, min_ts, part_off if dead_letters else {})
         self.stats.messages += len(messages)
         self.stats.events += len(batch)
         self.stats.batches += 1
@@ -248,7 +249,9 @@ class Processor:
     async def _commit(self, applied: dict[str, dict[str, int]], since: dict[str, int | None],
                       part_off: dict[str, int]) -> None:  # fmt: skip
         """``since``: per feature, the earliest event time applied (None: every bucket may have changed)."""
-        writes = [self._write(f, offs, since.get(f, _NO_EVENTS)) for f, offs in sorted(applied.items())]
+        # a control message for a feature without state changes nothing (the engine ignores it)
+        writes = [self._write(f, offs, since.get(f, _NO_EVENTS)) for f, offs in sorted(applied.items())
+                  if f in self.engine.features]  # fmt: skip
         result = await self.store.commit(writes, self.engine.breaker, part_off)
         for f, ok in result.items():
             if ok:

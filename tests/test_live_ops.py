@@ -203,8 +203,6 @@ def test_resume_clears_the_latch_and_a_later_incident_fires_again(stack, topic_p
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="streams/processor.py: a resume of a feature without state raises KeyError in "
-                   "Processor._write and is retried forever under the processor lock (see the test-writer's report)")
 def test_resume_of_an_unknown_feature_and_control_garbage_do_not_stop_the_worker(stack, topic_prefix, tmp_path,
                                                                                  cli):  # fmt: skip
     topics = setup_topics(stack, topic_prefix)
