@@ -172,6 +172,21 @@ def read_topic(stack, topic: str) -> list[dict]:
     return out
 
 
+def read_topics(stack, names: Iterable[str], timeout_ms: int = 1500) -> dict[str, list[dict]]:
+    """Like ``read_topic`` for several (single-partition) topics at once: one consumer, one wait for silence.
+    (Reads until silence: tansu's end offsets are not the log end, they may lag it by a record batch.)"""
+    names = list(names)
+    c = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False, consumer_timeout_ms=timeout_ms)
+    tps = [TopicPartition(n, 0) for n in names]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    out: dict[str, list[dict]] = {n: [] for n in names}
+    for m in c:
+        out[m.topic].append(orjson.loads(m.value))
+    c.close()
+    return out
+
+
 def outputs(stack, topics: Topics) -> dict[str, list[dict]]:
     return {
         "decisions": read_topic(stack, topics.decisions),
