@@ -72,10 +72,15 @@ class FeatureState:
 
     # --- split form for incremental persistence: a small "core" plus one entry per window bucket --------------
 
-    def core_state(self, detector_key: bytes) -> dict[str, Any]:
-        """Everything but the window buckets (those persist one by one, see ``bucket_fields``)."""
+    def core_state(self, detector_key: bytes, lateness_ms: int) -> dict[str, Any]:
+        """Everything but the window buckets (those persist one by one, see ``bucket_fields``). Dedup ids of events
+        older than every source's late bound are left out: any event that old is late before it is looked up, and
+        the stored state does not depend on when in-memory pruning last ran."""
         d = self.to_state(detector_key, with_stores=False)
         d["stores"] = {}
+        if self.src_max:
+            floor = min(self.src_max.values()) - lateness_ms
+            d["seen"] = {i: ts for i, ts in d["seen"].items() if ts >= floor}
         return d
 
     def bucket_fields(self, plan: Any, since: int | None) -> tuple[dict[str, dict], set[str]]:

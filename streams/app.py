@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from rules.loader import RulesInvalid, load_rules
 from streams.processor import Message, Processor
 from streams.settings import Settings
 from streams.store import RedisStore
+from streams.store import redis_client as store_client
 from streams.topics import Topics
 
 __all__ = ["create_app", "Worker", "rules_fingerprint"]
@@ -66,14 +69,12 @@ class Worker:
     """Everything one worker process holds; the Faust app's agents and timers call into it."""
 
     def __init__(self, settings: Settings, redis_client: Any | None = None) -> None:
-        import redis.asyncio as aioredis
-
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.rule_paths = settings.rule_paths()
         self.rulesets = load_rules(self.rule_paths)
         self.fingerprint = rules_fingerprint(self.rule_paths)
-        self.redis = redis_client or aioredis.Redis.from_url(settings.redis_url)
+        self.redis = redis_client or store_client(settings.redis_url, settings.redis_cluster)
         self.store = RedisStore(self.redis, settings.state_namespace)
         self.engine = Engine(self.rulesets, settings.engine_config())
         self.parser = EventParser(Pseudonymizer(settings.user_key_bytes()))
@@ -100,6 +101,9 @@ class Worker:
             stream_wait_empty=True,
             web_enabled=False,
             autodiscover=False,
+            # Faust keeps table files in its data dir; rollguard has no Faust tables (state is in Redis), so keep
+            # the empty dir out of the working directory
+            datadir=os.path.join(tempfile.gettempdir(), "rollguard-faust", s.app_id),
             # the group join waits up to the rebalance timeout for members; keep it short so a worker that starts or
             # takes over after a crash does so in seconds (the session timeout bounds crash detection)
             broker_session_timeout=s.session_timeout_s,

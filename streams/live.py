@@ -14,15 +14,13 @@ __all__ = ["run_worker", "preflight"]
 def preflight(settings: Settings, create_topics: bool = True) -> Settings:
     """Fail fast with a clear message: Redis must not evict, the input topics must exist and be co-partitioned.
     Returns the settings with ``partitions`` set to the input topics' actual count."""
-    import redis.asyncio as aioredis
-
-    from streams.store import RedisStore, StoreError
+    from streams.store import RedisStore, StoreError, redis_client
 
     from kafka.errors import KafkaError
     from redis.exceptions import RedisError
 
     async def check() -> None:
-        r = aioredis.Redis.from_url(settings.redis_url)
+        r = redis_client(settings.redis_url, settings.redis_cluster)
         try:
             await RedisStore(r, settings.state_namespace).check()
         finally:

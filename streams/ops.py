@@ -44,12 +44,10 @@ def send_control(bootstrap: str, topics: Topics, key: str, msg: dict, timeout_s:
         raise RollguardError(f"cannot publish to {topics.control} at {bootstrap}: {e}") from e
 
 
-async def read_status(redis_url: str, namespace: str) -> list[dict]:
-    import redis.asyncio as aioredis
+async def read_status(redis_url: str, namespace: str, cluster: bool = False) -> list[dict]:
+    from streams.store import RedisStore, redis_client
 
-    from streams.store import RedisStore
-
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_client(redis_url, cluster)
     try:
         store = RedisStore(r, namespace)
         features = await store.features()
@@ -91,7 +89,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("rollguard: error: set ROLLGUARD_REDIS_URL or --redis-url", file=sys.stderr)
         return 2
     try:
-        rows = asyncio.run(read_status(url, args.namespace or s.state_namespace))
+        rows = asyncio.run(read_status(url, args.namespace or s.state_namespace, s.redis_cluster))
     except OSError as e:
         print(f"rollguard: error: cannot read Redis at {url}: {e}", file=sys.stderr)
         return 1

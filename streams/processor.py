@@ -274,7 +274,7 @@ class Processor:
         c.persisted = present
         return FeatureWrite(
             feature=f,
-            core=orjson.dumps(fs.core_state(self.key)),
+            core=orjson.dumps(fs.core_state(self.key, eng.config.allowed_lateness_ms)),
             summary=orjson.dumps(summary_of(eng, f, fs)),
             offsets=offsets,
             changed={k: orjson.dumps(v) for k, v in changed.items()},

@@ -16,7 +16,7 @@ import hmac
 import sys
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rules.durations import parse_duration
@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     # --- live pipeline (issue 3) -----------------------------------------------------------------------------
     kafka_bootstrap: str | None = Field(None, description="host:port[,host:port]; unset = embedded stack (demo)")
     redis_url: str | None = Field(None, description="redis://host:port/db; unset = embedded stack (demo)")
+    redis_cluster: bool = Field(False, description="redis_url names a node of a Redis Cluster (database 0 only)")
     topic_prefix: str = Field("", description="prefix of every rollguard topic (e.g. 'staging.')")
     app_id: str = Field("rollguard", pattern=r"^[A-Za-z0-9._-]+$", description="Kafka consumer group / Faust id")
     state_namespace: str = Field("rollguard", pattern=r"^[A-Za-z0-9._-]+$", description="Redis key prefix")
@@ -68,6 +69,18 @@ class Settings(BaseSettings):
         if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
         return v
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> Settings:
+        if self.redis_cluster and self.redis_url:
+            from urllib.parse import urlparse
+
+            url = urlparse(self.redis_url)
+            if url.scheme == "unix":
+                raise ValueError("redis_cluster: a Redis Cluster is reached over redis:// or rediss://, not unix://")
+            if url.path.strip("/") not in ("", "0"):
+                raise ValueError("redis_cluster: a Redis Cluster has only database 0 (redis://host:port/0)")
+        return self
 
     @field_validator("rules", mode="before")
     @classmethod

@@ -12,15 +12,24 @@ feature lives in one slot and one Lua script can update them together):
   set-like, so writing the same kill twice is harmless);
 * ``ns:features``            set: the features with state (for status).
 
-One pipelined round trip per batch: a Lua script per touched feature writes core, changed buckets, deleted buckets
-and offsets, refusing the write when the stored offsets are already at or past the batch's (a fenced, stale worker);
-then the breaker fields and the partition offsets. Recovery after a crash anywhere is exact: events at or below a
+A batch's write has three steps, in this order: the breaker fields (and the features set); a Lua script per touched
+feature that writes core, changed buckets, deleted buckets and offsets, refusing the write when the stored offsets
+are already at or past the batch's (a fenced, stale worker); then the partition offsets. The order makes every
+prefix of the write safe: a kill recorded in the breaker is recognised by its id when the batch is re-processed, and
+the partition offsets (a lower bound) come last. Recovery after a crash anywhere is exact: events at or below a
 feature's stored offset are skipped, the rest are applied once.
+
+On one Redis server the three steps are one pipelined round trip, run in order by the server. On a Redis Cluster
+(``redis_client(url, cluster=True)``) a pipeline runs its nodes' commands in parallel, so each step is its own
+pipeline, waited for before the next, and a failed step stops the later ones. Every command touches one slot (the
+per-feature script two keys of one hash tag); reads across slots are pipelined GETs/HGETALLs, never multi-key
+commands.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +38,7 @@ import orjson
 from rules.exceptions import RollguardError
 from rules.state import BreakerState
 
-__all__ = ["RedisStore", "StoreError", "FeatureRecord", "FeatureWrite", "EVICTION_SAFE"]
+__all__ = ["RedisStore", "StoreError", "FeatureRecord", "FeatureWrite", "EVICTION_SAFE", "redis_client"]
 
 EVICTION_SAFE = ("noeviction",)
 
@@ -70,6 +79,28 @@ class StoreError(RollguardError):
     """Redis is unusable for rollguard state (e.g. it may evict keys)."""
 
 
+def redis_client(url: str, cluster: bool = False) -> Any:
+    """The async client rollguard uses: ``redis.asyncio.Redis`` for one server, or
+    ``redis.asyncio.cluster.RedisCluster`` when ``cluster`` (``url`` names any node; the others are discovered)."""
+    if not cluster:
+        import redis.asyncio as aioredis
+
+        return aioredis.Redis.from_url(url)
+    from redis.asyncio.cluster import RedisCluster
+    from redis.exceptions import RedisClusterException
+
+    try:
+        return RedisCluster.from_url(url)
+    except RedisClusterException as e:  # e.g. a unix socket or a database other than 0
+        raise StoreError(f"cannot use {url} as a Redis Cluster: {e}") from e
+
+
+def _is_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
 @dataclass
 class FeatureRecord:
     """What Redis holds for one feature."""
@@ -90,12 +121,15 @@ class FeatureWrite:
 
 
 class RedisStore:
-    """Async access to rollguard's keys. ``client`` is a ``redis.asyncio.Redis`` (``decode_responses=False``)."""
+    """Async access to rollguard's keys. ``client`` is a ``redis.asyncio.Redis`` or a
+    ``redis.asyncio.cluster.RedisCluster`` (``decode_responses=False``), e.g. from ``redis_client``."""
 
     def __init__(self, client: Any, namespace: str = "rollguard") -> None:
         self.r = client
         self.ns = namespace
-        self._commit = client.register_script(_COMMIT)
+        self.cluster = _is_cluster(client)
+        # cluster pipelines refuse EVALSHA (no script preloading per node): they send the script with EVAL
+        self._commit = None if self.cluster else client.register_script(_COMMIT)
 
     # --- keys ---------------------------------------------------------------------------------------------------
 
@@ -119,25 +153,48 @@ class RedisStore:
     # --- checks -------------------------------------------------------------------------------------------------
 
     async def check(self) -> None:
-        """Refuse a Redis that may evict keys: losing state silently would lose or double-count events."""
+        """Refuse a Redis that may evict keys: losing state silently would lose or double-count events. On a
+        cluster every node is checked (any of them may hold, or after a failover serve, a feature's keys)."""
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
+        nodes: list[Any] = [None]
+        if self.cluster:
+            try:
+                await self.r.initialize()
+            except Exception as e:  # noqa: BLE001 - RedisClusterException is no RedisError
+                raise StoreError(f"cannot reach the Redis cluster: {e}") from e
+            nodes = self.r.get_nodes()
+        for node in nodes:
+            where = "Redis" if node is None else f"Redis node {node.name}"
+            try:
+                cfg = await (self.r.config_get("maxmemory-policy") if node is None
+                             else self.r.config_get("maxmemory-policy", target_nodes=node))  # fmt: skip
+                policy = {_str(k): _str(v) for k, v in cfg.items()}.get("maxmemory-policy", "")
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                raise StoreError(f"cannot reach {where}: {e}") from e
+            except Exception as e:  # noqa: BLE001 - managed Redis may forbid CONFIG; say what to do
+                raise StoreError(
+                    f"cannot read {where} maxmemory-policy ({e}); rollguard needs 'noeviction' — set it, or allow "
+                    "CONFIG GET"
+                ) from e
+            if policy not in EVICTION_SAFE:
+                scope = "this Redis" if node is None else "every node"
+                raise StoreError(
+                    f"{where} maxmemory-policy is {policy!r}, which may evict rollguard's state keys; "
+                    f"set 'maxmemory-policy noeviction' (and appendonly yes) on {scope}"
+                )
+        if not self.cluster and await self._is_cluster_node():
+            raise StoreError("this Redis is a Redis Cluster node; set ROLLGUARD_REDIS_CLUSTER=true")
+
+    async def _is_cluster_node(self) -> bool:
+        from redis.exceptions import ResponseError
+
         try:
-            cfg = await self.r.config_get("maxmemory-policy")
-            policy = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                      for k, v in cfg.items()}.get("maxmemory-policy", "")  # fmt: skip
-        except (RedisConnectionError, RedisTimeoutError) as e:
-            raise StoreError(f"cannot reach Redis: {e}") from e
-        except Exception as e:  # noqa: BLE001 - managed Redis may forbid CONFIG; say what to do
-            raise StoreError(
-                f"cannot read Redis maxmemory-policy ({e}); rollguard needs 'noeviction' — set it, or allow CONFIG GET"
-            ) from e
-        if policy not in EVICTION_SAFE:
-            raise StoreError(
-                f"Redis maxmemory-policy is {policy!r}, which may evict rollguard's state keys; "
-                "set 'maxmemory-policy noeviction' (and appendonly yes) on this Redis"
-            )
+            info = await self.r.info("cluster")
+        except ResponseError:  # INFO forbidden (some managed Redis): keys in other slots would fail loudly anyway
+            return False
+        return bool(info.get("cluster_enabled"))
 
     # --- reads --------------------------------------------------------------------------------------------------
 
@@ -172,7 +229,11 @@ class RedisStore:
         return b
 
     async def partition_offsets(self, tps: list[str]) -> dict[str, int | None]:
-        vals = await self.r.mget([self.tp_key(tp) for tp in tps]) if tps else []
+        # pipelined GETs, not MGET: the partition keys are in different cluster slots
+        pipe = self.r.pipeline(transaction=False)
+        for tp in tps:
+            pipe.get(self.tp_key(tp))
+        vals = await pipe.execute() if tps else []
         return {tp: int(v) if v is not None else None for tp, v in zip(tps, vals)}
 
     async def features(self) -> list[str]:
@@ -192,30 +253,74 @@ class RedisStore:
 
     async def commit(self, writes: list[FeatureWrite], breaker: BreakerState | None,
                      partition_offsets: dict[str, int]) -> dict[str, bool]:  # fmt: skip
-        """Write every feature (atomically each, with its offsets), then the breaker and partition offsets, in one
-        round trip. Returns feature -> written (False: fenced by a newer writer; drop the cached state)."""
-        pipe = self.r.pipeline(transaction=False)
+        """Write the breaker, then every feature (atomically each, with its offsets), then the partition offsets (see
+        the module docstring for why in this order). Returns feature -> written (False: fenced by a newer writer;
+        drop the cached state)."""
         now = str(int(time.time() * 1000))
-        for w in writes:
-            args: list[Any] = [len(w.offsets)]
-            for tp, off in sorted(w.offsets.items()):
-                args += [f"off:{tp}", off]
-            args += [w.core, w.summary, now, len(w.changed)]
-            for k, v in w.changed.items():
-                args += [k, v]
-            args += [len(w.deleted), *w.deleted]
-            await self._commit(keys=[self.core_key(w.feature), self.buckets_key(w.feature)], args=args, client=pipe)
-        if writes:
-            pipe.sadd(self.features_key, *[w.feature for w in writes])
-        if breaker is not None and (breaker.kills or breaker.paged):
-            fields: dict[str, str] = {}
-            for h, ids in breaker.kills.items():
-                for i in ids:
-                    fields[f"kill:{h}:{i}"] = "1"
-            for h in breaker.paged:
-                fields[f"paged:{h}"] = "1"
-            pipe.hset(self.breaker_key, mapping=fields)
-        for tp, off in partition_offsets.items():
-            pipe.set(self.tp_key(tp), off)
-        res = await pipe.execute()
-        return {w.feature: bool(r) for w, r in zip(writes, res)}
+
+        async def breaker_step(pipe: Any) -> None:
+            if breaker is not None and (breaker.kills or breaker.paged):
+                fields: dict[str, str] = {}
+                for h, ids in breaker.kills.items():
+                    for i in ids:
+                        fields[f"kill:{h}:{i}"] = "1"
+                for h in breaker.paged:
+                    fields[f"paged:{h}"] = "1"
+                pipe.hset(self.breaker_key, mapping=fields)
+            if writes:
+                pipe.sadd(self.features_key, *[w.feature for w in writes])
+
+        async def features_step(pipe: Any) -> None:
+            for w in writes:
+                keys = [self.core_key(w.feature), self.buckets_key(w.feature)]
+                args = self._commit_args(w, now)
+                if self._commit is None:
+                    pipe.eval(_COMMIT, len(keys), *keys, *args)
+                else:
+                    await self._commit(keys=keys, args=args, client=pipe)
+
+        async def offsets_step(pipe: Any) -> None:
+            for tp, off in partition_offsets.items():
+                pipe.set(self.tp_key(tp), off)
+
+        _, written, _ = await self._in_order([breaker_step, features_step, offsets_step])
+        return {w.feature: bool(r) for w, r in zip(writes, written)}
+
+    @staticmethod
+    def _commit_args(w: FeatureWrite, now: str) -> list[Any]:
+        args: list[Any] = [len(w.offsets)]
+        for tp, off in sorted(w.offsets.items()):
+            args += [f"off:{tp}", off]
+        args += [w.core, w.summary, now, len(w.changed)]
+        for k, v in w.changed.items():
+            args += [k, v]
+        args += [len(w.deleted), *w.deleted]
+        return args
+
+    async def _in_order(self, steps: list[Callable[[Any], Awaitable[None]]]) -> list[list[Any]]:
+        """Run the steps (each queues commands on a pipeline) so that each takes effect before the next; the
+        results per step. One server runs one pipeline in order; a cluster pipeline runs its nodes in parallel,
+        so there each step is its own pipeline."""
+        if self.cluster:
+            out = []
+            for step in steps:
+                pipe = self.r.pipeline(transaction=False)
+                await step(pipe)
+                out.append(await pipe.execute() if len(pipe) else [])
+            return out
+        pipe = self.r.pipeline(transaction=False)
+        sizes = []
+        for step in steps:
+            before = len(pipe)
+            await step(pipe)
+            sizes.append(len(pipe) - before)
+        res = await pipe.execute() if len(pipe) else []
+        out, i = [], 0
+        for n in sizes:
+            out.append(res[i : i + n])
+            i += n
+        return out
+
+
+def _str(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else v
