@@ -82,6 +82,7 @@ class _Cached:
     offsets: dict[str, int]  # tp -> highest offset applied to this feature
     persisted: set[str]  # bucket fields present in Redis
     first_seen: float  # wall clock when this worker took the feature over
+    version: int = 0  # the feature's version in Redis as of our last load or write (write fence)
     src_arrival: dict[str, float] = field(default_factory=dict)  # source -> wall clock of its last event
 
 
@@ -234,7 +235,7 @@ class Processor:
                 self.engine.features[f] = FeatureState.from_parts(rec.core, rec.buckets, self.engine.plan, self.key)
             else:
                 self.engine.features.pop(f, None)
-            self.cache[f] = _Cached(dict(rec.offsets), set(rec.buckets), now)
+            self.cache[f] = _Cached(dict(rec.offsets), set(rec.buckets), now, version=rec.version)
 
     def _forget(self, features: set[str]) -> None:
         """Drop in-memory state (it is reloaded from Redis on next use): after a failure or a revocation."""
@@ -257,6 +258,7 @@ class Processor:
             if ok:
                 c = self.cache[f]
                 c.offsets.update(applied[f])
+                c.version += 1
             else:
                 self.stats.fenced += 1
                 log.warning("state of %s was written by another worker; dropping the local copy", f)
@@ -277,6 +279,7 @@ class Processor:
             core=orjson.dumps(fs.core_state(self.key, eng.config.allowed_lateness_ms)),
             summary=orjson.dumps(summary_of(eng, f, fs)),
             offsets=offsets,
+            version=c.version,
             changed={k: orjson.dumps(v) for k, v in changed.items()},
             deleted=deleted,
         )

@@ -13,8 +13,9 @@ feature lives in one slot and one Lua script can update them together):
 * ``ns:features``            set: the features with state (for status).
 
 A batch's write has three steps, in this order: the breaker fields (and the features set); a Lua script per touched
-feature that writes core, changed buckets, deleted buckets and offsets, refusing the write when the stored offsets
-are already at or past the batch's (a fenced, stale worker); then the partition offsets. The order makes every
+feature that writes core, changed buckets, deleted buckets and offsets, refusing the write unless the feature's
+stored version (``ver``, +1 per write) is the one this worker loaded or last wrote — a worker that lost the feature
+to another is fenced, whatever it writes (events, idle advances, reloads); then the partition offsets. The order makes every
 prefix of the write safe: a kill recorded in the breaker is recognised by its id when the batch is re-processed, and
 the partition offsets (a lower bound) come last. Recovery after a crash anywhere is exact: events at or below a
 feature's stored offset are skipped, the rest are applied once.
@@ -42,22 +43,19 @@ __all__ = ["RedisStore", "StoreError", "FeatureRecord", "FeatureWrite", "EVICTIO
 
 EVICTION_SAFE = ("noeviction",)
 
-# KEYS: core, buckets.  ARGV: n_offsets, (field, offset)*, state, summary, updated_ms, n_set, (field, value)*,
-# n_del, field*.  Returns 1 when written, 0 when fenced (a stored offset is already >= the new one).
+# KEYS: core, buckets.  ARGV: expected version, n_offsets, (field, offset)*, state, summary, updated_ms,
+# n_set, (field, value)*, n_del, field*.  Returns 1 when written, 0 when fenced: the stored version is not the one
+# this worker loaded or last wrote, i.e. another worker wrote the feature since (this one is stale).
 _COMMIT = """
-local i = 2
-local n = tonumber(ARGV[1])
-for _ = 1, n do
-  local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if cur and tonumber(cur) >= tonumber(ARGV[i + 1]) then return 0 end
-  i = i + 2
-end
-i = 2
+local cur = tonumber(redis.call('HGET', KEYS[1], 'ver') or '0')
+if cur ~= tonumber(ARGV[1]) then return 0 end
+local i = 3
+local n = tonumber(ARGV[2])
 for _ = 1, n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[i], 'summary', ARGV[i + 1], 'updated_ms', ARGV[i + 2])
+redis.call('HSET', KEYS[1], 'state', ARGV[i], 'summary', ARGV[i + 1], 'updated_ms', ARGV[i + 2], 'ver', cur + 1)
 i = i + 3
 local nset = tonumber(ARGV[i])
 i = i + 1
@@ -108,6 +106,7 @@ class FeatureRecord:
     core: dict[str, Any] | None
     buckets: dict[str, dict]
     offsets: dict[str, int]  # "topic:partition" -> highest offset applied
+    version: int = 0  # incremented by every write; a write must name the version it read
 
 
 @dataclass
@@ -116,6 +115,7 @@ class FeatureWrite:
     core: bytes
     summary: bytes
     offsets: dict[str, int]
+    version: int = 0  # the stored version this worker loaded or last wrote (the fence)
     changed: dict[str, bytes] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
 
@@ -211,7 +211,8 @@ class RedisStore:
             core, buckets = res[2 * i], res[2 * i + 1]
             offsets = {k[4:].decode(): int(v) for k, v in core.items() if k.startswith(b"off:")}
             state = orjson.loads(core[b"state"]) if b"state" in core else None
-            out[f] = FeatureRecord(state, {k.decode(): orjson.loads(v) for k, v in buckets.items()}, offsets)
+            out[f] = FeatureRecord(state, {k.decode(): orjson.loads(v) for k, v in buckets.items()}, offsets,
+                                   int(core.get(b"ver", 0)))  # fmt: skip
         return out, self._breaker(res[-1])
 
     async def load_breaker(self) -> BreakerState:
@@ -288,7 +289,7 @@ class RedisStore:
 
     @staticmethod
     def _commit_args(w: FeatureWrite, now: str) -> list[Any]:
-        args: list[Any] = [len(w.offsets)]
+        args: list[Any] = [w.version, len(w.offsets)]
         for tp, off in sorted(w.offsets.items()):
             args += [f"off:{tp}", off]
         args += [w.core, w.summary, now, len(w.changed)]

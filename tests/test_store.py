@@ -146,14 +146,19 @@ def test_failures_retry_without_losing_the_batch_and_page_degraded_once(stack, r
 def test_a_stale_writer_is_fenced(stack, redis_client):
     async def go():
         a = processor(stack.redis_url, "fence")
-        b = processor(stack.redis_url, "fence")
+        z = processor(stack.redis_url, "fence")
         await run(a, MSGS[:1000], 500)
-        await run(b, MSGS[:1500], 500)  # b took over and went further
-        await a.process(MSGS[1000:1200])  # a zombie: its stored offsets are behind b's
-        return a
+        await run(z, MSGS[1000:1100], 100)  # z loads a's state and writes once ...
+        b = processor(stack.redis_url, "fence")
+        await run(b, MSGS[1100:1500], 500)  # ... then b takes over and goes further
+        await a.process(MSGS[1000:1200])  # zombies: a (never saw z's or b's writes) ...
+        await z.idle_tick(0)  # ... and z writing without events (idle advance): both refused
+        return a, z, b
 
-    a = asyncio.run(go())
-    assert a.stats.fenced >= 1 and "email-reply" not in a.engine.features
+    a, z, b = asyncio.run(go())
+    assert a.stats.fenced == 1 and "email-reply" not in a.engine.features
+    assert z.stats.fenced == 1 and "email-reply" not in z.engine.features
+    assert b.stats.fenced == 0
 
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl", "allkeys-random"])
