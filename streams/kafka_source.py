@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+import orjson
+
 from rules.events import parse_ts
 from rules.exceptions import RollguardError
 from streams.topics import Topics
@@ -86,6 +88,8 @@ class KafkaSource:
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], bytes]]:
         for m in self.messages():
+            if m.value.startswith(b"{") and b'"reload"' in m.value and _is_reload(m.value):
+                continue  # a worker instruction (re-read the rules folder), not an input of the rules
             yield {"topic": m.topic, "partition": m.partition, "offset": m.offset}, m.value
 
     def progress(self) -> tuple[int, int]:
@@ -259,3 +263,11 @@ def source_from_args(args: argparse.Namespace, default_prefix: str = "") -> Kafk
         return None
     topics = Topics(prefix=default_prefix if args.topic_prefix is None else args.topic_prefix)
     return KafkaSource(bootstrap, [*topics.inputs(), topics.control], since_ms=args.since, until_ms=args.until)
+
+
+def _is_reload(value: bytes) -> bool:
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("action") == "reload" and "feature" not in obj

@@ -269,3 +269,11 @@ def test_an_empty_window_is_refused():
 
 def test_time_arguments_take_rfc3339_or_epoch_ms():
     assert time_arg("2026-11-02T01:00:00+01:00") == time_arg(str(START)) == START
+
+
+def test_reload_requests_on_the_control_topic_are_not_inputs():
+    from streams.kafka_source import _is_reload
+
+    assert _is_reload(b'{"type": "control", "action": "reload"}')
+    assert not _is_reload(b'{"type": "control", "action": "resume", "feature": "f", "reason": "reload"}')
+    assert not _is_reload(b'{"action": "reload"')
