@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +33,11 @@ from streams.topics import Topics  # noqa: E402
 
 def build(settings: Settings, mode: str, expect: int, out: Path) -> faust.App:
     s = settings
+    datadir = Path(tempfile.gettempdir(), "rollguard-faust", s.app_id)  # as the worker's: out of the working tree
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        f"{s.app_id}-bare",
+        s.app_id,
+        datadir=str(datadir),
         broker=f"kafka://{s.kafka_bootstrap}",
         store="memory://",
         value_serializer="raw",

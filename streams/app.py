@@ -89,6 +89,8 @@ class Worker:
 
     def _build_app(self) -> faust.App:
         s = self.settings
+        datadir = os.path.join(tempfile.gettempdir(), "rollguard-faust")
+        os.makedirs(datadir, exist_ok=True)  # Faust creates only the last level
         app = faust.App(
             s.app_id,
             broker=f"kafka://{s.kafka_bootstrap}",
@@ -103,7 +105,7 @@ class Worker:
             autodiscover=False,
             # Faust keeps table files in its data dir; rollguard has no Faust tables (state is in Redis), so keep
             # the empty dir out of the working directory
-            datadir=os.path.join(tempfile.gettempdir(), "rollguard-faust", s.app_id),
+            datadir=os.path.join(datadir, s.app_id),
             # the group join waits up to the rebalance timeout for members; keep it short so a worker that starts or
             # takes over after a crash does so in seconds (the session timeout bounds crash detection)
             broker_session_timeout=s.session_timeout_s,
