@@ -236,10 +236,21 @@ class Engine:
                     b.rule.drift.detector, dict(b.rule.drift.params), b.detector_seed(ev.feature, ev.phase, group)
                 )
             flagged = det.update(x)
+            # attributed to the instant that first covers its event time: per (detector, instant) the number of
+            # flags and the estimation after the latest update (n_updates grows with arrival order)
+            every = b.rule.every_ms
+            start = ev.ts - ev.ts % every
             pend = fs.drift_pending.get(key)
             if pend is None:
-                pend = fs.drift_pending[key] = []
-            pend.append([ev.ts, 1 if flagged else 0, det.estimation, det.n_updates])
+                pend = fs.drift_pending[key] = {}
+            slot = pend.get(start)
+            if slot is None:
+                pend[start] = [1 if flagged else 0, det.estimation, det.n_updates]
+            else:
+                if flagged:
+                    slot[0] += 1
+                slot[1] = det.estimation
+                slot[2] = det.n_updates
 
     # --- evaluation --------------------------------------------------------------------------------------------
 
@@ -292,11 +303,15 @@ class Engine:
             pend = fs.drift_pending.get(key)
             flagged = 0
             if pend:
-                take = [p for p in pend if p[0] < t]
-                if take:
-                    fs.drift_pending[key] = [p for p in pend if p[0] >= t]
-                    flagged = sum(p[1] for p in take)
-                    fs.drift_last[key] = [take[-1][2], take[-1][3]]
+                due = [s for s in pend if s < t]  # buckets [s, s + every) with s < t end at or before t
+                if due:
+                    latest = None
+                    for s in due:
+                        slot = pend.pop(s)
+                        flagged += slot[0]
+                        if latest is None or slot[2] > latest[2]:
+                            latest = slot
+                    fs.drift_last[key] = [latest[1], latest[2]]
             last = fs.drift_last.get(key)
             if last is None:
                 continue  # no update before t yet

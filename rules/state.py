@@ -34,9 +34,10 @@ class FeatureState:
         self.next_eval: dict[int, int] = {}  # every_ms -> next instant to evaluate
         self.instances: dict[InstanceKey, Instance] = {}
         self.detectors: dict[InstanceKey, DriftDetector] = {}
-        # detector updates not yet evaluated, in arrival order: [event ts, flagged 0/1, estimation, n_updates];
-        # an instant t takes those with ts < t, so what it sees does not depend on how two sources interleave
-        self.drift_pending: dict[InstanceKey, list[list]] = {}
+        # detector updates not yet evaluated, per bucket of the rule's `every` their event time falls in:
+        # [flags, estimation, n_updates] after the latest update; an instant t takes the buckets starting before t,
+        # so what it sees does not depend on how two sources interleave
+        self.drift_pending: dict[InstanceKey, dict[int, list]] = {}
         self.drift_last: dict[InstanceKey, list] = {}  # [estimation, n_updates] of the last evaluated update
         self.latches: dict[str, str] = {}  # phase -> "pause" | "kill"
         self.phases: set[str] = set()
@@ -64,7 +65,9 @@ class FeatureState:
             "detectors": {
                 ik(k): base64.b64encode(d.to_state(detector_key)).decode() for k, d in sorted(self.detectors.items())
             },
-            "drift_pending": {ik(k): v for k, v in sorted(self.drift_pending.items()) if v},
+            "drift_pending": {
+                ik(k): {str(b): x for b, x in sorted(v.items())} for k, v in sorted(self.drift_pending.items()) if v
+            },
             "drift_last": {ik(k): v for k, v in sorted(self.drift_last.items())},
             "latches": dict(sorted(self.latches.items())),
             "phases": sorted(self.phases),
@@ -149,7 +152,7 @@ class FeatureState:
         fs.detectors = {
             ik(k): DriftDetector.from_state(base64.b64decode(v), detector_key) for k, v in d["detectors"].items()
         }
-        fs.drift_pending = {ik(k): [list(x) for x in v] for k, v in d["drift_pending"].items()}
+        fs.drift_pending = {ik(k): {int(b): list(x) for b, x in v.items()} for k, v in d["drift_pending"].items()}
         fs.drift_last = {ik(k): list(v) for k, v in d["drift_last"].items()}
         fs.latches = dict(d["latches"])
         fs.phases = set(d["phases"])
