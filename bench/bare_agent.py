@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,31 +26,14 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rules.durations import parse_duration  # noqa: E402
+from streams.app import faust_settings  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import Topics  # noqa: E402
 
 
 def build(settings: Settings, mode: str, expect: int, out: Path) -> faust.App:
     s = settings
-    datadir = Path(tempfile.gettempdir(), "rollguard-faust", s.app_id)  # as the worker's: out of the working tree
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        s.app_id,
-        datadir=str(datadir),
-        broker=f"kafka://{s.kafka_bootstrap}",
-        store="memory://",
-        value_serializer="raw",
-        key_serializer="raw",
-        topic_partitions=s.partitions,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        stream_wait_empty=True,
-        web_enabled=False,
-        autodiscover=False,
-        broker_session_timeout=s.session_timeout_s,
-        broker_rebalance_timeout=s.session_timeout_s,
-        broker_heartbeat_interval=max(0.5, s.session_timeout_s / 5),
-    )
+    app = faust.App(s.app_id, **faust_settings(s))  # exactly the worker's Faust configuration
     source = app.topic(*Topics(s.topic_prefix).inputs(), value_serializer="raw", key_serializer="raw",
                        partitions=s.partitions)  # fmt: skip
     batch_max, within = s.batch_max, parse_duration(s.batch_within) / 1000

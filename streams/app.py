@@ -35,7 +35,7 @@ from streams.store import RedisStore
 from streams.store import redis_client as store_client
 from streams.topics import Topics
 
-__all__ = ["create_app", "Worker", "rules_fingerprint"]
+__all__ = ["create_app", "Worker", "rules_fingerprint", "faust_settings"]
 
 log = logging.getLogger("rollguard.worker")
 
@@ -65,6 +65,32 @@ def rules_fingerprint(paths: list[str]) -> str:
     return h.hexdigest()
 
 
+def faust_settings(s: Settings) -> dict[str, Any]:
+    """The Faust configuration of a rollguard worker (shared with bench/bare_agent.py, so both measure alike)."""
+    datadir = os.path.join(tempfile.gettempdir(), "rollguard-faust")
+    os.makedirs(datadir, exist_ok=True)  # Faust creates only the last level
+    return dict(
+        broker=f"kafka://{s.kafka_bootstrap}",
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=s.partitions,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        stream_wait_empty=True,
+        web_enabled=False,
+        autodiscover=False,
+        # Faust keeps table files in its data dir; rollguard has no Faust tables (state is in Redis), so keep the
+        # empty dir out of the working directory
+        datadir=os.path.join(datadir, s.app_id),
+        # the group join waits up to the rebalance timeout for members; keep it short so a worker that starts or
+        # takes over after a crash does so in seconds (the session timeout bounds crash detection)
+        broker_session_timeout=s.session_timeout_s,
+        broker_rebalance_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, s.session_timeout_s / 5),
+    )
+
+
 class Worker:
     """Everything one worker process holds; the Faust app's agents and timers call into it."""
 
@@ -89,29 +115,7 @@ class Worker:
 
     def _build_app(self) -> faust.App:
         s = self.settings
-        datadir = os.path.join(tempfile.gettempdir(), "rollguard-faust")
-        os.makedirs(datadir, exist_ok=True)  # Faust creates only the last level
-        app = faust.App(
-            s.app_id,
-            broker=f"kafka://{s.kafka_bootstrap}",
-            store="memory://",
-            value_serializer="raw",
-            key_serializer="raw",
-            topic_partitions=s.partitions,
-            consumer_auto_offset_reset="earliest",
-            producer_acks=-1,
-            stream_wait_empty=True,
-            web_enabled=False,
-            autodiscover=False,
-            # Faust keeps table files in its data dir; rollguard has no Faust tables (state is in Redis), so keep
-            # the empty dir out of the working directory
-            datadir=os.path.join(datadir, s.app_id),
-            # the group join waits up to the rebalance timeout for members; keep it short so a worker that starts or
-            # takes over after a crash does so in seconds (the session timeout bounds crash detection)
-            broker_session_timeout=s.session_timeout_s,
-            broker_rebalance_timeout=s.session_timeout_s,
-            broker_heartbeat_interval=max(0.5, s.session_timeout_s / 5),
-        )
+        app = faust.App(s.app_id, **faust_settings(s))
         source = app.topic(*self.topics.inputs(), value_serializer="raw", key_serializer="raw",
                            partitions=s.partitions)  # fmt: skip
         batch_max = s.batch_max

@@ -105,11 +105,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
+def _control_target(args: argparse.Namespace) -> tuple[str, Topics] | None:
     s = _settings()
     bootstrap = args.bootstrap or s.kafka_bootstrap
     if not bootstrap:
         print("rollguard: error: set ROLLGUARD_KAFKA_BOOTSTRAP or --bootstrap", file=sys.stderr)
+        return None
+    return bootstrap, Topics(args.topic_prefix if args.topic_prefix is not None else s.topic_prefix)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    target = _control_target(args)
+    if target is None:
         return 2
     if not args.reason.strip():
         print("rollguard: error: --reason must say why (it goes to the audit trail)", file=sys.stderr)
@@ -122,8 +129,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     except RollguardError as e:
         print(f"rollguard: error: invalid resume: {e}", file=sys.stderr)
         return 2
-    md = send_control(bootstrap, Topics(args.topic_prefix if args.topic_prefix is not None else s.topic_prefix),
-                      args.feature, msg)  # fmt: skip
+    md = send_control(*target, args.feature, msg)
     where = f"phase {args.phase}" if args.phase else "all phases"
     print(f"resume of {args.feature} ({where}) sent as {msg['event_id']} to {md.topic}@{md.offset}; "
           "the owning worker clears the latches and records it")  # fmt: skip
@@ -131,13 +137,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    s = _settings()
-    bootstrap = args.bootstrap or s.kafka_bootstrap
-    if not bootstrap:
-        print("rollguard: error: set ROLLGUARD_KAFKA_BOOTSTRAP or --bootstrap", file=sys.stderr)
+    target = _control_target(args)
+    if target is None:
         return 2
-    topics = Topics(args.topic_prefix if args.topic_prefix is not None else s.topic_prefix)
-    md = send_control(bootstrap, topics, "reload", {"type": "control", "action": "reload"})
+    md = send_control(*target, "reload", {"type": "control", "action": "reload"})
     print(f"reload requested on {md.topic}@{md.offset}; every worker re-reads its rules folder")
     return 0
 
