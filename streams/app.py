@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ class Worker:
         self.app = self._build_app()
         self.processor = Processor(self.engine, self.store, self.parser, FaustPublisher(self.app), topics=self.topics,
                                    detector_key=settings.state_key_bytes())  # fmt: skip
+        self.started_ms = int(time.time() * 1000)  # operator-facing only: which reload requests are history
         self.verified: set[str] = set()  # partitions whose position was checked against Redis since assignment
         self.assigned: set[tuple[str, int]] = set()
         self._partitioner = DefaultPartitioner()
@@ -209,7 +211,10 @@ class Worker:
                 batch = await consumer.getmany(timeout_ms=500)
                 for msgs in batch.values():
                     for m in msgs:
-                        await self._on_control(m.topic, m.partition, m.offset, m.value, historical=m.offset < end)
+                        # before this worker started: by position at start, or by the producer's timestamp (the
+                        # broker's end offset can lag behind the last record on some brokers)
+                        old = m.offset < end or (m.timestamp is not None and m.timestamp < self.started_ms)
+                        await self._on_control(m.topic, m.partition, m.offset, m.value, historical=old)
         finally:
             await consumer.stop()
 
