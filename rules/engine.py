@@ -34,8 +34,8 @@ from rules.events import Control, Event
 from rules.lifecycle import Instance, advance
 from rules.metrics import signal_value
 from rules.model import RuleSet
-from rules.plan import BoundRule, FeaturePlan, Plan
 from rules.outputs import iso
+from rules.plan import BoundRule, FeaturePlan, Plan
 from rules.policy import Outputs, Policy
 from rules.reload import migrate
 from rules.state import BreakerState, FeatureState
@@ -125,18 +125,19 @@ class Engine:
                 fs.max_ts = ts
             if smax is None or ts > smax:
                 fs.src_max[src] = ts
-                wm = self._watermark(fs, ev.feature)
+                wm = self.watermark(ev.feature)
                 if wm is not None:
                     self._evaluate_until(out, ev.feature, fs, wm)
         return out
 
-    def _watermark(self, fs: FeatureState, feature: str) -> int | None:
+    def watermark(self, feature: str) -> int | None:
         """The feature's watermark: the lowest, over the sources its rules read, of (highest event time of that
         source - allowed lateness); None until every such source was seen. An event late for its own source is
         dropped, so no applied event ever falls into an evaluated window: what is evaluated does not depend on
         how interactions and feedback interleave (two Kafka topics in live mode, one file in replay)."""
+        fs = self.features.get(feature)
         sources = self.plan.profile(feature).sources
-        if not sources:
+        if fs is None or not sources:
             return None
         src_max = fs.src_max
         low = None
@@ -172,7 +173,7 @@ class Engine:
             fs.src_first[source] = ts
             self._start_clocks(fs, feature)
         fs.max_ts = max(fs.max_ts, ts)
-        wm = self._watermark(fs, feature)
+        wm = self.watermark(feature)
         if wm is not None:
             self._evaluate_until(out, feature, fs, wm)
         mark = iso(wm) if wm is not None else None

@@ -262,4 +262,8 @@ class RuleSet(BaseModel):
         (or the set lists no phases)."""
         if self.phases is not None and phase not in self.phases:
             return False
+        return self.matches_feature(feature)
+
+    def matches_feature(self, feature: str) -> bool:
+        """True if ``feature`` matches one of the feature globs (case-sensitive), whatever the phase."""
         return any(fnmatch.fnmatchcase(feature, pattern) for pattern in self.features)

@@ -7,7 +7,6 @@ investigate), each tier in load order, so that a kill inhibits lower tiers decid
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -111,7 +110,7 @@ class Plan:
         self.profile = lru_cache(maxsize=4096)(self._profile)
 
     def _profile(self, feature: str) -> FeatureProfile:
-        rules = [b for b in self.rules if any(fnmatch.fnmatchcase(feature, p) for p in b.ruleset.features)]
+        rules = [b for b in self.rules if b.ruleset.matches_feature(feature)]
         return FeatureProfile(frozenset(b.rule.every_ms for b in rules), frozenset().union(*(b.sources for b in rules)))
 
     def _for_feature(self, feature: str, phase: str) -> FeaturePlan:

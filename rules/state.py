@@ -42,9 +42,6 @@ class FeatureState:
         self.latches: dict[str, str] = {}  # phase -> "pause" | "kill"
         self.phases: set[str] = set()
 
-    def watermark(self, lateness_ms: int) -> int | None:
-        return None if self.max_ts is None else self.max_ts - lateness_ms
-
     def to_state(self, detector_key: bytes, with_stores: bool = True) -> dict[str, Any]:
         def ik(k: InstanceKey) -> str:
             return "\x1f".join((k[0], k[1], k[2], *k[3]))
@@ -80,7 +77,6 @@ class FeatureState:
         older than every source's late bound are left out: any event that old is late before it is looked up, and
         the stored state does not depend on when in-memory pruning last ran."""
         d = self.to_state(detector_key, with_stores=False)
-        d["stores"] = {}
         if self.src_max:
             floor = min(self.src_max.values()) - lateness_ms
             d["seen"] = {i: ts for i, ts in d["seen"].items() if ts >= floor}
@@ -173,11 +169,6 @@ class BreakerState:
         for h, ids in other.kills.items():
             self.kills.setdefault(h, set()).update(ids)
         self.paged |= other.paged
-
-    def expire(self, before_hour: int) -> None:
-        for h in [h for h in self.kills if h < before_hour]:
-            del self.kills[h]
-        self.paged = {h for h in self.paged if h >= before_hour}
 
     def to_state(self) -> dict[str, Any]:
         return {"kills": {str(h): sorted(ids) for h, ids in sorted(self.kills.items())}, "paged": sorted(self.paged)}
