@@ -151,7 +151,7 @@ class Worker:
         @app.on_partitions_revoked.connect
         async def on_revoked(app, revoked, **kw) -> None:  # noqa: ARG001
             async with self.processor.lock:
-                self.processor._forget(set(self.processor.cache))
+                self.processor.forget(set(self.processor.cache))
             self.verified.clear()
 
         @app.on_partitions_assigned.connect
@@ -248,7 +248,7 @@ class Worker:
         except Exception:  # noqa: BLE001 - state reloads from Redis under the new plan on next use
             log.exception("rules reload: saving migrated state failed")
             async with self.processor.lock:
-                self.processor._forget(set(self.processor.cache))
+                self.processor.forget(set(self.processor.cache))
         self.rulesets = rulesets
         self.fingerprint = fingerprint
         log.warning("rules reloaded (%s): plan version %s", why, self.engine.plan.version[:12])

@@ -44,6 +44,10 @@ _NO_EVENTS = 1 << 62  # "since" of a write that applied no event: no bucket chan
 log = logging.getLogger("rollguard.processor")
 
 
+def _source_tp(dead: dict) -> str:
+    return f"{dead['source']['topic']}:{dead['source']['partition']}"
+
+
 class _EngineFailure(Exception):
     """The pure engine raised (a bug on some input), as opposed to Redis or Kafka being unavailable."""
 
@@ -119,7 +123,7 @@ class Processor:
                     try:
                         await self._process_once(messages, owns, dead_letters)
                     except _EngineFailure:
-                        self._forget(set(self.cache))
+                        self.forget(set(self.cache))
                         await self._isolate(messages, owns, dead_letters)
                     break
                 except asyncio.CancelledError:
@@ -128,7 +132,7 @@ class Processor:
                     self.stats.retries += 1
                     log.warning("batch of %d messages failed (%s: %s); retrying in %.1fs",
                                 len(messages), type(e).__name__, e, delay)  # fmt: skip
-                    self._forget({f for f in self.cache})
+                    self.forget(set(self.cache))
                     await self._page_degraded(e)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.max_backoff_s)
@@ -156,6 +160,7 @@ class Processor:
         eng = self.engine
         min_ts: dict[str, int] = {}  # earliest event time applied per feature: buckets from there on changed
         applied: dict[str, dict[str, int]] = {}
+        arrived: set[tuple[str, str]] = set()  # (feature, source) with an event in this batch
         batch = []
         part_off: dict[str, int] = {}
         for m, items in parsed:
@@ -169,20 +174,21 @@ class Processor:
                     continue
                 batch.append(item)
                 applied.setdefault(f, {})[tp] = m.offset
-                if item.type != "control" and (f not in min_ts or item.ts < min_ts[f]):
-                    min_ts[f] = item.ts
+                if item.type != "control":
+                    arrived.add((f, item.type))
+                    if f not in min_ts or item.ts < min_ts[f]:
+                        min_ts[f] = item.ts
         try:
             out = eng.step(batch)
         except Exception as e:  # noqa: BLE001 - a bug on some input: find the message, dead-letter it, go on
             raise _EngineFailure(e) from e
-        # dead letters of messages a previous run already committed are not sent twice
-        stored = await self.store.partition_offsets(sorted(part_off))
-        dead = [d for d in dead if d["source"]["offset"] > (stored.get(f"{d['source']['topic']}:{d['source']['partition']}") or -1)]  # noqa: E501
+        if dead:  # dead letters of messages a previous run already committed are not sent twice
+            stored = await self.store.partition_offsets(sorted(part_off))
+            dead = [d for d in dead if d["source"]["offset"] > (stored[_source_tp(d)] or -1)]
         await self._publish(out, dead)
         now = self.clock()
-        for item in batch:
-            if item.type != "control":
-                self.cache[item.feature].src_arrival[item.type] = now
+        for f, source in arrived:
+            self.cache[f].src_arrival[source] = now
         # the partition offset marks dead letters as published: only the worker that publishes them may set it
         await self._commit(applied, min_ts, part_off if dead_letters else {})
         self.stats.messages += len(messages)
@@ -199,7 +205,7 @@ class Processor:
             try:
                 await self._process_once([m], owns, dead_letters)
             except _EngineFailure as e:
-                self._forget(set(self.cache))
+                self.forget(set(self.cache))
                 log.error("message %s@%d makes the engine fail (%s); dead-lettered", m.tp, m.offset, e.__cause__)
                 err = InvalidEvent("processing_error", f"{type(e.__cause__).__name__} while applying this message")
                 try:
@@ -227,7 +233,7 @@ class Processor:
         missing = [f for f in features if f not in self.cache]
         if not missing:
             return
-        records, _ = await self.store.load(missing)
+        records = await self.store.load(missing)
         now = self.clock()
         for f in missing:
             rec = records[f]
@@ -237,15 +243,12 @@ class Processor:
                 self.engine.features.pop(f, None)
             self.cache[f] = _Cached(dict(rec.offsets), set(rec.buckets), now, version=rec.version)
 
-    def _forget(self, features: set[str]) -> None:
+    def forget(self, features: set[str]) -> None:
         """Drop in-memory state (it is reloaded from Redis on next use): after a failure or a revocation."""
         for f in features:
             self.cache.pop(f, None)
             self.engine.features.pop(f, None)
         self.engine.breaker = BreakerState()
-
-    def revoke(self, features_of: Callable[[str], bool]) -> None:
-        self._forget({f for f in self.cache if features_of(f)})
 
     async def _commit(self, applied: dict[str, dict[str, int]], since: dict[str, int | None],
                       part_off: dict[str, int]) -> None:  # fmt: skip
@@ -262,7 +265,7 @@ class Processor:
             else:
                 self.stats.fenced += 1
                 log.warning("state of %s was written by another worker; dropping the local copy", f)
-                self._forget({f})
+                self.forget({f})
 
     def _write(self, f: str, offsets: dict[str, int], since: int | None) -> FeatureWrite:
         eng = self.engine
@@ -371,7 +374,7 @@ class Processor:
                 await self._commit(touched, {}, {})
             except Exception as e:  # noqa: BLE001 - the next tick recomputes from Redis
                 log.warning("idle watermark advance failed (%s); state reloads from Redis", e)
-                self._forget(set(touched))
+                self.forget(set(touched))
                 await self._page_degraded(e)
             return len(touched)
 
@@ -390,7 +393,6 @@ class Processor:
 
 def summary_of(engine: Engine, feature: str, fs: FeatureState) -> dict:
     """What ``rollguard status`` shows for one feature: per phase the tier, latch and active rules."""
-    lateness = engine.config.allowed_lateness_ms
     phases: dict[str, dict[str, Any]] = {}
     for ph in sorted(fs.phases | set(fs.latches)):
         phases[ph] = {"tier": "ok", "latch": fs.latches.get(ph), "rules": []}
@@ -410,7 +412,7 @@ def summary_of(engine: Engine, feature: str, fs: FeatureState) -> dict:
             p["tier"] = p["latch"]
     return {
         "feature": feature,
-        "watermark": iso(fs.max_ts - lateness) if fs.max_ts is not None else None,
+        "watermark": iso(wm) if (wm := engine.watermark(feature)) is not None else None,
         "plan_version": engine.plan.version,
         "phases": phases,
     }

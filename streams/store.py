@@ -198,13 +198,12 @@ class RedisStore:
 
     # --- reads --------------------------------------------------------------------------------------------------
 
-    async def load(self, features: list[str]) -> tuple[dict[str, FeatureRecord], BreakerState]:
-        """The stored records of ``features`` and the breaker, in one round trip."""
+    async def load(self, features: list[str]) -> dict[str, FeatureRecord]:
+        """The stored records of ``features``, in one round trip (the breaker: ``load_breaker``)."""
         pipe = self.r.pipeline(transaction=False)
         for f in features:
             pipe.hgetall(self.core_key(f))
             pipe.hgetall(self.buckets_key(f))
-        pipe.hgetall(self.breaker_key)
         res = await pipe.execute()
         out: dict[str, FeatureRecord] = {}
         for i, f in enumerate(features):
@@ -213,7 +212,7 @@ class RedisStore:
             state = orjson.loads(core[b"state"]) if b"state" in core else None
             out[f] = FeatureRecord(state, {k.decode(): orjson.loads(v) for k, v in buckets.items()}, offsets,
                                    int(core.get(b"ver", 0)))  # fmt: skip
-        return out, self._breaker(res[-1])
+        return out
 
     async def load_breaker(self) -> BreakerState:
         return self._breaker(await self.r.hgetall(self.breaker_key))

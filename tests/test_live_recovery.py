@@ -128,11 +128,11 @@ def _redis_states(stack, topics, features: list[str], plan, key: bytes):
         r = aioredis.Redis.from_url(stack.redis_url)
         try:
             store = RedisStore(r, f"{topics.prefix}rollguard")
-            return await store.load(features), await store.features()
+            return await store.load(features), await store.load_breaker(), await store.features()
         finally:
             await r.aclose()
 
-    (records, breaker), listed = asyncio.run(load())
+    records, breaker, listed = asyncio.run(load())
     states = {f: FeatureState.from_parts(rec.core, rec.buckets, plan, key) for f, rec in records.items()
               if rec.core is not None}  # fmt: skip
     return states, {f: rec.offsets for f, rec in records.items()}, breaker, listed

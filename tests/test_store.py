@@ -63,7 +63,7 @@ async def run(p: Processor, msgs: list[Message], batch: int) -> None:
 async def stored_state(url: str, ns: str, feature: str) -> dict:
     r = aioredis.Redis.from_url(url)
     try:
-        recs, _ = await RedisStore(r, ns).load([feature])
+        recs = await RedisStore(r, ns).load([feature])
     finally:
         await r.aclose()
     rec = recs[feature]

@@ -90,7 +90,7 @@ async def run(p: Processor, msgs: list[Message], batch: int) -> None:
 async def stored_states(url: str, ns: str) -> dict[str, dict]:
     r = redis_client(url, cluster=True)
     try:
-        recs, _ = await RedisStore(r, ns).load(list(FEATURES))
+        recs = await RedisStore(r, ns).load(list(FEATURES))
     finally:
         await r.aclose()
     plan = Engine(RULESETS).plan
