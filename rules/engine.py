@@ -24,7 +24,7 @@ boundaries.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from detectors import make_detector
@@ -41,7 +41,7 @@ from rules.reload import migrate
 from rules.state import BreakerState, FeatureState
 from rules.windows import SeriesBuckets
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "Outputs"]
+__all__ = ["Engine", "EngineConfig", "EngineStats", "Observation", "Outputs"]
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,42 @@ class EngineStats:
     max_ts: int | None = None
 
 
-class Engine:
-    """Drives the rule lifecycle from events. State lives in ``self.features`` and ``self.breaker``."""
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One rule evaluation, for whoever watches the engine (metrics, report charts); decides nothing.
 
-    def __init__(self, rulesets: tuple[RuleSet, ...] | Plan, config: EngineConfig | None = None) -> None:
+    ``state`` is the instance's lifecycle state after the evaluation, with ``insufficient`` for an instance at
+    rest whose evaluation lacked data (a pending or firing instance holds its state then)."""
+
+    feature: str
+    bound: BoundRule
+    phase: str
+    group: tuple[str, ...]
+    t: int
+    evaluation: Evaluation
+    state: str  # inactive | pending | firing | insufficient
+
+    @property
+    def compared(self) -> float | None:
+        """The value set against the threshold: the relative change for ``baseline`` rules, the Wilson bound for
+        ``confidence`` rules, the metric value otherwise (the detector's estimation for drift rules)."""
+        d = self.evaluation.details
+        if "change" in d:
+            return d["change"]
+        if "bound" in d:
+            return d["bound"]
+        return self.evaluation.value
+
+
+class Engine:
+    """Drives the rule lifecycle from events. State lives in ``self.features`` and ``self.breaker``.
+
+    ``observer``, when set, is called with an :class:`Observation` for every rule evaluation. It must not touch the
+    engine; it sees what was decided, it does not take part (metrics and charts use it)."""
+
+    def __init__(self, rulesets: tuple[RuleSet, ...] | Plan, config: EngineConfig | None = None,
+                 observer: Callable[[Observation], None] | None = None) -> None:  # fmt: skip
+        self.observer = observer
         self.plan = rulesets if isinstance(rulesets, Plan) else Plan(tuple(rulesets))
         self.config = config or EngineConfig()
         self.policy = Policy(self.config.max_kills_per_hour, self.config.signing_key, self.config.signing_key_id)
@@ -324,19 +356,24 @@ class Engine:
     def _apply(self, out, feature, fs, b: BoundRule, phase, group, t, ev: Evaluation) -> None:
         key = (b.ruleset.name, b.rule.id, phase, group)
         inst = fs.instances.get(key)
-        if inst is None:
-            if not ev.verdict:
-                return  # nothing to remember about an instance that never was true
+        if inst is None and ev.verdict:
             inst = fs.instances[key] = Instance()
-        r = b.rule
-        transition = advance(inst, ev.verdict, t, r.for_ms, r.keep_firing_for_ms, b.latching)
-        if transition is None:
-            return
-        self.policy.on_transition(
-            out, fs, self.breaker, b, inst, transition, feature, phase, dict(zip(r.group_by, group)), t, ev
-        )
-        if inst.state in ("inactive", "resolved") and not inst.paged:
-            del fs.instances[key]  # back to rest: the windows (or the detector) alone carry what matters
+        state = None
+        if inst is not None:  # else nothing to remember about an instance that never was true
+            r = b.rule
+            transition = advance(inst, ev.verdict, t, r.for_ms, r.keep_firing_for_ms, b.latching)
+            state = inst.state
+            if transition is not None:
+                self.policy.on_transition(
+                    out, fs, self.breaker, b, inst, transition, feature, phase, dict(zip(r.group_by, group)), t, ev
+                )
+                state = inst.state
+                if inst.state in ("inactive", "resolved") and not inst.paged:
+                    del fs.instances[key]  # back to rest: the windows (or the detector) alone carry what matters
+        if self.observer is not None:
+            if state not in ("pending", "firing"):
+                state = "insufficient" if ev.verdict is None else "inactive"
+            self.observer(Observation(feature, b, phase, group, t, ev, state))
 
     def _expire(self, fs: FeatureState, watermark: int) -> None:
         if len(fs.seen) > 1024:

@@ -193,8 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.emitter import add_emit_parser
     from streams.ops import add_ops_parsers
 
+    from dashboards.cli import add_dashboards_parsers
+    from streams.grafana import add_grafana_parsers
+
     add_emit_parser(sub)
     add_ops_parsers(sub, rsub)
+    add_grafana_parsers(sub, add_dashboards_parsers(sub))
 
     d = sub.add_parser("demo", help="embedded broker + Redis + worker + traffic with an incident, until the rollback")
     d.add_argument("--out", default="out/demo", metavar="DIR")
