@@ -38,6 +38,7 @@ from rules.outputs import iso
 from rules.plan import BoundRule, FeaturePlan, Plan
 from rules.policy import Outputs, Policy
 from rules.reload import migrate
+from rules.seal import Sealer
 from rules.state import BreakerState, FeatureState
 from rules.windows import SeriesBuckets
 
@@ -48,8 +49,8 @@ __all__ = ["Engine", "EngineConfig", "EngineStats", "Observation", "Outputs"]
 class EngineConfig:
     allowed_lateness_ms: int = 30_000
     max_kills_per_hour: int = 5
-    signing_key: bytes | None = None  # commands are HMAC-signed when set
-    signing_key_id: str | None = None
+    signing_key: bytes | None = None  # commands are HMAC-signed when set (rules.seal)
+    signing_key_id: str | None = None  # published as ``key_id``; "default" when unset
 
 
 @dataclass
@@ -94,6 +95,9 @@ class Observation:
 class Engine:
     """Drives the rule lifecycle from events. State lives in ``self.features`` and ``self.breaker``.
 
+    Every method that returns outputs (``step``, ``finish``, ``advance_idle``, ``reload``) seals them last
+    (``rules.seal``: command sequence numbers and signatures, the per-feature audit hash chains).
+
     ``observer``, when set, is called with an :class:`Observation` for every rule evaluation. It must not touch the
     engine; it sees what was decided, it does not take part (metrics and charts use it)."""
 
@@ -102,7 +106,8 @@ class Engine:
         self.observer = observer
         self.plan = rulesets if isinstance(rulesets, Plan) else Plan(tuple(rulesets))
         self.config = config or EngineConfig()
-        self.policy = Policy(self.config.max_kills_per_hour, self.config.signing_key, self.config.signing_key_id)
+        self.policy = Policy(self.config.max_kills_per_hour)
+        self.sealer = Sealer(self.config.signing_key, self.config.signing_key_id)
         self.features: dict[str, FeatureState] = {}
         self.breaker = BreakerState()
         self.stats = EngineStats()
@@ -160,7 +165,7 @@ class Engine:
                 wm = self.watermark(ev.feature)
                 if wm is not None:
                     self._evaluate_until(out, ev.feature, fs, wm)
-        return out
+        return self.sealer.seal(out, features)
 
     def watermark(self, feature: str) -> int | None:
         """The feature's watermark: the lowest, over the sources its rules read, of (highest event time of that
@@ -189,7 +194,7 @@ class Engine:
             if fs.max_ts is not None:
                 self._start_clocks(fs, feature, force=True)
                 self._evaluate_until(out, feature, fs, fs.max_ts)
-        return out
+        return self.sealer.seal(out, self.features)
 
     def advance_idle(self, feature: str, source: str, ts: int) -> Outputs:
         """Live mode only: treat ``source`` of ``feature`` as having reached event time ``ts`` although no event
@@ -211,7 +216,7 @@ class Engine:
         mark = iso(wm) if wm is not None else None
         for d in out.decisions:
             d["idle_watermark"] = mark
-        return out
+        return self.sealer.seal(out, self.features)
 
     def reload(self, rulesets: tuple[RuleSet, ...]) -> Outputs:
         """Swap in new rule sets, keeping the state that still means the same thing (see ``rules.reload``)."""
@@ -220,7 +225,7 @@ class Engine:
         for feature in sorted(self.features):
             migrate(self.features[feature], feature, old, new, out)
         self.plan = new
-        return out
+        return self.sealer.seal(out, self.features)
 
     # --- ingest ------------------------------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ instant); a command and a page ``dedup_key`` by the *incident* (the instant its 
 from __future__ import annotations
 
 import hashlib
-import hmac
 from datetime import datetime, timezone
 from typing import Any
 
@@ -99,8 +98,9 @@ def decision(
     return d
 
 
-def command(*, tier: str, dec: dict, incident: int, signing_key: bytes | None, key_id: str | None) -> dict:
-    c = {
+def command(*, tier: str, dec: dict, incident: int) -> dict:
+    """A command, unsealed: ``rules.seal`` adds ``seq``, ``issued_at``, the signature and the chain fields."""
+    return {
         "command_id": stable_id(
             "command", dec["feature"], dec["phase"], ACTIONS[tier], dec["ruleset"], dec["rule_id"], dec["group"],
             incident,
@@ -114,11 +114,6 @@ def command(*, tier: str, dec: dict, incident: int, signing_key: bytes | None, k
         "decision_id": dec["decision_id"],
         "reason": dec["summary"],
     }
-    if signing_key is not None:
-        if key_id:
-            c["key_id"] = key_id
-        c["signature"] = hmac.new(signing_key, canonical(c), hashlib.sha256).hexdigest()
-    return c
 
 
 def page(*, action: str, dec: dict, incident: int, severity: str | None = None) -> dict:

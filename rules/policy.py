@@ -43,8 +43,6 @@ class Outputs:
 @dataclass(frozen=True)
 class Policy:
     max_kills_per_hour: int = 5
-    signing_key: bytes | None = None
-    signing_key_id: str | None = None
 
     def on_transition(self, out: Outputs, fs: FeatureState, breaker: BreakerState, bound, inst: Instance,
                       transition: str, feature: str, phase: str, group: dict, t: int, ev) -> None:  # fmt: skip
@@ -91,10 +89,7 @@ class Policy:
         d = dec("firing")
         if tier in ("pause", "kill") and (latch is None or (latch == "pause" and tier == "kill")):
             fs.latches[phase] = tier
-            out.commands.append(
-                command(tier=tier, dec=d, incident=inst.incident, signing_key=self.signing_key,
-                        key_id=self.signing_key_id)  # fmt: skip
-            )
+            out.commands.append(command(tier=tier, dec=d, incident=inst.incident))  # signed by rules.seal
         out.pages.append(page(action="trigger", dec=d, incident=inst.incident))
         inst.paged = True
 

@@ -23,7 +23,7 @@ class FeatureState:
     """State of one feature: watermark, dedup ids, windows, rule instances, detectors and latches."""
 
     __slots__ = ("max_ts", "src_max", "src_first", "seen", "stores", "next_eval", "instances", "detectors",
-                 "drift_pending", "drift_last", "latches", "phases")  # fmt: skip
+                 "drift_pending", "drift_last", "latches", "phases", "chain", "command_seq")  # fmt: skip
 
     def __init__(self) -> None:
         self.max_ts: int | None = None  # highest event time of any source
@@ -41,6 +41,9 @@ class FeatureState:
         self.drift_last: dict[InstanceKey, list] = {}  # [estimation, n_updates] of the last evaluated update
         self.latches: dict[str, str] = {}  # phase -> "pause" | "kill"
         self.phases: set[str] = set()
+        # the audit trail (rules.seal): hash of the last decision / command of this feature, and its command counter
+        self.chain: dict[str, str] = {}  # "decisions" | "commands" -> hash
+        self.command_seq = 0
 
     def to_state(self, detector_key: bytes, with_stores: bool = True) -> dict[str, Any]:
         def ik(k: InstanceKey) -> str:
@@ -68,6 +71,8 @@ class FeatureState:
             "drift_last": {ik(k): v for k, v in sorted(self.drift_last.items())},
             "latches": dict(sorted(self.latches.items())),
             "phases": sorted(self.phases),
+            "chain": dict(sorted(self.chain.items())),
+            "command_seq": self.command_seq,
         }
 
     # --- split form for incremental persistence: a small "core" plus one entry per window bucket --------------
@@ -152,6 +157,8 @@ class FeatureState:
         fs.drift_last = {ik(k): list(v) for k, v in d["drift_last"].items()}
         fs.latches = dict(d["latches"])
         fs.phases = set(d["phases"])
+        fs.chain = dict(d.get("chain", {}))  # absent in states stored before the audit trail: chains start at genesis
+        fs.command_seq = int(d.get("command_seq", 0))
         return fs
 
 
