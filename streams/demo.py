@@ -48,7 +48,8 @@ def run_demo(out: Path, preset: str = "latency_spike", offline: bool = False, du
     print("replaying the same events offline through the catalogue (rollguard replay) ...")
     rulesets = load_rules([CATALOG])
     res = replay(rulesets, [str(events_path)], out, config=settings.engine_config(),
-                 user_key=settings.user_key_bytes(), rule_paths=([str(CATALOG)], None), progress=False)  # fmt: skip
+                 user_key=settings.user_key_bytes(), rule_paths=([str(CATALOG)], None), progress=False,
+                 charts="active")  # fmt: skip
     commands = _jsonl(out / "commands.jsonl")
     pages = [p for p in _jsonl(out / "pages.jsonl") if p["event_action"] == "trigger"]
     for c in commands:
@@ -61,6 +62,8 @@ def run_demo(out: Path, preset: str = "latency_spike", offline: bool = False, du
         if same is not True:
             return 1
     print(f"report: {out / 'report.md'}")
+    print(f"charts: {res.charts_dir}/ ({len(res.charts)} PNGs, one per rule that was pending or firing) — open "
+          f"{out / 'report.md'}, section Charts")
     return 0
 
 

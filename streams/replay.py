@@ -22,6 +22,8 @@ from rules.engine import Engine, EngineConfig, Outputs
 from rules.events import EventParser, InvalidEvent, Pseudonymizer, redact
 from rules.model import RuleSet
 from rules.outputs import iso
+from streams.chart_series import CHART_MODES, SeriesCollector
+from streams.charts import CHARTS_DIR, ChartFile, charts_section, clear_charts, write_overlays, write_rule_charts
 from streams.report import ComparisonInput, ReplayStats, RulesetInfo, write_report
 
 __all__ = ["ReplayResult", "replay", "OUTPUT_FILES", "Source", "FileSource"]
@@ -41,6 +43,11 @@ class ReplayResult:
     counts: dict[str, int] = field(default_factory=dict)  # outputs written per file, side A
     compare_counts: dict[str, int] = field(default_factory=dict)
     outside_window: int = 0  # valid events skipped by since_ms / until_ms (not in events_read)
+    charts: list[ChartFile] = field(default_factory=list)  # PNGs written (rule charts, then --compare overlays)
+
+    @property
+    def charts_dir(self) -> Path:
+        return self.out_dir / CHARTS_DIR
 
 
 class _Sink:
@@ -159,13 +166,18 @@ def replay(
     source: Source | None = None,
     since_ms: int | None = None,
     until_ms: int | None = None,
+    charts: str = "none",
 ) -> ReplayResult:
     """Replay ``event_paths`` (JSONL files) or ``source`` (e.g. :class:`streams.kafka_source.KafkaSource`) into
     ``out_dir``. Events whose event time is outside [``since_ms``, ``until_ms``) (default: the source's own
     ``since_ms`` / ``until_ms`` attributes, if any) are skipped and counted in ``ReplayResult.outside_window``;
-    invalid input is dead-lettered whatever its time."""
+    invalid input is dead-lettered whatever its time. ``charts`` (``active``, ``all`` or ``none``, see
+    :mod:`streams.charts`) adds PNGs under ``out_dir/charts/`` and a Charts section to the report; the series are
+    collected by an engine observer, which decides nothing."""
     if (source is None) == (event_paths is None):
         raise ValueError("replay needs exactly one of event_paths and source")
+    if charts not in CHART_MODES:
+        raise ValueError(f"unknown charts mode {charts!r}; choose one of {', '.join(CHART_MODES)}")
     src: Source = FileSource(event_paths) if source is None else source  # type: ignore[arg-type]
     since_ms, until_ms = _bound(since_ms, src, "since_ms"), _bound(until_ms, src, "until_ms")
     if since_ms is not None and until_ms is not None and since_ms >= until_ms:
@@ -174,7 +186,9 @@ def replay(
     hi = _NO_END if until_ms is None else until_ms
     out = Path(out_dir)
     parser = EventParser(Pseudonymizer(user_key))
-    engines = [Engine(rulesets, config)] + ([Engine(compare, config)] if compare is not None else [])
+    sides = (rulesets,) + ((compare,) if compare is not None else ())
+    collectors = [SeriesCollector() for _ in sides] if charts != "none" else []
+    engines = [Engine(rs, config, observer=collectors[i] if collectors else None) for i, rs in enumerate(sides)]
     sinks = [_Sink(out)] + ([_Sink(out / "compare")] if compare is not None else [])
     bar = _Progress(sys.stderr.isatty() if progress is None else progress)
     result = ReplayResult(out, engine=engines[0], compare_engine=engines[1] if compare is not None else None)
@@ -223,7 +237,7 @@ def replay(
     if compare is not None:
         result.compare_counts = sinks[1].counts
     labels = src.labels + ((f"event time [{_when(since_ms)}, {_when(until_ms)})",) if lo >= 0 or hi < _NO_END else ())
-    _report(result, engines, sinks, labels, rule_paths, allowed_lateness)
+    _report(result, engines, sinks, labels, rule_paths, allowed_lateness, (charts, collectors))
     return result
 
 
@@ -262,7 +276,7 @@ def _read(folder: Path, name: str) -> Iterator[dict]:
             yield orjson.loads(line)
 
 
-def _report(result, engines, sinks, event_paths, rule_paths, lateness) -> None:
+def _report(result, engines, sinks, event_paths, rule_paths, lateness, charts) -> None:
     a, b = sinks[0].folder, (sinks[1].folder if len(sinks) > 1 else None)
     cmp = None
     if b is not None:
@@ -274,11 +288,21 @@ def _report(result, engines, sinks, event_paths, rule_paths, lateness) -> None:
             commands_b=list(_read(b, "commands.jsonl")),
             pages_b=list(_read(b, "pages.jsonl")),
         )
+    commands = list(_read(a, "commands.jsonl"))
+    mode, collectors = charts
+    clear_charts(a)  # the folder must hold exactly what this report links
+    appendix: list[str] = []
+    if collectors:
+        drawn = write_rule_charts(a, collectors[0], mode, commands)
+        overlays = None if cmp is None else write_overlays(a, collectors[0], collectors[1], (commands, cmp.commands_b))
+        appendix = charts_section(mode, drawn, overlays, (cmp.label_a, cmp.label_b) if cmp else ("A", "B"))
+        result.charts = drawn + (overlays or [])
     write_report(
         a / "report.md",
         _stats(engines[0], result, event_paths, rule_paths[0], lateness),
         _read(a, "decisions.jsonl"),
-        list(_read(a, "commands.jsonl")),
+        commands,
         list(_read(a, "pages.jsonl")),
         compare=cmp,
+        appendix=appendix,
     )

@@ -490,8 +490,10 @@ def _render_comparison(diff: Diff, stats_a: ReplayStats, cmp: ComparisonInput, c
 
 
 def write_report(path, stats: ReplayStats, decisions: Iterable[dict], commands: Iterable[dict],
-                 pages: Iterable[dict], compare: ComparisonInput | None = None, *, max_rows: int = DEFAULT_CAP) -> None:
-    """Write ``report.md`` to ``path``: header, verdict, comparison (with ``compare``), timelines.
+                 pages: Iterable[dict], compare: ComparisonInput | None = None, *, max_rows: int = DEFAULT_CAP,
+                 appendix: Sequence[str] = ()) -> None:
+    """Write ``report.md`` to ``path``: header, verdict, comparison (with ``compare``), timelines, then
+    ``appendix`` (markdown lines: the Charts section, rendered by ``streams.charts.charts_section``).
 
     Every iterable is read once. ``max_rows`` caps each table; the rest is counted and pointed to.
     """
@@ -508,6 +510,7 @@ def write_report(path, stats: ReplayStats, decisions: Iterable[dict], commands: 
         sections += [_render_verdict(a, b, labels, max_rows), _render_comparison(diff, stats, compare, max_rows),
                      _render_timelines(a, stats, compare.label_a, max_rows),
                      _render_timelines(b, compare.stats_b, compare.label_b, max_rows)]
+    sections.append(list(appendix))
     text = "\n".join(line for section in sections for line in section) + "\n"
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
