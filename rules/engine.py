@@ -82,11 +82,12 @@ class Observation:
 
     @property
     def compared(self) -> float | None:
-        """The value set against the threshold: the relative change for ``baseline`` rules, the Wilson bound for
-        ``confidence`` rules, the metric value otherwise (the detector's estimation for drift rules)."""
+        """The value set against the threshold: the relative change for ``baseline`` rules (None while the earlier
+        window has no data), the Wilson bound for ``confidence`` rules, the metric value otherwise (the detector's
+        estimation for drift rules)."""
         d = self.evaluation.details
-        if "change" in d:
-            return d["change"]
+        if self.bound.rule.baseline_ms is not None:
+            return d.get("change")  # undefined until the earlier window has data
         if "bound" in d:
             return d["bound"]
         return self.evaluation.value

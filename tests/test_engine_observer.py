@@ -52,7 +52,10 @@ def test_values_threshold_and_compared():
     assert (o.evaluation.value, o.evaluation.samples, o.compared, o.bound.rule.threshold) == (1.0, 20, 1.0, 0.5)
     base = [o for o in seen if o.bound.rule.id == "slow" and o.t == T0 + 3 * MIN][0]
     # baseline rules compare the relative change, not the value: 0 errors two minutes earlier -> undefined change
-    assert base.evaluation.value == 1.0 and base.compared == 1.0 and base.state == "insufficient"
+    assert base.evaluation.value == 1.0 and base.compared is None and base.state == "insufficient"
+    seen, _ = observe("x.x.")
+    base = [o for o in seen if o.bound.rule.id == "slow" and o.t == T0 + 3 * MIN][0]
+    assert (base.evaluation.value, base.compared, base.state) == (1.0, 0.0, "inactive")  # 1.0 against 1.0
 
 
 @pytest.mark.parametrize("batch", [None, 1, 7])
