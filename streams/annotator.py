@@ -33,6 +33,7 @@ import orjson
 
 from streams.annotations import AnnotationPlanner, InvalidRecord
 from streams.grafana_http import AsyncGrafana, GrafanaError
+from streams.security import aiokafka_config
 from streams.settings import Settings
 from streams.topics import Topics, TopicsError
 
@@ -98,6 +99,7 @@ class Annotator:
             bootstrap_servers=self.settings.kafka_bootstrap, group_id=group_id(self.settings),
             client_id="rollguard-annotate", enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=session_ms, heartbeat_interval_ms=max(100, session_ms // 3), fetch_max_wait_ms=500,
+            **aiokafka_config(self.settings),
         )  # fmt: skip
         try:
             await consumer.start()

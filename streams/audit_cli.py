@@ -45,7 +45,10 @@ def read_records(files: list[str], bootstrap: str | None, topics: list[str]) -> 
     """``(origin, record)`` of every JSON line of ``files`` (origin ``file:line``) or every message of ``topics``
     (a snapshot read, origin ``topic/partition@offset``); a record that is not a JSON object is ``_NOT_JSON``."""
     if bootstrap:
-        for m in KafkaSource(bootstrap, topics).messages():
+        from streams.security import kafka_python_config
+        from streams.settings import Settings
+
+        for m in KafkaSource(bootstrap, topics, consumer_config=kafka_python_config(Settings())).messages():
             yield f"{m.topic}/{m.partition}@{m.offset}", _decode(m.value)
         return
     for path in files:
@@ -204,11 +207,11 @@ def render_audit(report: AuditReport, origins: list[str]) -> str:
     return "\n".join(lines)
 
 
-async def read_heads(redis_url: str, namespace: str, cluster: bool = False) -> dict[str, dict[str, str]]:
+async def read_heads(redis_url: str, namespace: str, cluster: bool = False, **client: Any) -> dict[str, dict[str, str]]:
     """The chain heads of every feature as the workers last committed them (``FeatureState.chain`` in Redis)."""
     from streams.store import RedisStore, redis_client
 
-    r = redis_client(redis_url, cluster)
+    r = redis_client(redis_url, cluster, **client)
     try:
         store = RedisStore(r, namespace)
         features = await store.features()
@@ -232,7 +235,9 @@ def cmd_audit_head(args: argparse.Namespace) -> int:
     if not url:
         raise AuditCliError("set ROLLGUARD_REDIS_URL or --redis-url")
     try:
-        heads = asyncio.run(read_heads(url, args.namespace or s.state_namespace, s.redis_cluster))
+        from streams.security import redis_kwargs
+
+        heads = asyncio.run(read_heads(url, args.namespace or s.state_namespace, s.redis_cluster, **redis_kwargs(s)))
     except Exception as e:  # noqa: BLE001 - redis errors are not OSError subclasses
         print(f"rollguard: error: cannot read Redis at {url}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -262,7 +262,11 @@ def source_from_args(args: argparse.Namespace, default_prefix: str = "") -> Kafk
     if not bootstrap:
         return None
     topics = Topics(prefix=default_prefix if args.topic_prefix is None else args.topic_prefix)
-    return KafkaSource(bootstrap, [*topics.inputs(), topics.control], since_ms=args.since, until_ms=args.until)
+    from streams.security import kafka_python_config
+    from streams.settings import Settings
+
+    return KafkaSource(bootstrap, [*topics.inputs(), topics.control], since_ms=args.since, until_ms=args.until,
+                       consumer_config=kafka_python_config(Settings()))  # fmt: skip
 
 
 def _is_reload(value: bytes) -> bool:

@@ -14,13 +14,14 @@ __all__ = ["run_worker", "preflight"]
 def preflight(settings: Settings, create_topics: bool = True) -> Settings:
     """Fail fast with a clear message: Redis must not evict, the input topics must exist and be co-partitioned.
     Returns the settings with ``partitions`` set to the input topics' actual count."""
+    from streams.security import kafka_python_config, redis_kwargs
     from streams.store import RedisStore, StoreError, redis_client
 
     from kafka.errors import KafkaError
     from redis.exceptions import RedisError
 
     async def check() -> None:
-        r = redis_client(settings.redis_url, settings.redis_cluster)
+        r = redis_client(settings.redis_url, settings.redis_cluster, **redis_kwargs(settings))
         try:
             await RedisStore(r, settings.state_namespace).check()
         finally:
@@ -33,8 +34,9 @@ def preflight(settings: Settings, create_topics: bool = True) -> Settings:
     topics = Topics(settings.topic_prefix)
     try:
         if create_topics:
-            ensure_topics(settings.kafka_bootstrap, topics, settings.partitions, bootstrap_timeout_ms=10_000)
-        n = input_partitions(settings.kafka_bootstrap, topics)
+            ensure_topics(settings.kafka_bootstrap, topics, settings.partitions, bootstrap_timeout_ms=10_000,
+                          **kafka_python_config(settings))  # fmt: skip
+        n = input_partitions(settings.kafka_bootstrap, topics, **kafka_python_config(settings))
     except KafkaError as e:
         raise TopicsError(f"cannot use Kafka at {settings.kafka_bootstrap}: {e}") from e
     return settings.model_copy(update={"partitions": n})

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from rules.exceptions import RollguardError
+from streams.security import kafka_python_config, redis_kwargs
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -31,12 +32,13 @@ def resume_message(feature: str, phase: str | None, reason: str, operator: str |
     return msg
 
 
-def send_control(bootstrap: str, topics: Topics, key: str, msg: dict, timeout_s: float = 15.0) -> Any:
+def send_control(bootstrap: str, topics: Topics, key: str, msg: dict, timeout_s: float = 15.0,
+                 **client: Any) -> Any:  # fmt: skip
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     try:
-        p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_block_ms=int(timeout_s * 1000))
+        p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_block_ms=int(timeout_s * 1000), **client)
         md = p.send(topics.control, key=key.encode(), value=orjson.dumps(msg)).get(timeout=timeout_s)
         p.close(timeout=timeout_s)
         return md
@@ -44,10 +46,10 @@ def send_control(bootstrap: str, topics: Topics, key: str, msg: dict, timeout_s:
         raise RollguardError(f"cannot publish to {topics.control} at {bootstrap}: {e}") from e
 
 
-async def read_status(redis_url: str, namespace: str, cluster: bool = False) -> list[dict]:
+async def read_status(redis_url: str, namespace: str, cluster: bool = False, **client: Any) -> list[dict]:
     from streams.store import RedisStore, redis_client
 
-    r = redis_client(redis_url, cluster)
+    r = redis_client(redis_url, cluster, **client)
     try:
         store = RedisStore(r, namespace)
         features = await store.features()
@@ -89,7 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("rollguard: error: set ROLLGUARD_REDIS_URL or --redis-url", file=sys.stderr)
         return 2
     try:
-        rows = asyncio.run(read_status(url, args.namespace or s.state_namespace, s.redis_cluster))
+        rows = asyncio.run(read_status(url, args.namespace or s.state_namespace, s.redis_cluster, **redis_kwargs(s)))
     except OSError as e:
         print(f"rollguard: error: cannot read Redis at {url}: {e}", file=sys.stderr)
         return 1
@@ -129,7 +131,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     except RollguardError as e:
         print(f"rollguard: error: invalid resume: {e}", file=sys.stderr)
         return 2
-    md = send_control(*target, args.feature, msg)
+    md = send_control(*target, args.feature, msg, **kafka_python_config(_settings()))
     where = f"phase {args.phase}" if args.phase else "all phases"
     print(f"resume of {args.feature} ({where}) sent as {msg['event_id']} to {md.topic}@{md.offset}; "
           "the owning worker clears the latches and records it")  # fmt: skip
@@ -140,7 +142,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     target = _control_target(args)
     if target is None:
         return 2
-    md = send_control(*target, "reload", {"type": "control", "action": "reload"})
+    md = send_control(*target, "reload", {"type": "control", "action": "reload"}, **kafka_python_config(_settings()))
     print(f"reload requested on {md.topic}@{md.offset}; every worker re-reads its rules folder")
     return 0
 

@@ -77,18 +77,19 @@ class StoreError(RollguardError):
     """Redis is unusable for rollguard state (e.g. it may evict keys)."""
 
 
-def redis_client(url: str, cluster: bool = False) -> Any:
+def redis_client(url: str, cluster: bool = False, **kwargs: Any) -> Any:
     """The async client rollguard uses: ``redis.asyncio.Redis`` for one server, or
-    ``redis.asyncio.cluster.RedisCluster`` when ``cluster`` (``url`` names any node; the others are discovered)."""
+    ``redis.asyncio.cluster.RedisCluster`` when ``cluster`` (``url`` names any node; the others are discovered).
+    ``kwargs`` (ACL user, password, TLS files: ``streams.security.redis_kwargs``) go to ``from_url``."""
     if not cluster:
         import redis.asyncio as aioredis
 
-        return aioredis.Redis.from_url(url)
+        return aioredis.Redis.from_url(url, **kwargs)
     from redis.asyncio.cluster import RedisCluster
     from redis.exceptions import RedisClusterException
 
     try:
-        return RedisCluster.from_url(url)
+        return RedisCluster.from_url(url, **kwargs)
     except RedisClusterException as e:  # e.g. a unix socket or a database other than 0
         raise StoreError(f"cannot use {url} as a Redis Cluster: {e}") from e
 
