@@ -256,10 +256,18 @@ _ANY = TypeAdapter(Annotated[Union[InteractionIn, FeedbackIn, ControlIn], Field(
 
 
 def _located(err: ValidationError) -> str:
+    """The validation errors as ``field: problem``, never echoing the input: pydantic quotes a bad ``type`` in its
+    message and puts dict keys (a segment's) in the location, and either may be free text. Keys that are not
+    identifiers become ``<key>``, as :func:`redact` drops them."""
     parts = []
     for e in err.errors(include_url=False, include_input=False)[:5]:
-        loc = ".".join(str(p) for p in e["loc"][1:] if p not in ("function-plain", "constrained-str"))
+        loc = ".".join(
+            p if isinstance(p, str) and (_is_name(p) or p == "[key]") else str(p) if isinstance(p, int) else "<key>"
+            for p in e["loc"][1:] if p not in ("function-plain", "constrained-str")
+        )  # fmt: skip
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "union_tag_invalid":
+            msg = f"type: does not match any of the expected tags: {e['ctx']['expected_tags']}"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 

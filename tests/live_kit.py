@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class LiveWorker:
     """``rollguard worker`` in a subprocess, with settings from the environment."""
 
-    def __init__(self, stack, topics: Topics, log: Path, **settings: str) -> None:
+    def __init__(self, stack, topics: Topics, log: Path, log_level: str = "info", **settings: str) -> None:
         env = dict(os.environ)
         env.update(
             ROLLGUARD_KAFKA_BOOTSTRAP=stack.kafka_bootstrap,
@@ -38,7 +38,7 @@ class LiveWorker:
         env.update({f"ROLLGUARD_{k.upper()}": str(v) for k, v in settings.items()})
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--log-level", "info"],
+            [sys.executable, "-m", "streams.cli", "worker", "--log-level", log_level],
             cwd=ROOT, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )  # fmt: skip
 
