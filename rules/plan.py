@@ -30,7 +30,7 @@ class BoundRule:
     base: str | None
     param: str | None
     metric: str  # as written, or ``drift:<detector>:<signal>``
-    latching: bool  # pause / kill: never resolve by themselves
+    latching: bool  # enforced pause / kill: never resolve by themselves (a shadow rule decides, it holds nothing)
 
     @property
     def sources(self) -> frozenset[str]:
@@ -102,7 +102,7 @@ class Plan:
         self.store_ids = {name: sid for sid, name in self.store_names.items()}
         self.rules = tuple(
             BoundRule(i, rs, rule, self.stores[sk] if sk else None, base, param, metric,
-                      rule.tier in ("pause", "kill"))  # fmt: skip
+                      rule.tier in ("pause", "kill") and rule.mode == "enforce")  # fmt: skip
             for i, (rs, rule, sk, base, param, metric) in enumerate(bound)
         )
         self.by_key = {(b.ruleset.name, b.rule.id): b for b in self.rules}

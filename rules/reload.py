@@ -5,7 +5,9 @@ What survives a reload is what still means the same thing under the new rules:
 * window buckets of a store with the same ``every`` and segment keys (a store that now also needs latency
   sketches or user counts, which the old one did not keep, starts empty: its rules see data from the reload on);
 * lifecycle instances of rules that still exist (pending timers and firing incidents continue); instances of
-  removed rules end with a ``resolved`` decision (``cause: rule_removed``) and a page resolve if they had paged;
+  removed rules end with a ``resolved`` decision (``cause: rule_removed``) and a page resolve if they had paged,
+  and so do instances of rules whose ``mode`` changed (``cause: mode_changed``): a shadow rule promoted to enforce
+  fires afresh, with its command, if its condition still holds;
 * drift detectors whose rule kept the same detector, signal and parameters;
 * latches (a killed feature stays killed until an operator resumes it) and evaluation clocks of every kept
   ``every``; a new ``every`` starts at the next instant after the feature's current position.
@@ -35,16 +37,19 @@ def migrate(fs: FeatureState, feature: str, old: Plan, new: Plan, out: Outputs) 
 
     t = fs.max_ts if fs.max_ts is not None else 0
     for key in sorted(fs.instances):
-        if (key[0], key[1]) in new.by_key:
+        b, nb = old.by_key.get((key[0], key[1])), new.by_key.get((key[0], key[1]))
+        if nb is not None and (b is None or b.rule.mode == nb.rule.mode):
             continue
+        # removed, or its mode changed: a shadow incident promoted to enforce must start afresh, so that it fires
+        # with its command and page if the condition still holds
+        cause = "rule_removed" if nb is None else "mode_changed"
         inst = fs.instances.pop(key)
-        b = old.by_key.get((key[0], key[1]))
         if b is None or inst.state not in ("pending", "firing"):
             continue
         d = decision(
             t=t, ruleset=b.ruleset, rule=b.rule, feature=feature, phase=key[2],
             group=dict(zip(b.rule.group_by, key[3])), transition="resolved", metric=b.metric, value=None,
-            samples=0, window_start=t, window_end=t, extra={"cause": "rule_removed", "plan_version": new.version},
+            samples=0, window_start=t, window_end=t, extra={"cause": cause, "plan_version": new.version},
         )  # fmt: skip
         out.decisions.append(d)
         if inst.paged:

@@ -73,10 +73,26 @@ def test_investigate_pages_trigger_and_resolve_with_one_dedup_key():
     assert pages[0]["dedup_key"] == pages[1]["dedup_key"]
 
 
-def test_shadow_mode_decides_but_never_acts():
-    _, decisions, commands, pages = run(one_rule("kill", mode="shadow"), traffic("..xx.."))
-    assert timeline(decisions) == [(3, "firing")] and decisions[0]["mode"] == "shadow"
+@pytest.mark.parametrize("tier", ["pause", "kill"])
+def test_shadow_mode_decides_but_never_acts_nor_latches(tier):
+    # a shadow pause/kill holds nothing: it resolves like an investigate rule instead of staying firing forever
+    _, decisions, commands, pages = run(one_rule(tier, mode="shadow"), traffic("..xx.."))
+    assert timeline(decisions) == [(3, "firing"), (5, "resolved")] and decisions[0]["mode"] == "shadow"
     assert commands == [] and pages == []
+
+
+def test_promoting_a_firing_shadow_rule_to_enforce_fires_it_afresh():
+    from rules.engine import Engine, EngineConfig
+
+    eng = Engine(one_rule("kill", mode="shadow"), EngineConfig(allowed_lateness_ms=0))
+    evs = traffic("..xxxxxx..")
+    cut = next(i for i, e in enumerate(evs) if e.ts >= T0 + 5 * MIN)
+    outs = [eng.step(evs[:cut]), eng.reload(one_rule("kill", mode="enforce")), eng.step(evs[cut:]), eng.finish()]
+    decisions = [d for o in outs for d in o.decisions]
+    assert [(m, tr, d["mode"]) for (m, tr), d in zip(timeline(decisions), decisions)] == [
+        (3, "firing", "shadow"), (4, "resolved", "shadow"), (5, "firing", "enforce")]
+    assert decisions[1]["cause"] == "mode_changed"
+    assert [c["action"] for o in outs for c in o.commands] == ["rollback"]
 
 
 TWO_TIERS = """
