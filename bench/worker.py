@@ -7,6 +7,10 @@ of ``ROLLGUARD_KAFKA_BOOTSTRAP`` / ``ROLLGUARD_REDIS_URL`` when both are set) an
                settings, raw serializers, the worker's ``take_events`` batching; also a plain ``async for``);
 * worker:      events/s through ``rollguard worker`` (bundled catalogue) on the same single-event messages, and on
                batch envelopes of ``--envelope`` events, with their ratios to the bare agent's message rate;
+               these runs have metrics off (``ROLLGUARD_METRICS_PORT=0``);
+* metrics:     the same two worker runs again with Prometheus metrics on and ``/metrics`` scraped every second by
+               a thread of this process (``--scrape-every``), and their ratio to the runs without metrics (the
+               issue's budget: metrics may cost at most 5 % of throughput); ``--no-metrics`` skips them;
 * detection:   end-to-end latency (p50/p99) from producing an event to the rollback command being readable on the
                commands topic, with the worker running and caught up (``bench/latency_probe.py``).
 
@@ -136,8 +140,57 @@ def child_env(stack, prefix: str, app_id: str, **settings: str) -> dict[str, str
         ROLLGUARD_SESSION_TIMEOUT_S="6",
         ROLLGUARD_PARTITIONS=str(PARTITIONS),
     )
+    if "ROLLGUARD_METRICS_PORT" not in os.environ:  # no endpoint unless a run asks for one (no port clashes)
+        env["ROLLGUARD_METRICS_PORT"] = "0"
     env.update({f"ROLLGUARD_{k.upper()}": str(v) for k, v in settings.items()})
     return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Scraper:
+    """GET ``/metrics`` every ``every`` seconds from a thread (as Prometheus would), timing each answer."""
+
+    def __init__(self, port: int, every: float) -> None:
+        import threading
+
+        self.url, self.every = f"http://127.0.0.1:{port}/metrics", every
+        self.durations: list[float] = []
+        self.sizes: list[int] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(self.every):
+            t0 = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as r:
+                    body = r.read()
+            except OSError:  # not listening yet (worker starting)
+                self.errors += 1
+                continue
+            self.durations.append(time.perf_counter() - t0)
+            self.sizes.append(len(body))
+            self.last = body
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(15)
+        series = sum(1 for line in getattr(self, "last", b"").splitlines() if line and not line.startswith(b"#"))
+        d = sorted(self.durations)
+        return {"scrapes": len(d), "scrape_ms_p50": d[len(d) // 2] * 1000 if d else float("nan"),
+                "scrape_ms_max": d[-1] * 1000 if d else float("nan"), "body_kb": (self.sizes[-1] if d else 0) / 1024,
+                "series": series}  # fmt: skip
 
 
 def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -200,8 +253,10 @@ def batches_so_far(r) -> int:
 
 
 def run_worker(stack, prefix: str, msgs: list, name: str, logdir: Path, timeout: float, *,
-               produced: dict[str, int] | None = None, profile: Path | None = None) -> dict:  # fmt: skip
+               produced: dict[str, int] | None = None, profile: Path | None = None,
+               scrape_every: float | None = None) -> dict:  # fmt: skip
     """``rollguard worker`` on fresh topics, timed by polling the partition offsets it commits to Redis.
+    ``scrape_every``: metrics on, ``/metrics`` scraped at that interval for the whole run (else metrics off).
 
     ``produced`` (the last offsets): the topics already hold ``msgs``; timed from the worker's first commit to the
     last. Otherwise a burst: the first message of every topic/feature is produced first; once the worker committed
@@ -214,7 +269,8 @@ def run_worker(stack, prefix: str, msgs: list, name: str, logdir: Path, timeout:
     warm, rest = split_warmup(msgs) if burst else ([], msgs)
     last = produce(stack.kafka_bootstrap, warm) if burst else produced
     r = redis.Redis.from_url(stack.redis_url)
-    env = child_env(stack, prefix, app_id)
+    port = free_port() if scrape_every else 0
+    env = child_env(stack, prefix, app_id, METRICS_PORT=port, METRICS_HOST="127.0.0.1")
 
     def poll(goal: dict[str, int]) -> tuple[float, int, list[int]]:
         tps = sorted(goal)
@@ -236,6 +292,8 @@ def run_worker(stack, prefix: str, msgs: list, name: str, logdir: Path, timeout:
                 time.sleep(0.01)
 
         spy = None
+        scraper = Scraper(port, scrape_every) if scrape_every else None
+        scraped: dict = {}
         try:
             if burst:
                 wait(last, lambda done, behind: min(behind) >= 0)
@@ -256,12 +314,14 @@ def run_worker(stack, prefix: str, msgs: list, name: str, logdir: Path, timeout:
         finally:
             if spy is not None:
                 profile_kit.finish(spy)
+            if scraper is not None:
+                scraped = scraper.stop()
             stop(proc)
             r.close()
     n_msgs = end[1] - first[1]
     n_events = sum(m[3] for m in timed) if timed is not None else n_msgs * sum(m[3] for m in msgs) / len(msgs)
     return {"messages": n_msgs, "events": n_events, "seconds": end[0] - first[0], "startup": startup,
-            "cpu": end[2] - first[2], "batches": batches}  # fmt: skip
+            "cpu": end[2] - first[2], "batches": batches, **scraped}  # fmt: skip
 
 
 # --- report ---------------------------------------------------------------------------------------------------
@@ -295,7 +355,9 @@ def rules_summary() -> str:
 def report(res: dict[str, dict], envelope: int) -> None:
     labels = {"bare-take": "bare Faust agent, take_events", "bare-iter": "bare Faust agent, async for",
               "worker-single": "rollguard worker, single events",
-              "worker-env": f"rollguard worker, envelopes of {envelope}"}  # fmt: skip
+              "worker-env": f"rollguard worker, envelopes of {envelope}",
+              "metrics-single": "  same, metrics on + scraped",
+              "metrics-env": f"  envelopes of {envelope}, metrics + scraped"}  # fmt: skip
     rate = {k: r["events"] / r["seconds"] for k, r in res.items()}
     cpu_us = {k: r["cpu"] / r["events"] * 1e6 for k, r in res.items()}  # CPU microseconds per event
     bare, bare_cpu = rate["bare-take"], cpu_us["bare-take"]
@@ -317,6 +379,23 @@ def report(res: dict[str, dict], envelope: int) -> None:
                             ("worker envelopes events/s / bare messages/s", "worker-env", 10)):  # fmt: skip
         print(f"{label:<52} {rate[key] / bare:>10.2f} {bare_cpu / cpu_us[key]:>9.2f} {'>= ' + str(aim):>6}")
     print("(CPU time: the same ratio from CPU time per event instead of wall-clock rates; steadier on a busy machine)")
+    if "metrics-single" in res:
+        head = f"metrics on, /metrics scraped every {res['metrics-single']['every']:g} s"
+        print(f"\n{head:<52} {'wall clock':>10} {'CPU time':>9} {'aim':>6}   {'scrapes':>7} {'p50 ms':>6} "
+              f"{'max ms':>6} {'KB':>5} {'samples':>7}")  # fmt: skip
+        for label, key, base in (("single-event messages: metrics / no metrics", "metrics-single", "worker-single"),
+                                 ("envelopes: metrics / no metrics", "metrics-env", "worker-env")):  # fmt: skip
+            m = res[key]
+            print(f"{label:<52} {rate[key] / rate[base]:>10.3f} {cpu_us[base] / cpu_us[key]:>9.3f} {'>= 0.95':>6}   "
+                  f"{m['scrapes']:>7} {m['scrape_ms_p50']:>6.1f} {m['scrape_ms_max']:>6.1f} {m['body_kb']:>5.0f} "
+                  f"{m['series']:>7}")  # fmt: skip
+        wall = (rate["metrics-single"] / rate["worker-single"] * rate["metrics-env"] / rate["worker-env"]) ** 0.5
+        cpu = (cpu_us["worker-single"] / cpu_us["metrics-single"]
+               * cpu_us["worker-env"] / cpu_us["metrics-env"]) ** 0.5
+        label = "both pairs (geometric mean: the A B B A order cancels)"
+        print(f"{label:<52} {wall:>10.3f} {cpu:>9.3f} {'>= 0.95':>6}")
+        print("(scrapes over the whole run, start-up included; p50/max: the scraper's round trip, which waits for the "
+              "batch in progress;\nsamples: lines of the last scrape)")  # fmt: skip
     print(f"not timed: group join + start, bare {res['bare-take']['startup']:.1f}s, worker "
           f"{res['worker-single']['startup']:.1f}s")  # fmt: skip
 
@@ -329,6 +408,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=30, help="detection-latency trials (default 30)")
     ap.add_argument("--quick", action="store_true", help="20,000 events, 10 trials, no plain async-for run")
     ap.add_argument("--no-latency", action="store_true", help="skip the detection-latency trials")
+    ap.add_argument("--no-metrics", action="store_true", help="skip the two runs with metrics on and scraped")
+    ap.add_argument("--scrape-every", type=float, default=1.0, metavar="S", help="scrape interval of the metrics "
+                    "runs (default 1 s; Prometheus' usual is 15-60 s)")  # fmt: skip
     ap.add_argument("--profile", metavar="DIR", help="sample the worker runs with py-spy over their timed spans, "
                     "keep the raw stacks in DIR and print the CPU time per event by component and function")
     ap.add_argument("--logs", metavar="DIR", help="keep child logs here (default: a temporary folder)")
@@ -364,8 +446,8 @@ def main() -> None:
         print(rules_summary())
         events = generate_events(args.events, args.rate)
         span = (events[-1]["ts"] - events[0]["ts"]) / 60_000
-        single, env = Topics(f"{run}-s."), Topics(f"{run}-e.")
-        for t in (single, env):
+        single, env, env_m = Topics(f"{run}-s."), Topics(f"{run}-e."), Topics(f"{run}-em.")
+        for t in (single, env, env_m):
             ensure_topics(stack.kafka_bootstrap, t, PARTITIONS)
         single_msgs, env_msgs = messages(single, events), messages(env, events, args.envelope)
         t0 = time.time()
@@ -377,8 +459,20 @@ def main() -> None:
         for mode in ("take",) if args.quick else ("take", "iter"):
             res[f"bare-{mode}"] = run_bare(stack, single.prefix, len(single_msgs), mode, logdir, timeout,
                                            profile=prof(f"bare-{mode}") if mode == "take" else None)  # fmt: skip
+        # order A B B A (no metrics, metrics, metrics, no metrics): whatever drifts during the bench (a warming
+        # broker, other load) favours metrics in one pair and its absence in the other
+        every = args.scrape_every
         res["worker-single"] = run_worker(stack, single.prefix, single_msgs, "worker-single", logdir, timeout,
                                           produced=last_single, profile=prof("worker-single"))  # fmt: skip
+        if not args.no_metrics:
+            # a new consumer group on the same single-event topics; new topics for the envelopes (a burst run
+            # produces its own input)
+            res["metrics-single"] = run_worker(stack, single.prefix, single_msgs, "metrics-single", logdir, timeout,
+                                               produced=last_single, scrape_every=every)  # fmt: skip
+            res["metrics-env"] = run_worker(stack, env_m.prefix, messages(env_m, events, args.envelope),
+                                            "metrics-env", logdir, timeout, scrape_every=every)  # fmt: skip
+            for k in ("metrics-single", "metrics-env"):
+                res[k]["every"] = every
         res["worker-env"] = run_worker(stack, env.prefix, env_msgs, "worker-env", logdir, timeout,
                                        profile=prof("worker-env"))  # fmt: skip
         lat = None

@@ -25,11 +25,15 @@ from typing import Any
 import faust
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
+from faust.exceptions import ConsumerNotStarted
+from prometheus_client import CollectorRegistry
 
 from rules.durations import parse_duration
 from rules.engine import Engine
 from rules.events import EventParser, Pseudonymizer
 from rules.loader import RulesInvalid, load_rules
+from streams.metrics_server import MetricsServer
+from streams.observability import WorkerMetrics
 from streams.processor import Message, Processor
 from streams.settings import Settings
 from streams.store import RedisStore
@@ -105,15 +109,27 @@ class Worker:
         self.store = RedisStore(self.redis, settings.state_namespace)
         self.engine = Engine(self.rulesets, settings.engine_config())
         self.parser = EventParser(Pseudonymizer(settings.user_key_bytes()))
+        self.registry = CollectorRegistry()  # this worker's own: no global registry
+        self.metrics = self._build_metrics() if settings.metrics_port else None
         self.app = self._build_app()
         self.processor = Processor(self.engine, self.store, self.parser, FaustPublisher(self.app), topics=self.topics,
-                                   detector_key=settings.state_key_bytes())  # fmt: skip
+                                   detector_key=settings.state_key_bytes(), metrics=self.metrics)  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.processor_stats = self.processor.stats
         self.started_ms = int(time.time() * 1000)  # operator-facing only: which reload requests are history
         self.verified: set[str] = set()  # partitions whose position was checked against Redis since assignment
         self.assigned: set[tuple[str, int]] = set()
         self._partitioner = DefaultPartitioner()
 
     # --- the Faust app ------------------------------------------------------------------------------------------
+
+    def _build_metrics(self) -> WorkerMetrics:
+        s = self.settings
+        m = WorkerMetrics(self.registry, self.engine, max_groups=s.metrics_max_groups, app_id=s.app_id)
+        self.engine.observer = m.observe
+        m.assigned = self.input_partitions
+        m.highwater = self._highwater
+        return m
 
     def _build_app(self) -> faust.App:
         s = self.settings
@@ -158,8 +174,38 @@ class Worker:
         async def on_assigned(app, assigned, **kw) -> None:  # noqa: ARG001
             self.assigned = {(tp.topic, tp.partition) for tp in assigned}
             self.verified.clear()
+            if self.metrics is not None:
+                self.metrics.forget({f for f in self.metrics.features() if not self.owns(f)})
+                await self._load_positions()
 
+        if self.metrics is not None:
+            app.service(MetricsServer(self.metrics.exposition, s.metrics_host, s.metrics_port, self.metrics.ready))
         return app
+
+    # --- metrics sources ----------------------------------------------------------------------------------------
+
+    def input_partitions(self) -> set[tuple[str, int]]:
+        """Assigned partitions of the input topics (Faust also assigns its internal leader topic)."""
+        inputs = self.topics.inputs()
+        return {tp for tp in self.assigned if tp[0] in inputs}
+
+    def _highwater(self, topic: str, partition: int) -> int | None:
+        """The consumer's last known high watermark of an assigned partition (from fetch responses; no I/O)."""
+        try:
+            return self.app.consumer.highwater(faust.types.TP(topic, partition))
+        except (ConsumerNotStarted, AssertionError, KeyError):  # not started, or not assigned (any more)
+            return None
+
+    async def _load_positions(self) -> None:
+        """Consumer lag needs each assigned partition's next offset before its first batch: Redis has it. Bounded
+        in time: it runs inside the rebalance, which a slow Redis must not hold up."""
+        tps = sorted(self.input_partitions())
+        try:
+            stored = await asyncio.wait_for(self.store.partition_offsets([f"{t}:{p}" for t, p in tps]), 2.0)
+        except Exception as e:  # noqa: BLE001 - lag stays unknown until the partition's first batch
+            log.warning("cannot read partition offsets for the lag metric (%s)", e)
+            return
+        self.metrics.set_positions({(t, p): off + 1 for (t, p) in tps if (off := stored[f"{t}:{p}"]) is not None})
 
     # --- positions ----------------------------------------------------------------------------------------------
 
@@ -251,6 +297,8 @@ class Worker:
                 self.processor.forget(set(self.processor.cache))
         self.rulesets = rulesets
         self.fingerprint = fingerprint
+        if self.metrics is not None:
+            self.metrics.rules_loaded(self.engine.plan)
         log.warning("rules reloaded (%s): plan version %s", why, self.engine.plan.version[:12])
         return True
 

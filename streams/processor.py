@@ -23,8 +23,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -36,6 +37,9 @@ from rules.policy import Outputs
 from rules.state import BreakerState, FeatureState
 from streams.store import FeatureWrite, RedisStore
 from streams.topics import Topics
+
+if TYPE_CHECKING:
+    from streams.observability import WorkerMetrics
 
 __all__ = ["Message", "Processor", "Publisher", "ProcessorStats", "summary_of"]
 
@@ -95,7 +99,7 @@ class Processor:
 
     def __init__(self, engine: Engine, store: RedisStore, parser: EventParser, publisher: Publisher, *,
                  topics: Topics, detector_key: bytes, clock: Callable[[], float] = time.time,
-                 max_backoff_s: float = 5.0) -> None:  # fmt: skip
+                 max_backoff_s: float = 5.0, metrics: WorkerMetrics | None = None) -> None:  # fmt: skip
         self.engine = engine
         self.store = store
         self.parser = parser
@@ -109,6 +113,7 @@ class Processor:
         self.lock = asyncio.Lock()  # batches, idle ticks and reloads never interleave
         self.degraded = False  # a "monitor degraded" page went out and was not resolved yet
         self.full_rewrite: set[str] = set()  # features whose buckets must all be rewritten (after a reload)
+        self.metrics = metrics  # per batch only (durations, outputs, offsets); None: no metrics
 
     # --- batches ------------------------------------------------------------------------------------------------
 
@@ -130,6 +135,8 @@ class Processor:
                     raise
                 except Exception as e:  # noqa: BLE001 - Redis/Kafka unavailable or a bug: never ack, never die
                     self.stats.retries += 1
+                    if self.metrics is not None:
+                        self.metrics.batch_failed()
                     log.warning("batch of %d messages failed (%s: %s); retrying in %.1fs",
                                 len(messages), type(e).__name__, e, delay)  # fmt: skip
                     self.forget(set(self.cache))
@@ -140,6 +147,7 @@ class Processor:
                 await self._resolve_degraded()
 
     async def _process_once(self, messages: Sequence[Message], owns, dead_letters: bool) -> None:
+        started = time.perf_counter()
         parsed: list[tuple[Message, list]] = []
         dead: list[dict] = []
         features: set[str] = set()
@@ -154,7 +162,8 @@ class Processor:
                     features.add(item.feature)
             parsed.append((m, items))
         await self._ensure_loaded(sorted(features))
-        breaker = await self.store.load_breaker()
+        with self._redis_timer("load"):
+            breaker = await self.store.load_breaker()
         self.engine.breaker.merge(breaker)
 
         eng = self.engine
@@ -196,6 +205,8 @@ class Processor:
         self.stats.batches += 1
         for d in dead:
             self.stats.invalid[d["reason"]] = self.stats.invalid.get(d["reason"], 0) + 1
+        if self.metrics is not None:
+            self.metrics.batch_done(time.perf_counter() - started, part_off)
 
     async def _isolate(self, messages: Sequence[Message], owns, dead_letters: bool) -> None:
         """The engine raised on this batch: redo it message by message; one that still fails is dead-lettered
@@ -233,7 +244,8 @@ class Processor:
         missing = [f for f in features if f not in self.cache]
         if not missing:
             return
-        records = await self.store.load(missing)
+        with self._redis_timer("load"):
+            records = await self.store.load(missing)
         now = self.clock()
         for f in missing:
             rec = records[f]
@@ -256,7 +268,10 @@ class Processor:
         # a control message for a feature without state changes nothing (the engine ignores it)
         writes = [self._write(f, offs, since.get(f, _NO_EVENTS)) for f, offs in sorted(applied.items())
                   if f in self.engine.features]  # fmt: skip
-        result = await self.store.commit(writes, self.engine.breaker, part_off)
+        with self._redis_timer("commit"):
+            result = await self.store.commit(writes, self.engine.breaker, part_off)
+        if self.metrics is not None:
+            self.metrics.state_written()
         for f, ok in result.items():
             if ok:
                 c = self.cache[f]
@@ -266,6 +281,9 @@ class Processor:
                 self.stats.fenced += 1
                 log.warning("state of %s was written by another worker; dropping the local copy", f)
                 self.forget({f})
+
+    def _redis_timer(self, op: str) -> AbstractContextManager:
+        return self.metrics.redis_timer(op) if self.metrics is not None else nullcontext()
 
     def _write(self, f: str, offsets: dict[str, int], since: int | None) -> FeatureWrite:
         eng = self.engine
@@ -300,22 +318,23 @@ class Processor:
             await self.publisher.publish(recs)
             for topic, _, _ in recs:
                 self.stats.published[topic] = self.stats.published.get(topic, 0) + 1
+            if self.metrics is not None:
+                self.metrics.published(out)
 
     async def _page_degraded(self, err: Exception) -> None:
         if self.degraded:
             return
         try:
-            await self.publisher.publish([(self.topics.pages, b"rollguard", orjson.dumps(self._degraded_page(
+            await self._publish(Outputs(pages=[self._degraded_page(
                 "trigger", f"rollguard monitor degraded: {type(err).__name__}: {str(err)[:200]}; "
-                "batches are retried, nothing is acknowledged until state is saved")))])  # fmt: skip
+                "batches are retried, nothing is acknowledged until state is saved")]), [])  # fmt: skip
             self.degraded = True
         except Exception as e:  # noqa: BLE001 - Kafka itself may be what is down; keep retrying the batch
             log.error("cannot page 'monitor degraded' (%s); will try again", e)
 
     async def _resolve_degraded(self) -> None:
         try:
-            await self.publisher.publish([(self.topics.pages, b"rollguard", orjson.dumps(
-                self._degraded_page("resolve", "rollguard monitor recovered")))])  # fmt: skip
+            await self._publish(Outputs(pages=[self._degraded_page("resolve", "rollguard monitor recovered")]), [])
             self.degraded = False
         except Exception as e:  # noqa: BLE001
             log.error("cannot resolve the 'monitor degraded' page (%s)", e)
@@ -405,6 +424,9 @@ def summary_of(engine: Engine, feature: str, fs: FeatureState) -> dict:
         p["rules"].append({"ruleset": rs, "rule_id": rid, "tier": tier, "state": inst.state,
                            "group": list(group), "since": iso(inst.pending_since or inst.incident or 0),
                            "held": inst.held})  # fmt: skip
+        if b is not None and b.rule.mode == "shadow":
+            p["rules"][-1]["mode"] = "shadow"  # listed, but a shadow rule raises no tier: it enforces nothing
+            continue
         if inst.state == "firing" and TIER_ORDER[tier] > TIER_ORDER.get(p["tier"], -1):
             p["tier"] = tier
     for p in phases.values():

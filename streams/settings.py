@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import sys
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     user_key: SecretStr = Field(SecretStr(DEV_USER_KEY), description="HMAC key that re-keys user ids")
     signing_key: SecretStr | None = Field(None, description="HMAC-SHA256 key that signs commands")
     signing_key_id: str | None = Field(None, description="identifier of the signing key, published with commands")
+    verify_keys: SecretStr | None = Field(
+        None, description="keys `rollguard verify` accepts, id1:secret1,id2:secret2 (default: the signing key)"
+    )
     allowed_lateness: str = Field("30s", description="events older than watermark = max ts - this are late")
     max_kills_per_hour: int = Field(5, ge=0, description="kill breaker: rollbacks per event-time hour")
 
@@ -56,6 +59,33 @@ class Settings(BaseSettings):
     idle_after: str | None = Field("2m", description="advance an idle feature's watermark after this wall time")
     session_timeout_s: float = Field(10.0, gt=1, le=300, description="Kafka group session/rebalance timeout")
     rules_poll: str = Field("5s", description="how often the rules folder is checked for changes")
+
+    # --- transport security (see streams/security.py, docs/security.md) --------------------------------------
+    profile: Literal["dev", "production"] = Field(
+        "dev", description="production refuses to start with an insecure setting (plaintext Kafka/Redis, no auth, ...)"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="SASL_SSL (with SCRAM-SHA-512) or SSL with a client certificate (mTLS) in production"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism for SASL_SSL / SASL_PLAINTEXT"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certificates")
+    kafka_ssl_certfile: str | None = Field(None, description="client certificate (PEM) for mTLS")
+    kafka_ssl_keyfile: str | None = Field(None, description="client private key (PEM) for mTLS")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="password of the client private key")
+    redis_username: str | None = Field(None, description="Redis ACL user")
+    redis_password: SecretStr | None = Field(None, description="Redis ACL password (or requirepass)")
+    redis_ssl_cafile: str | None = Field(None, description="CA bundle of the Redis server certificate (rediss://)")
+    redis_ssl_certfile: str | None = Field(None, description="client certificate for Redis TLS client auth")
+    redis_ssl_keyfile: str | None = Field(None, description="client private key for Redis TLS client auth")
+
+    # --- observability (issue 4) -----------------------------------------------------------------------------
+    metrics_port: int = Field(9464, ge=0, le=65535, description="/metrics, /healthz, /ready port; 0 = no metrics")
+    metrics_host: str = Field("0.0.0.0", description="address the metrics endpoint listens on")
+    metrics_max_groups: int = Field(50, ge=1, description="rule series per feature/phase/rule before __overflow__")
 
     @field_validator("allowed_lateness", "batch_within", "rules_poll")
     @classmethod
@@ -80,6 +110,13 @@ class Settings(BaseSettings):
                 raise ValueError("redis_cluster: a Redis Cluster is reached over redis:// or rediss://, not unix://")
             if url.path.strip("/") not in ("", "0"):
                 raise ValueError("redis_cluster: a Redis Cluster has only database 0 (redis://host:port/0)")
+        return self
+
+    @model_validator(mode="after")
+    def _client_cert_pairs(self) -> Settings:
+        for cert, key in (("kafka_ssl_certfile", "kafka_ssl_keyfile"), ("redis_ssl_certfile", "redis_ssl_keyfile")):
+            if bool(getattr(self, cert)) != bool(getattr(self, key)):
+                raise ValueError(f"{key}: {cert} and {key} go together (a client certificate needs its key)")
         return self
 
     @field_validator("rules", mode="before")
