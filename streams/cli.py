@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -72,6 +73,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         rule_paths=(args.rules, args.compare),
         progress=args.progress,
         allowed_lateness=args.allowed_lateness,
+        charts=args.charts,
     )
     _print_summary(res)
     return 0
@@ -100,6 +102,8 @@ def _print_summary(res) -> None:
             f"compare: decisions {cc['decisions.jsonl']:,}  commands {cc['commands.jsonl']:,}  "
             f"pages {cc['pages.jsonl']:,}  (in {res.out_dir / 'compare'})"
         )
+    if res.charts:
+        print(f"charts: {res.charts_dir}/ ({len(res.charts):,} PNGs, linked from report.md)")
     print(f"report: {res.out_dir / 'report.md'}")
 
 
@@ -147,6 +151,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not settings.kafka_bootstrap or not settings.redis_url:
         return _fail("set ROLLGUARD_KAFKA_BOOTSTRAP and ROLLGUARD_REDIS_URL (or run `rollguard demo`, which starts "
                      "an embedded broker and Redis)")  # fmt: skip
+    if settings.profile == "production":
+        from streams.security import production_problems
+
+        if problems := production_problems(settings):
+            return _fail("the production profile refuses to start:\n" + "\n".join(f"  - {p}" for p in problems))
     try:
         load_rules(settings.rule_paths())  # fail before connecting to anything
         return run_worker(settings, create_topics=args.create_topics, log_level=args.log_level)
@@ -154,8 +163,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return _fail(f"invalid rules:\n{e}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options, in every subcommand (subparsers are built with the parent's class): a typo such as
+    ``--from`` must not silently mean ``--from-kafka``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rollguard", description="Streaming guardrail monitor for AI feature launches.")
+    p = _Parser(prog="rollguard", description="Streaming guardrail monitor for AI feature launches.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("replay", help="replay JSONL events through rule sets (backtest)")
@@ -167,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compare", nargs="+", metavar="PATH", help="candidate rule set to compare against --rules")
     r.add_argument("--allowed-lateness", default="30s", metavar="DURATION")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
+    r.add_argument("--charts", choices=["active", "all", "none"], default="active",
+                   help="PNG charts in OUT/charts/: rules that were pending or firing (default), every rule, or none")
     r.set_defaults(func=cmd_replay)
 
     rules = sub.add_parser("rules", help="rule file tools")
@@ -190,14 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     w.set_defaults(func=cmd_worker)
 
+    from streams.audit_cli import add_audit_parsers
     from streams.emitter import add_emit_parser
     from streams.ops import add_ops_parsers
+    from streams.rule_tests import add_rules_test_parser
 
     from dashboards.cli import add_dashboards_parsers
     from streams.grafana import add_grafana_parsers
 
     add_emit_parser(sub)
     add_ops_parsers(sub, rsub)
+    add_audit_parsers(sub)
+    add_rules_test_parser(rsub)
     add_grafana_parsers(sub, add_dashboards_parsers(sub))
 
     d = sub.add_parser("demo", help="embedded broker + Redis + worker + traffic with an incident, until the rollback")
