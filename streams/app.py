@@ -35,6 +35,7 @@ from rules.loader import RulesInvalid, load_rules
 from streams.metrics_server import MetricsServer
 from streams.observability import WorkerMetrics
 from streams.processor import Message, Processor
+from streams.security import aiokafka_config, faust_credentials, redis_kwargs
 from streams.settings import Settings
 from streams.store import RedisStore
 from streams.store import redis_client as store_client
@@ -90,6 +91,7 @@ def faust_settings(s: Settings) -> dict[str, Any]:
         datadir=os.path.join(datadir, s.app_id),
         # the group join waits up to the rebalance timeout for members; keep it short so a worker that starts or
         # takes over after a crash does so in seconds (the session timeout bounds crash detection)
+        broker_credentials=faust_credentials(s),  # SASL_SSL / mTLS (None for PLAINTEXT)
         broker_session_timeout=s.session_timeout_s,
         broker_rebalance_timeout=s.session_timeout_s,
         broker_heartbeat_interval=max(0.5, s.session_timeout_s / 5),
@@ -105,7 +107,7 @@ class Worker:
         self.rule_paths = settings.rule_paths()
         self.rulesets = load_rules(self.rule_paths)
         self.fingerprint = rules_fingerprint(self.rule_paths)
-        self.redis = redis_client or store_client(settings.redis_url, settings.redis_cluster)
+        self.redis = redis_client or store_client(settings.redis_url, settings.redis_cluster, **redis_kwargs(settings))
         self.store = RedisStore(self.redis, settings.state_namespace)
         self.engine = Engine(self.rulesets, settings.engine_config())
         self.parser = EventParser(Pseudonymizer(settings.user_key_bytes()))
@@ -246,7 +248,7 @@ class Worker:
 
         s = self.settings
         consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", group_id=None)  # fmt: skip
+                                    auto_offset_reset="earliest", group_id=None, **aiokafka_config(s))  # fmt: skip
         await consumer.start()
         try:
             tp = TopicPartition(self.topics.control, 0)

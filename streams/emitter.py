@@ -435,13 +435,18 @@ def cmd_emit(args: argparse.Namespace) -> int:
             events = generate(scenario_from_args(args.scenario, **overrides))
         except (RollguardError, ValueError, TypeError) as e:
             return _fail(str(e))
+    from streams.security import kafka_python_config
+    from streams.settings import Settings
+
+    client = kafka_python_config(Settings())  # SASL/TLS from ROLLGUARD_KAFKA_* like every rollguard client
     topics = Topics(prefix=args.topic_prefix)
     if args.create_topics:
         try:
-            ensure_topics(bootstrap, topics)
+            ensure_topics(bootstrap, topics, **client)
         except Exception as e:  # noqa: BLE001 - NoBrokersAvailable, KafkaError, ...: operational, not a bad argument
             return _fail(f"cannot create topics at {bootstrap}: {type(e).__name__}: {e}", 1)
-    stats = emit_events(events, bootstrap, topics, args.envelope_size, args.rate, timeout=args.timeout)
+    stats = emit_events(events, bootstrap, topics, args.envelope_size, args.rate, timeout=args.timeout,
+                        producer_config=client)  # fmt: skip
     print(stats.summary())
     if stats.rejected.get("unreadable_file"):
         return _fail(f"{args.events} could not be read to the end ({', '.join(stats.rejected_at['unreadable_file'])})")

@@ -34,7 +34,8 @@ def preflight(settings: Settings, create_topics: bool = True) -> Settings:
     topics = Topics(settings.topic_prefix)
     try:
         if create_topics:
-            ensure_topics(settings.kafka_bootstrap, topics, settings.partitions, bootstrap_timeout_ms=10_000,
+            ensure_topics(settings.kafka_bootstrap, topics, settings.partitions, settings.replication_factor,
+                          bootstrap_timeout_ms=10_000,
                           **kafka_python_config(settings))  # fmt: skip
         n = input_partitions(settings.kafka_bootstrap, topics, **kafka_python_config(settings))
     except KafkaError as e:

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
         default_factory=list, description="rule files/folders, comma-separated (or a JSON list); empty = catalogue"
     )
     partitions: int = Field(4, ge=1, le=1024, description="partitions of the input topics when rollguard creates them")
+    replication_factor: int = Field(1, ge=1, le=16, description="replicas of each topic rollguard creates (3 in production)")
     batch_max: int = Field(2000, ge=1, description="messages per processed batch at most")
     batch_within: str = Field("100ms", description="wait at most this long to fill a batch")
     idle_after: str | None = Field("2m", description="advance an idle feature's watermark after this wall time")

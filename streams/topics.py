@@ -60,9 +60,11 @@ class Topics:
         return (*self.inputs(), self.control, *self.outputs())
 
 
-def ensure_topics(bootstrap: str, topics: Topics, partitions: int = 4, **client: object) -> list[str]:
+def ensure_topics(bootstrap: str, topics: Topics, partitions: int = 4, replication: int = 1,
+                  **client: object) -> list[str]:  # fmt: skip
     """Create the topics that do not exist yet (input topics with ``partitions``; control and outputs with 1
-    partition each, so their order is total). Returns the names created."""
+    partition each, so their order is total), each with ``replication`` replicas (3 on a production cluster).
+    Returns the names created."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -70,7 +72,8 @@ def ensure_topics(bootstrap: str, topics: Topics, partitions: int = 4, **client:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rollguard-admin", **client)
     try:
         existing = set(admin.list_topics())
-        want = [NewTopic(t, partitions if t in topics.inputs() else 1, 1) for t in topics.all() if t not in existing]
+        want = [NewTopic(t, partitions if t in topics.inputs() else 1, replication)
+                for t in topics.all() if t not in existing]  # fmt: skip
         if want:
             try:
                 admin.create_topics(want)

@@ -166,3 +166,24 @@ def test_status_reads_redis_as_the_acl_user(acl_redis, monkeypatch, capsys):
     monkeypatch.setenv("ROLLGUARD_REDIS_USERNAME", "rollguard")
     monkeypatch.setenv("ROLLGUARD_REDIS_PASSWORD", "rpw-secret")
     assert main(["status", "--json"]) == 0
+
+
+@pytest.mark.parametrize("over,protocol,mechanism", [
+    (dict(), "SASL_SSL", "SCRAM-SHA-512"),
+    (dict(kafka_security_protocol="SSL", kafka_sasl_username=None, kafka_sasl_password=None), "SSL", None),
+    (dict(kafka_security_protocol="PLAINTEXT"), None, None),
+])  # fmt: skip
+def test_the_faust_worker_gets_the_same_kafka_security(over, protocol, mechanism):
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from streams.app import faust_settings
+
+    cfg = faust_settings(settings(**over))
+    if protocol is None:
+        assert cfg["broker_credentials"] is None
+        return
+    auth = credentials_to_aiokafka_auth(cfg["broker_credentials"])
+    assert auth["security_protocol"] == protocol and auth.get("sasl_mechanism") == mechanism
+    assert isinstance(auth["ssl_context"], ssl.SSLContext) and auth["ssl_context"].verify_mode == ssl.CERT_REQUIRED
+    if mechanism:
+        assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("rollguard", "kpw-secret")
