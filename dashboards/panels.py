@@ -52,6 +52,29 @@ TIER_COLORS: Mapping[str, str] = {"ok": "green", "investigate": "yellow", "pause
 GRAFANA_ANNOTATIONS = dm.DataSourceRef(type_val="grafana", uid="-- Grafana --")
 
 
+def dashboard(title: str, uid: str, description: str, tags: Sequence[str], since: str, refresh: str) -> db.Dashboard:
+    """A rollguard dashboard's common frame: UTC, shared crosshair, editable, the dropdown of rollguard dashboards."""
+    return (
+        db.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(list(tags))
+        .time(since, "now")
+        .refresh(refresh)
+        .timezone("utc")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .editable()
+        .link(
+            db.DashboardLink("rollguard")
+            .type(dm.DashboardLinkType.DASHBOARDS)
+            .tags(["rollguard"])
+            .as_dropdown(True)
+            .include_vars(False)
+            .keep_time(True)
+        )
+    )
+
+
 def decision_annotations(tags: Sequence[str]) -> db.AnnotationQuery:
     """The annotations ``rollguard annotate`` posts (tagged ``rollguard``, ``ruleset:…``, ``feature:…``...) carrying
     all of ``tags``: fired rules, held kills, commands, resolved incidents, marked on every time axis."""
