@@ -184,6 +184,15 @@ def test_k8s_settings_configmap_validates_and_holds_no_secret(monkeypatch: pytes
     assert s.metrics_port == METRICS_PORT
 
 
+def test_k8s_settings_with_the_secret_pass_the_production_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.security import production_problems
+
+    env = env_file(K8S / "settings.env")
+    secret = {k: f"value-of-{k.lower()}" for k in k8s("Secret", "secret.example.yaml")["stringData"]}
+    s = settings_from_env(monkeypatch, {**env, **secret})
+    assert s.profile == "production" and production_problems(s) == []
+
+
 def test_k8s_secret_template_holds_only_secret_settings() -> None:
     secret = k8s("Secret", "secret.example.yaml")
     keys = set(secret["stringData"])
