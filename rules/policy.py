@@ -59,7 +59,9 @@ class Policy:
             return d
 
         if transition != "firing":
-            d = dec(transition)
+            # a resolved decision says when its incident began, so a reader needs no memory to draw its span
+            d = dec(transition, incident_start=iso(inst.incident)) if (
+                transition == "resolved" and inst.incident is not None) else dec(transition)
             if transition == "resolved" and inst.paged:
                 out.pages.append(page(action="resolve", dec=d, incident=inst.incident))
                 inst.paged = False
@@ -135,7 +137,8 @@ class Policy:
             d = decision(
                 t=t, ruleset=bound.ruleset, rule=bound.rule, feature=control.feature, phase=key[2],
                 group=dict(zip(bound.rule.group_by, key[3])), transition="resolved", metric=bound.metric,
-                value=None, samples=0, window_start=t, window_end=t, extra=extra,
+                value=None, samples=0, window_start=t, window_end=t,
+                extra=dict(extra, incident_start=iso(incident)) if incident is not None else extra,
             )  # fmt: skip
             out.decisions.append(d)
             if paged:

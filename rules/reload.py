@@ -15,7 +15,7 @@ What survives a reload is what still means the same thing under the new rules:
 
 from __future__ import annotations
 
-from rules.outputs import decision, page
+from rules.outputs import decision, iso, page
 from rules.plan import Plan
 from rules.policy import Outputs
 from rules.state import FeatureState
@@ -49,7 +49,8 @@ def migrate(fs: FeatureState, feature: str, old: Plan, new: Plan, out: Outputs) 
         d = decision(
             t=t, ruleset=b.ruleset, rule=b.rule, feature=feature, phase=key[2],
             group=dict(zip(b.rule.group_by, key[3])), transition="resolved", metric=b.metric, value=None,
-            samples=0, window_start=t, window_end=t, extra={"cause": cause, "plan_version": new.version},
+            samples=0, window_start=t, window_end=t, extra={"cause": cause, "plan_version": new.version,
+                                                            "incident_start": iso(inst.incident)},
         )  # fmt: skip
         out.decisions.append(d)
         if inst.paged:

@@ -7,7 +7,7 @@ breaker, a lower tier **inhibited** by a kill, an incident **resolved**, and eve
 Each annotation is the body of Grafana's ``POST /api/annotations``: ``time`` (epoch ms: the decision's evaluation
 instant, event time), ``tags`` (``rollguard``, ``feature:…``, ``phase:…``, ``tier:…``, ``transition:…`` or
 ``command:…``, ``ruleset:…``, ``rule:…``, and ``mode:…`` for decisions) and ``text`` (the rule-authored summary
-the engine rendered, plus the value and threshold). A resolved incident whose start is known becomes a region
+the engine rendered, plus the value and threshold). A resolved incident (its `incident_start`, or a firing this process saw) becomes a region
 (``time`` = when it fired, ``timeEnd`` = when it resolved). Nothing else of the record is copied: not the
 operator or free-text reason of a resume, not the evidence ``details``.
 
@@ -143,8 +143,9 @@ class AnnotationPlanner:
     """The consumer's memory between records, kept apart from Kafka and HTTP so it is tested as plain calls.
 
     * **Incident starts**: when each (ruleset, rule, feature, phase, group) instance began firing, from the
-      firing / held / inhibited decisions seen, so the ``resolved`` decision that ends it becomes a region. It is
-      in memory: an incident that began before this process started resolves as a point annotation.
+      firing / held / inhibited decisions seen, so the ``resolved`` decision that ends it becomes a region. Resolved
+      decisions carry ``incident_start`` (when the condition first held), which wins; the memory serves records
+      written before that field existed.
     * **Duplicates**: the worker re-publishes identical records after a crash (docs/live.md: consumers
       de-duplicate on ``decision_id`` / ``command_id``); the last ``remember`` ids posted are skipped.
 
@@ -185,6 +186,12 @@ class AnnotationPlanner:
     def _since(self, record: Any, kind: str) -> int | None:
         if kind != "decision" or not isinstance(record, dict) or record.get("transition") != "resolved":
             return None
+        start = record.get("incident_start")  # the worker says when the incident began (since its chain fields)
+        if isinstance(start, str):
+            try:
+                return parse_ts(start)
+            except (ValueError, TypeError):
+                pass
         return self._starts.get(_instance(record))
 
     @staticmethod

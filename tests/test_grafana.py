@@ -314,6 +314,24 @@ def test_planner_makes_regions_skips_duplicates_and_changes_only_after_a_post():
     assert planner.plan(again, "decision")["time"] == T0 + 20 * MIN  # a new incident
 
 
+
+def test_a_resolved_decision_carrying_its_incident_start_is_a_region_without_memory():
+    resolved = dict(dec("errors-investigate", "resolved", 0.1), ts="2026-11-02T00:09:00Z",
+                    incident_start="2026-11-02T00:03:00Z")  # fmt: skip
+    body = AnnotationPlanner().plan(resolved, "decision")  # a fresh annotator that saw no firing
+    assert (body["time"], body["timeEnd"]) == (T0 + 3 * MIN, T0 + 9 * MIN)
+
+
+def test_the_engine_says_when_a_resolved_incident_began():
+    decisions, _ = kill_scenario()
+    resolved = [d for d in decisions if d["transition"] == "resolved"]
+    assert resolved and all("incident_start" in d for d in resolved)
+    for d in resolved:  # the incident began with the first decision of its run: pending, or firing / inhibited
+        began = [f["ts"] for f in decisions if f["rule_id"] == d["rule_id"] and f["ts"] <= d["ts"]
+                 and f["transition"] in ("pending", "firing", "inhibited", "held")]  # fmt: skip
+        assert d["incident_start"] in began, (d, began)
+
+
 # --- annotate, end to end on the embedded broker ----------------------------------------------------------------
 
 
