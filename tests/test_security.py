@@ -2,6 +2,7 @@
 message naming the setting and the fix; secrets never print; each client library gets the same configuration."""
 
 import ssl
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -187,3 +188,96 @@ def test_the_faust_worker_gets_the_same_kafka_security(over, protocol, mechanism
     assert isinstance(auth["ssl_context"], ssl.SSLContext) and auth["ssl_context"].verify_mode == ssl.CERT_REQUIRED
     if mechanism:
         assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("rollguard", "kpw-secret")
+
+
+# --- a real Redis over TLS (Debian's redis-server is built with TLS; .ci/run installs it): server verification by
+# CA, client certificates, the ACL user — all from the settings ---------------------------------------------------
+
+
+def _tls_redis_binary() -> str | None:
+    import shutil
+    import subprocess
+
+    for path in ("/usr/bin/redis-server", shutil.which("redis-server")):
+        if path and Path(path).exists():
+            # a config that fails on purpose at its last line: a build without TLS fails earlier, at tls-port
+            out = subprocess.run([path, "--port", "0", "--tls-port", "0", "--not-a-directive", "1"],
+                                 capture_output=True, text=True, timeout=10)  # fmt: skip
+            if ">>> 'tls-port" not in out.stdout + out.stderr:
+                return path
+    return None
+
+
+def _openssl(*args: str, cwd) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory):
+    import shutil
+    import subprocess
+
+    from streams.embedded import _wait_port, free_port
+
+    binary = _tls_redis_binary()
+    if binary is None or shutil.which("openssl") is None:
+        pytest.skip("needs a redis-server built with TLS and openssl (apt-get install redis-server openssl)")
+    d = tmp_path_factory.mktemp("tls-redis")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
+    for name in ("server", "client"):
+        (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=d)  # fmt: skip
+    port, log = free_port(), d / "redis.log"
+    argv = [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(d),
+            "--tls-cert-file", str(d / "server.pem"), "--tls-key-file", str(d / "server.key"),
+            "--tls-ca-cert-file", str(d / "ca.pem"), "--tls-auth-clients", "yes",
+            "--maxmemory-policy", "noeviction", "--user", "default", "off",
+            "--user", "rollguard", "on", ">rpw-secret", "~*", "+@all"]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    _wait_port(port, proc, "redis-server (TLS)", log)
+    yield f"rediss://127.0.0.1:{port}/0", d
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.mark.parametrize("ca,client_cert,password,refused", [
+    (True, True, "rpw-secret", None),  # verified server, client certificate, ACL user
+    (False, True, "rpw-secret", "CERTIFICATE_VERIFY_FAILED"),  # the server is not trusted without the CA
+    (True, False, "rpw-secret", "reset|closed|alert|EOF"),  # the server requires a client certificate
+    (True, True, "wrong", "username-password"),  # TLS is no substitute for the ACL password
+])  # fmt: skip
+def test_redis_over_tls(tls_redis, ca, client_cert, password, refused):
+    import re
+
+    import asyncio
+
+    from streams.store import RedisStore, StoreError, redis_client
+
+    url, d = tls_redis
+    s = Settings(redis_url=url, redis_username="rollguard", redis_password=password,
+                 redis_ssl_cafile=str(d / "ca.pem") if ca else None,
+                 redis_ssl_certfile=str(d / "client.pem") if client_cert else None,
+                 redis_ssl_keyfile=str(d / "client.key") if client_cert else None)  # fmt: skip
+
+    async def check():
+        r = redis_client(s.redis_url, **redis_kwargs(s))
+        try:
+            await RedisStore(r, "tls").check()
+            await r.set(b"tls:probe", b"1")
+            assert await r.get(b"tls:probe") == b"1"
+        finally:
+            await r.aclose()
+
+    if refused is None:
+        asyncio.run(check())
+    else:
+        with pytest.raises(StoreError) as e:
+            asyncio.run(check())
+        assert re.search(refused, str(e.value)) and "rpw-secret" not in str(e.value), str(e.value)
