@@ -24,6 +24,7 @@ from dashboards.panels import (
     state_timeline_panel,
     table_panel,
     tier_mappings,
+    value_mappings,
     timeseries_panel,
 )
 from dashboards.promql import FEATURE_PHASE, FEATURE_PHASE_SEGMENT, selector
@@ -60,14 +61,7 @@ def _key_metric_expr(metric: str) -> str:
 
 
 def _latch_mappings() -> list[dm.ValueMap]:
-    return [
-        dm.ValueMap(
-            options={
-                "0": dm.ValueMappingResult(text="-", color="transparent", index=0),
-                "1": dm.ValueMappingResult(text="LATCHED", color="red", index=1),
-            }
-        )
-    ]
+    return value_mappings({0: ("-", "transparent"), 1: ("LATCHED", "red")})
 
 
 def _tier_column_override() -> list[dm.DynamicConfigValue]:

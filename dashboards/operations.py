@@ -20,6 +20,7 @@ from dashboards.panels import (
     state_timeline_panel,
     table_panel,
     timeseries_panel,
+    value_mappings,
 )
 from dashboards.promql import FEATURE_ONLY, INSTANCE, selector
 
@@ -42,14 +43,7 @@ def _quantile(q: float, histogram: str, by: str = "le") -> str:
 
 
 def _degraded_mappings() -> list[dm.ValueMap]:
-    return [
-        dm.ValueMap(
-            options={
-                "0": dm.ValueMappingResult(text="ok", color="green", index=0),
-                "1": dm.ValueMappingResult(text="degraded (retrying a batch)", color="red", index=1),
-            }
-        )
-    ]
+    return value_mappings({0: ("ok", "green"), 1: ("degraded (retrying a batch)", "red")})
 
 
 def operations_dashboard(uid: str) -> db.Dashboard:

@@ -37,6 +37,7 @@ __all__ = [
     "state_timeline_panel",
     "table_panel",
     "tier_mappings",
+    "value_mappings",
     "hide_columns",
     "prop",
 ]
@@ -178,16 +179,21 @@ def timeseries_panel(
     return panel
 
 
-def tier_mappings() -> list[dm.ValueMap]:
-    """0 ok / 1 investigate / 2 pause / 3 kill, each in its colour."""
+def value_mappings(texts: Mapping[int, tuple[str, str]]) -> list[dm.ValueMap]:
+    """A gauge's values shown as text in a colour: ``{value: (text, colour)}``, in value order."""
     return [
         dm.ValueMap(
             options={
-                str(value): dm.ValueMappingResult(text=tier.upper(), color=TIER_COLORS[tier], index=value)
-                for value, tier in TIER_VALUES.items()
+                str(value): dm.ValueMappingResult(text=text, color=color, index=i)
+                for i, (value, (text, color)) in enumerate(sorted(texts.items()))
             }
         )
     ]
+
+
+def tier_mappings() -> list[dm.ValueMap]:
+    """0 ok / 1 investigate / 2 pause / 3 kill, each in its colour."""
+    return value_mappings({value: (tier.upper(), TIER_COLORS[tier]) for value, tier in TIER_VALUES.items()})
 
 
 def stat_panel(
