@@ -38,8 +38,8 @@ from rules.events import KNOWN_FIELDS, Control, Event, EventParser, Pseudonymize
 from rules.exceptions import InvalidEvent
 
 # the loader's private wording helpers, so that rule files and cases files word their errors alike
-from rules.loader import RuleError, RulesInvalid, _describe, _hint, load_rules
-from rules.located_yaml import LocatedMap, YamlSyntaxError, line_of, parse_documents
+from rules.loader import RuleError, RulesInvalid, load_rules
+from rules.located_yaml import LocatedMap, YamlSyntaxError, describe, did_you_mean, line_of, parse_documents
 from rules.model import RuleSet
 from rules.plan import Plan
 from rules.series import MAX_VALUES, NotationError, SeriesSpec, parse_layout
@@ -124,14 +124,14 @@ class _Checker:
 
     def keys(self, m: Any, allowed: tuple[str, ...], where: str, required: tuple[str, ...] = ()) -> bool:
         if not isinstance(m, LocatedMap):
-            self.error(getattr(m, "line", None), f"{where}: expected a mapping, got {_describe(m)}")
+            self.error(getattr(m, "line", None), f"{where}: expected a mapping, got {describe(m)}")
             return False
         self.visited.add(id(m))
         for key, line, first in m.duplicates:
             self.error(line, f"{where}: duplicate key {key!r} (first on line {first})")
         for key in m:
             if key not in allowed:
-                self.error(line_of(m, key), f"{where}: unknown key {key!r}{_hint(key, allowed)}")
+                self.error(line_of(m, key), f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}")
         for key in required:
             if key not in m:
                 self.error(m.line, f"{where}: missing required key {key!r}")
@@ -145,7 +145,7 @@ class _Checker:
             return 0
         try:
             if not isinstance(value, str):
-                raise DurationError(f"expected a duration such as '30s', '5m' or '2h', got {_describe(value)}")
+                raise DurationError(f"expected a duration such as '30s', '5m' or '2h', got {describe(value)}")
             return parse_duration(value)
         except DurationError as exc:
             self.error(line_of(m, key), f"{where}.{key}: {exc}")
@@ -155,28 +155,28 @@ class _Checker:
         options, value = _CHOICES[key], m.get(key)
         if key not in m or value in options:
             return value
-        hint = _hint(value, options) if isinstance(value, str) else ""
-        self.error(line_of(m, key), f"{where}.{key}: must be one of {', '.join(options)}; got {_describe(value)}{hint}")
+        hint = did_you_mean(value, options) if isinstance(value, str) else ""
+        self.error(line_of(m, key), f"{where}.{key}: must be one of {', '.join(options)}; got {describe(value)}{hint}")
         return None
 
     def whole(self, m: LocatedMap, key: str, where: str, default: int | None, lo: int = 0) -> int | None:
         value = m.get(key, default)
         if key in m and (type(value) is not int or value < lo):
-            self.error(line_of(m, key), f"{where}.{key}: expected a whole number >= {lo}, got {_describe(value)}")
+            self.error(line_of(m, key), f"{where}.{key}: expected a whole number >= {lo}, got {describe(value)}")
             return None
         return value
 
     def name(self, m: LocatedMap, key: str, where: str, default: str | None) -> str | None:
         value = m.get(key, default)
         if key in m and not (isinstance(value, str) and value):
-            self.error(line_of(m, key), f"{where}.{key}: expected a non-empty string, got {_describe(value)}")
+            self.error(line_of(m, key), f"{where}.{key}: expected a non-empty string, got {describe(value)}")
             return None
         return value
 
     def items(self, m: LocatedMap, key: str, where: str) -> list:
         value = m.get(key, [])
         if not isinstance(value, list):
-            self.error(line_of(m, key), f"{where}.{key}: expected a list, got {_describe(value)}")
+            self.error(line_of(m, key), f"{where}.{key}: expected a list, got {describe(value)}")
             return []
         return value
 
@@ -184,7 +184,7 @@ class _Checker:
         self.keys(doc, _FILE_KEYS, "file", ("rule_files", "tests"))
         files = doc.get("rule_files")
         if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
-            self.error(line_of(doc, "rule_files"), f"rule_files: expected a list of paths, got {_describe(files)}")
+            self.error(line_of(doc, "rule_files"), f"rule_files: expected a list of paths, got {describe(files)}")
         else:
             try:
                 self.rulesets = load_rules([base / f for f in files])
@@ -201,7 +201,7 @@ class _Checker:
                              self.whole(doc, "max_kills_per_hour", "file", 5))  # fmt: skip
         tests = doc.get("tests")
         if not isinstance(tests, list) or not tests:
-            self.error(line_of(doc, "tests"), f"tests: expected a non-empty list of tests, got {_describe(tests)}")
+            self.error(line_of(doc, "tests"), f"tests: expected a non-empty list of tests, got {describe(tests)}")
             return cf
         names: dict[str, int | None] = {}
         for i, item in enumerate(tests):
@@ -222,7 +222,7 @@ class _Checker:
         if not self.keys(t, _TEST_KEYS, w, ("name",)):
             return None
         if "name" in t and not isinstance(t["name"], str):
-            self.error(line_of(t, "name"), f"{w}.name: expected a string, got {_describe(t['name'])}")
+            self.error(line_of(t, "name"), f"{w}.name: expected a string, got {describe(t['name'])}")
         d = _Defaults(self.name(t, "feature", w, file.feature), self.name(t, "phase", w, file.phase),
                       self.duration(t, "allowed_lateness", w, file.lateness),
                       self.whole(t, "max_kills_per_hour", w, file.kills))  # fmt: skip
@@ -360,7 +360,7 @@ class _Checker:
             self.name(x, key, where, None)
         group = x.get("group")
         if "group" in x and not (isinstance(group, dict) and all(isinstance(v, str) for v in group.values())):
-            message = f"expected a mapping of segment key to value, got {_describe(group)}"
+            message = f"expected a mapping of segment key to value, got {describe(group)}"
             self.error(line_of(x, "group"), f"{where}.group: {message}")
         at, lo, hi = (self.duration(x, k, where) for k in ("at", "from", "to"))
         transitions = frozenset([x["transition"]] if x.get("transition") in TRANSITIONS else FIRES)
@@ -379,13 +379,13 @@ class _Checker:
         ruleset = dict(exp.filters).get("ruleset")
         sets = [rs for rs in self.rulesets if ruleset in (None, rs.name)]
         if not sets:
-            hint = _hint(ruleset, [rs.name for rs in self.rulesets])
+            hint = did_you_mean(ruleset, [rs.name for rs in self.rulesets])
             self.error(line_of(x, "ruleset"), f"{where}.ruleset: no rule set {ruleset!r} in rule_files{hint}")
             return
         same = fnmatch.fnmatchcase if glob else str.__eq__
         rules = [r for rs in sets for r in rs.rules if same(r.id, exp.rule)]
         if not rules:
-            hint = _hint(exp.rule, sorted({r.id for rs in sets for r in rs.rules}))
+            hint = did_you_mean(exp.rule, sorted({r.id for rs in sets for r in rs.rules}))
             names = ", ".join(rs.name for rs in sets)
             self.error(line_of(x, "rule"), f"{where}.rule: no rule {exp.rule!r} in {names}{hint}")
         elif exp.at is not None and "resolved" not in exp.transitions:  # an operator resume resolves at any time

@@ -24,7 +24,6 @@ comments and formatting do not change it.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -37,7 +36,7 @@ from typing import Any, get_args
 from detectors import BINARY_DETECTORS, DETECTORS, validate_params
 from rules.durations import DurationError, format_duration, parse_duration
 from rules.exceptions import RollguardError
-from rules.located_yaml import LocatedMap, YamlSyntaxError, line_of, parse_documents
+from rules.located_yaml import LocatedMap, YamlSyntaxError, describe, did_you_mean, line_of, parse_documents
 from rules.metric_names import METRICS, MetricNameError, parse_metric
 from rules.model import (
     DEFAULT_EVERY_MS,
@@ -195,27 +194,6 @@ def _load_text(text: str, source: str, seen_names: dict[str, str], errors: list[
     return rulesets
 
 
-def _describe(value: Any) -> str:
-    """``value`` as a message shows it: its YAML kind, and the value itself when it is short."""
-    if value is None or isinstance(value, bool):
-        return "null" if value is None else f"boolean {str(value).lower()}"
-    if isinstance(value, str):
-        text = repr(value)
-        return f"string {text if len(text) <= 60 else text[:56] + '...' + text[0]}"
-    if isinstance(value, int):
-        return f"integer {value}" if abs(value) < 10**20 else "a huge integer"
-    if isinstance(value, float):
-        return f"number {value}"
-    if isinstance(value, list):
-        return "a list" if value else "an empty list"
-    return "a mapping" if isinstance(value, dict) else f"a {type(value).__name__}"
-
-
-def _hint(word: Any, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 class _Scope:
     """What errors are attributed to (ruleset, rule); its typed readers report into the file's checker."""
 
@@ -236,12 +214,12 @@ class _Scope:
             if misplaced and key in misplaced:
                 self.error(line_of(m, key), f"{where}key {key!r} {misplaced[key]}")
             else:
-                self.error(line_of(m, key), f"{where}unknown key {key!r}{_hint(key, allowed)}")
+                self.error(line_of(m, key), f"{where}unknown key {key!r}{did_you_mean(key, allowed)}")
 
     def string(self, m: LocatedMap, key: str, path: str, pattern: re.Pattern[str] | None = None) -> str | None:
         value = m[key]
         if not isinstance(value, str):
-            self.error(line_of(m, key), f"{path}: expected a string, got {_describe(value)}")
+            self.error(line_of(m, key), f"{path}: expected a string, got {describe(value)}")
         elif pattern is not None and not pattern.fullmatch(value):
             self.error(line_of(m, key), f"{path}: {value!r} must match {pattern.pattern}")
         else:
@@ -252,16 +230,16 @@ class _Scope:
         value = m[key]
         if isinstance(value, str) and value in options:
             return value
-        hint = _hint(value, options) if isinstance(value, str) else ""
+        hint = did_you_mean(value, options) if isinstance(value, str) else ""
         if key == "op" and value in ("", None):
             hint = ' (quote it, e.g. op: ">": an unquoted > starts a YAML block scalar)'
-        self.error(line_of(m, key), f"{path}: must be one of {', '.join(options)}; got {_describe(value)}{hint}")
+        self.error(line_of(m, key), f"{path}: must be one of {', '.join(options)}; got {describe(value)}{hint}")
         return None
 
     def duration(self, m: LocatedMap, key: str, path: str) -> int | None:
         value = m[key]
         if isinstance(value, bool) or not isinstance(value, (str, int)):
-            message = f"expected a duration such as '30s', '5m' or '1h', got {_describe(value)}"
+            message = f"expected a duration such as '30s', '5m' or '1h', got {describe(value)}"
             self.error(line_of(m, key), f"{path}: {message}")
             return None
         try:
@@ -280,14 +258,14 @@ class _Scope:
             number = float(value) if abs(value) < 1e300 else math.inf
             if math.isfinite(number):
                 return number
-        self.error(line_of(m, key), f"{path}: expected a finite number, got {_describe(value)}")
+        self.error(line_of(m, key), f"{path}: expected a finite number, got {describe(value)}")
         return None
 
     def count(self, m: LocatedMap, key: str, path: str) -> int | None:
         value = m[key]
         if type(value) is int and 0 <= value <= _MAX_MIN_SAMPLES:
             return value
-        message = f"expected a whole number from 0 to {_MAX_MIN_SAMPLES}, got {_describe(value)}"
+        message = f"expected a whole number from 0 to {_MAX_MIN_SAMPLES}, got {describe(value)}"
         self.error(line_of(m, key), f"{path}: {message}")
         return None
 
@@ -298,12 +276,12 @@ class _Scope:
         value = m[key]
         if not isinstance(value, list) or not (value or empty_ok):
             size = "a" if empty_ok else "a non-empty"
-            self.error(line_of(m, key), f"{path}: expected {size} list such as {example}, got {_describe(value)}")
+            self.error(line_of(m, key), f"{path}: expected {size} list such as {example}, got {describe(value)}")
             return None
         ok = True
         for index, item in enumerate(value):
             if not isinstance(item, str) or not pattern.fullmatch(item):
-                shown = repr(item) if isinstance(item, str) else _describe(item)
+                shown = repr(item) if isinstance(item, str) else describe(item)
                 message = f"{shown} must be a string matching {pattern.pattern}"
                 self.error(line_of(value, index), f"{path}[{index}]: {message}")
                 ok = False
@@ -359,7 +337,7 @@ class _Checker:
     def document(self, doc: Any, line: int) -> RuleSet | None:
         before = len(self.errors)
         if not isinstance(doc, LocatedMap):
-            message = f"a rule set must be a mapping with version, name, features and rules; got {_describe(doc)}"
+            message = f"a rule set must be a mapping with version, name, features and rules; got {describe(doc)}"
             _Scope(self).error(line, message)
             return None
         name = doc.get("name") if isinstance(doc.get("name"), str) else None
@@ -369,7 +347,7 @@ class _Checker:
             if key not in doc:
                 scope.error(doc.line, f"missing required key {key!r}")
         if "version" in doc and not (type(doc["version"]) is int and doc["version"] == 1):
-            scope.error(line_of(doc, "version"), f"version: must be 1, got {_describe(doc['version'])}")
+            scope.error(line_of(doc, "version"), f"version: must be 1, got {describe(doc['version'])}")
         if "name" in doc and scope.string(doc, "name", "name", _NAME) is not None:
             if name in self.seen_names:
                 scope.error(line_of(doc, "name"), f"ruleset name {name!r} is already used at {self.seen_names[name]}")
@@ -398,7 +376,7 @@ class _Checker:
         if d is None:
             return {}
         if not isinstance(d, LocatedMap):
-            message = f"expected a mapping such as {{every: 1m}}, got {_describe(d)}"
+            message = f"expected a mapping such as {{every: 1m}}, got {describe(d)}"
             scope.error(line_of(doc, "defaults"), f"defaults: {message}")
             return {}
         not_here = {k: "cannot be set in defaults; set it on each rule" for k in _RULE_KEYS if k not in _DEFAULT_KEYS}
@@ -417,14 +395,14 @@ class _Checker:
         if "rules" not in doc:
             return ()
         if not isinstance(items, list) or not items:
-            message = f"rules: expected a non-empty list of rules, got {_describe(items)}"
+            message = f"rules: expected a non-empty list of rules, got {describe(items)}"
             _Scope(self, name).error(line_of(doc, "rules"), message)
             return ()
         first_lines: dict[str, int] = {}
         rules = []
         for index, item in enumerate(items):
             if not isinstance(item, LocatedMap):
-                message = f"rules[{index}]: expected a rule (a mapping with id, tier, ...), got {_describe(item)}"
+                message = f"rules[{index}]: expected a rule (a mapping with id, tier, ...), got {describe(item)}"
                 _Scope(self, name).error(line_of(items, index), message)
                 continue
             rule = self._rule(name, item, defaults, first_lines)
@@ -533,7 +511,7 @@ class _Checker:
     def _drift(self, scope: _Scope, item: LocatedMap) -> DriftSpec | None:
         d = item["drift"]
         if not isinstance(d, LocatedMap):
-            message = f"drift: expected a mapping with detector, signal and params, got {_describe(d)}"
+            message = f"drift: expected a mapping with detector, signal and params, got {describe(d)}"
             scope.error(line_of(item, "drift"), message)
             return None
         before = len(self.errors)
@@ -566,7 +544,7 @@ class _Checker:
         if params is None:
             return {}
         if not isinstance(params, LocatedMap):
-            message = f"expected a mapping such as {{delta: 0.002}}, got {_describe(params)}"
+            message = f"expected a mapping such as {{delta: 0.002}}, got {describe(params)}"
             scope.error(line_of(d, "params"), f"drift.params: {message}")
             return None
         scope.keys(params, tuple(params), "drift.params: ")
@@ -574,12 +552,12 @@ class _Checker:
         ok = not params.duplicates
         for key, value in params.items():
             if not isinstance(key, str):
-                scope.error(line_of(params, key), f"drift.params: keys must be strings, got {_describe(key)}")
+                scope.error(line_of(params, key), f"drift.params: keys must be strings, got {describe(key)}")
                 ok = False
             elif not isinstance(value, scalar) and not (
                 isinstance(value, list) and all(isinstance(x, scalar) for x in value)
             ):
-                message = f"expected a number, string, boolean or null (or a list of them), got {_describe(value)}"
+                message = f"expected a number, string, boolean or null (or a list of them), got {describe(value)}"
                 scope.error(line_of(params, key), f"drift.params.{key}: {message}")
                 ok = False
         return {key: list(value) if isinstance(value, list) else value for key, value in params.items()} if ok else None

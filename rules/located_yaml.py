@@ -12,6 +12,8 @@ each item's line). Values are otherwise exactly what ``yaml.safe_load`` returns.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import yaml
@@ -21,6 +23,7 @@ from rules.exceptions import RollguardError
 
 __all__ = [
     "LocatedMap", "LocatedSeq", "YamlDocument", "YamlSyntaxError", "MAX_EXPANDED_NODES", "parse_documents", "line_of",
+    "describe", "did_you_mean",
 ]  # fmt: skip
 
 # Rule files are small; a document whose aliases expand beyond this is an alias bomb ("billion laughs").
@@ -183,3 +186,25 @@ def parse_documents(text: str) -> list[YamlDocument]:
         if loader is not None:
             loader.dispose()
     return documents
+
+
+def describe(value: Any) -> str:
+    """``value`` as a message shows it: its YAML kind, and the value itself when it is short."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else f"boolean {str(value).lower()}"
+    if isinstance(value, str):
+        text = repr(value)
+        return f"string {text if len(text) <= 60 else text[:56] + '...' + text[0]}"
+    if isinstance(value, int):
+        return f"integer {value}" if abs(value) < 10**20 else "a huge integer"
+    if isinstance(value, float):
+        return f"number {value}"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    return "a mapping" if isinstance(value, dict) else f"a {type(value).__name__}"
+
+
+def did_you_mean(word: Any, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing: the tail of an unknown-key message."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
