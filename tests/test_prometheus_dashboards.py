@@ -19,6 +19,7 @@ import math
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ class Run:
     start: float  # wall clock (s) when traffic began
     end: float  # wall clock (s) when every event had been processed and scraped
     commands: list[dict[str, Any]]
+    produced: Counter[tuple[str, str]]  # (phase, event type) -> events produced
 
     @property
     def window(self) -> str:
@@ -100,7 +102,8 @@ def run(stack, tmp_path_factory) -> Iterator[Run]:
     worker = LiveWorker(stack, topics, tmp / "worker.log", metrics_port=str(port), metrics_host="127.0.0.1")
     try:
         with PrometheusServer([f"127.0.0.1:{port}"], tmp / "prometheus") as prom:
-            before, rest = _split(_events(), BURST.start)  # while the worker joins its group
+            events = _events()
+            before, rest = _split(events, BURST.start)  # while the worker joins its group
             burst, rest = _split(rest, BURST_PART_END)
             try:
                 prom.wait_targets_up(timeout=60)
@@ -125,7 +128,8 @@ def run(stack, tmp_path_factory) -> Iterator[Run]:
                 prom.wait_for(f"timestamp(rollguard_worker_info) > {time.time() + 1:.3f}", bool, timeout=20)
             except TimeoutError as e:  # a scrape target or series that never came: the worker's log says why
                 raise AssertionError(f"{e}\nworker log:\n{worker.tail()}") from None
-            yield Run(prom, start, time.time(), read_topic(stack, topics.commands))
+            produced = Counter((e["phase"], e["type"]) for e in events)
+            yield Run(prom, start, time.time(), read_topic(stack, topics.commands), produced)
     finally:
         worker.stop()
 
@@ -171,14 +175,12 @@ def _why_empty(run: Run, q: PanelQuery, expr: str) -> str | None:
 _RULE_OF = re.compile(r'ruleset="([^"]+)",\s*rule="([^"]+)"')
 
 
-def _beyond_the_run() -> dict[tuple[str, str], str]:
+def _beyond_the_run(run: Run) -> dict[tuple[str, str], str]:
     """Rules whose compared value cannot be defined within this run, from their definition alone: a ``baseline``
     longer than the traffic (the earlier window is empty), or an ``across`` rule whose ``min_samples`` per segment
     value exceeds a phase's whole traffic split over two values. Their value panels stay empty until a deployment
     has that much history; the test still requires them to be evaluated (their state series exist)."""
-    counts: dict[tuple[str, str], int] = {}  # (phase, event type) -> events in the run
-    for e in _events():
-        counts[(e["phase"], e["type"])] = counts.get((e["phase"], e["type"]), 0) + 1
+    counts = run.produced
     span = max(s.duration_ms for s in SCENARIOS)
     out = {}
     for rs in load_rules([str(CATALOG)]):
@@ -198,7 +200,7 @@ def test_every_panel_query_returns_data(run):
     dashboards = _dashboards()
     assert dashboards, f"no dashboard JSON in {DASHBOARDS}"
     durations = dict(rate_interval=RATE_INTERVAL, interval=INTERVAL, time_range=f"{math.ceil(run.end - run.start)}s")
-    beyond = _beyond_the_run()
+    beyond = _beyond_the_run(run)
     failures, waived, checked = [], set(), 0
     for dashboard in dashboards:
         queries = panel_queries(dashboard)
