@@ -46,9 +46,8 @@ def read_records(files: list[str], bootstrap: str | None, topics: list[str]) -> 
     (a snapshot read, origin ``topic/partition@offset``); a record that is not a JSON object is ``_NOT_JSON``."""
     if bootstrap:
         from streams.security import kafka_python_config
-        from streams.settings import Settings
 
-        for m in KafkaSource(bootstrap, topics, consumer_config=kafka_python_config(Settings())).messages():
+        for m in KafkaSource(bootstrap, topics, consumer_config=kafka_python_config()).messages():
             yield f"{m.topic}/{m.partition}@{m.offset}", _decode(m.value)
         return
     for path in files:

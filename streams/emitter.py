@@ -436,9 +436,8 @@ def cmd_emit(args: argparse.Namespace) -> int:
         except (RollguardError, ValueError, TypeError) as e:
             return _fail(str(e))
     from streams.security import kafka_python_config
-    from streams.settings import Settings
 
-    client = kafka_python_config(Settings())  # SASL/TLS from ROLLGUARD_KAFKA_* like every rollguard client
+    client = kafka_python_config()  # SASL/TLS from ROLLGUARD_KAFKA_* like every rollguard client
     topics = Topics(prefix=args.topic_prefix)
     if args.create_topics:
         try:

@@ -263,10 +263,9 @@ def source_from_args(args: argparse.Namespace, default_prefix: str = "") -> Kafk
         return None
     topics = Topics(prefix=default_prefix if args.topic_prefix is None else args.topic_prefix)
     from streams.security import kafka_python_config
-    from streams.settings import Settings
 
     return KafkaSource(bootstrap, [*topics.inputs(), topics.control], since_ms=args.since, until_ms=args.until,
-                       consumer_config=kafka_python_config(Settings()))  # fmt: skip
+                       consumer_config=kafka_python_config())  # fmt: skip
 
 
 def _is_reload(value: bytes) -> bool:

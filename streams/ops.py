@@ -107,13 +107,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _control_target(args: argparse.Namespace) -> tuple[str, Topics] | None:
+def _control_target(args: argparse.Namespace) -> tuple[str, Topics, dict[str, Any]] | None:
+    """Where control messages go: bootstrap, topics, and the Kafka client's security settings."""
     s = _settings()
     bootstrap = args.bootstrap or s.kafka_bootstrap
     if not bootstrap:
         print("rollguard: error: set ROLLGUARD_KAFKA_BOOTSTRAP or --bootstrap", file=sys.stderr)
         return None
-    return bootstrap, Topics(args.topic_prefix if args.topic_prefix is not None else s.topic_prefix)
+    return bootstrap, Topics(args.topic_prefix if args.topic_prefix is not None else s.topic_prefix), \
+        kafka_python_config(s)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -131,7 +133,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     except RollguardError as e:
         print(f"rollguard: error: invalid resume: {e}", file=sys.stderr)
         return 2
-    md = send_control(*target, args.feature, msg, **kafka_python_config(_settings()))
+    bootstrap, topics, client = target
+    md = send_control(bootstrap, topics, args.feature, msg, **client)
     where = f"phase {args.phase}" if args.phase else "all phases"
     print(f"resume of {args.feature} ({where}) sent as {msg['event_id']} to {md.topic}@{md.offset}; "
           "the owning worker clears the latches and records it")  # fmt: skip
@@ -142,7 +145,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
     target = _control_target(args)
     if target is None:
         return 2
-    md = send_control(*target, "reload", {"type": "control", "action": "reload"}, **kafka_python_config(_settings()))
+    bootstrap, topics, client = target
+    md = send_control(bootstrap, topics, "reload", {"type": "control", "action": "reload"}, **client)
     print(f"reload requested on {md.topic}@{md.offset}; every worker re-reads its rules folder")
     return 0
 

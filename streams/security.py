@@ -70,8 +70,13 @@ def aiokafka_config(s: Settings) -> dict[str, Any]:
     return cfg
 
 
-def kafka_python_config(s: Settings) -> dict[str, Any]:
-    """Keyword arguments for kafka-python clients (admin, emitter, ``replay --from-kafka``, operator commands)."""
+def kafka_python_config(s: Settings | None = None) -> dict[str, Any]:
+    """Keyword arguments for kafka-python clients (admin, emitter, ``replay --from-kafka``, operator commands);
+    without ``s``, from the ``ROLLGUARD_*`` environment (commands that take the broker as an argument)."""
+    if s is None:
+        from streams.settings import Settings
+
+        s = Settings()
     proto = s.kafka_security_protocol
     if proto == "PLAINTEXT":
         return {}
