@@ -29,20 +29,23 @@ from dataclasses import dataclass, field
 
 from detectors import make_detector
 from rules.aggregate import contributions
+from rules.clock import ClockConfig, ClockGuard, StreamClock, approx_duration
 from rules.evaluation import Evaluation, WindowCache, evaluate_metric
 from rules.events import Control, Event
 from rules.lifecycle import Instance, advance
 from rules.metrics import signal_value
 from rules.model import RuleSet
-from rules.outputs import iso
+from rules.outputs import SEVERITY, iso, stable_id
 from rules.plan import BoundRule, FeaturePlan, Plan
-from rules.policy import Outputs, Policy
+from rules.policy import HOUR_MS, Outputs, Policy
 from rules.reload import migrate
 from rules.seal import Sealer
 from rules.state import BreakerState, FeatureState
 from rules.windows import SeriesBuckets
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "Observation", "Outputs"]
+
+_SKIP_AFTER = 64  # instants due in one call before quiet ones are looked for
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,12 @@ class EngineConfig:
     max_kills_per_hour: int = 5
     signing_key: bytes | None = None  # commands are HMAC-signed when set (rules.seal)
     signing_key_id: str | None = None  # published as ``key_id``; "default" when unset
+    # producer clocks (rules.clock): how far from its stream an event's time may be before it is held or
+    # quarantined as ``ts_outlier`` (None: trust every clock, as before); outliers per stream hour that page
+    max_clock_skew_ms: int | None = 600_000
+    clock_quorum: int = 5
+    clock_min_span_ms: int = 5_000
+    clock_skew_page_after: int = 10  # 0: never page
 
 
 @dataclass
@@ -61,6 +70,8 @@ class EngineStats:
     late: int = 0
     duplicates: int = 0
     unmatched: int = 0  # valid events of a feature/phase no loaded rule set applies to
+    outliers: dict[str, int] = field(default_factory=lambda: {"ahead": 0, "behind": 0})  # ts_outlier dead letters
+    instants: int = 0  # instants evaluated (skipped quiet ones are not counted)
     min_ts: int | None = None
     max_ts: int | None = None
 
@@ -112,19 +123,20 @@ class Engine:
         self.features: dict[str, FeatureState] = {}
         self.breaker = BreakerState()
         self.stats = EngineStats()
+        skew = self.config.max_clock_skew_ms
+        self.guard = None if skew is None else ClockGuard(
+            ClockConfig(skew, self.config.clock_quorum, self.config.clock_min_span_ms))
 
     # --- the step function -------------------------------------------------------------------------------------
 
     def step(self, items: Iterable[Event | Control]) -> Outputs:
         out = Outputs()
-        lateness = self.config.allowed_lateness_ms
-        stats = self.stats
-        counts = stats.events
-        plan_for = self.plan.for_feature
         features = self.features
+        guard = self.guard
+        skew = self.config.max_clock_skew_ms or 0
         for ev in items:
             if ev.type == "control":
-                counts["control"] += 1
+                self.stats.events["control"] += 1
                 fs = features.get(ev.feature)
                 if fs is not None:
                     self.policy.resume(out, fs, self.plan, ev)
@@ -132,41 +144,189 @@ class Engine:
             fs = features.get(ev.feature)
             if fs is None:
                 fs = features[ev.feature] = FeatureState()
-            ts = ev.ts
-            src = ev.type
-            smax = fs.src_max.get(src)
-            if smax is not None and ts < smax - lateness:  # late relative to its own source
-                stats.late += 1
+            if guard is None:
+                self._ingest(out, fs, ev)
                 continue
-            if ev.event_id in fs.seen:
-                stats.duplicates += 1
-                continue
-            counts[src] += 1
-            fs.seen[ev.event_id] = ts
-            if stats.min_ts is None or ts < stats.min_ts:
-                stats.min_ts = ts
-            if stats.max_ts is None or ts > stats.max_ts:
-                stats.max_ts = ts
-            fp = plan_for(ev.feature, ev.phase)
-            if ev.phase not in fs.phases:
-                fs.phases.add(ev.phase)
-            if src not in fs.src_first:
-                fs.src_first[src] = ts
-                self._start_clocks(fs, ev.feature)
-            if not fp.metric_rules and not fp.drift_rules:
-                stats.unmatched += 1
-            if fp.stores:
-                self._add(fs, fp, ev)
-            if fp.drift_rules:
-                self._update_detectors(fs, fp, ev)
-            if fs.max_ts is None or ts > fs.max_ts:
-                fs.max_ts = ts
-            if smax is None or ts > smax:
-                fs.src_max[src] = ts
-                wm = self.watermark(ev.feature)
-                if wm is not None:
-                    self._evaluate_until(out, ev.feature, fs, wm)
+            own = fs.src_max.get(ev.type)
+            low = fs.max_ts if own is None else own
+            sc = fs.clocks.get(ev.type)
+            if low is not None and low - skew <= ev.ts <= fs.max_ts + skew and not sc:
+                self._ingest(out, fs, ev)  # the common case: plausible, and nothing held for this stream
+            else:
+                if sc is None:
+                    sc = fs.clocks[ev.type] = StreamClock()
+                guard.admit(sc, ev, *self._clock_hooks(out, fs, ev.feature, ev.type, ev))
+            if fs.clocks:
+                self._settle_clocks(out, fs, ev.feature)
         return self.sealer.seal(out, features)
+
+    def _settle_clocks(self, out: Outputs, fs: FeatureState, feature: str) -> None:
+        """The feature's time may have moved: release what any of its streams held and can now trust; forget
+        streams that hold nothing (so ``fs.clocks`` is empty, and costs nothing, in the ordinary case)."""
+        for src in sorted(fs.clocks):
+            sc = fs.clocks[src]
+            if sc:
+                self.guard.recheck(sc, *self._clock_hooks(out, fs, feature, src))
+        for src in [s for s, sc in fs.clocks.items() if not sc]:
+            del fs.clocks[src]
+
+    def _ingest(self, out: Outputs, fs: FeatureState, ev: Event) -> None:
+        """Apply one event whose time is trusted: late and duplicate checks, windows, detectors, watermark."""
+        stats = self.stats
+        ts = ev.ts
+        src = ev.type
+        smax = fs.src_max.get(src)
+        if smax is not None and ts < smax - self.config.allowed_lateness_ms:  # late relative to its own source
+            stats.late += 1
+            return
+        if ev.event_id in fs.seen:
+            stats.duplicates += 1
+            return
+        stats.events[src] += 1
+        fs.seen[ev.event_id] = ts
+        if stats.min_ts is None or ts < stats.min_ts:
+            stats.min_ts = ts
+        if stats.max_ts is None or ts > stats.max_ts:
+            stats.max_ts = ts
+        if fs.applied_min is None or ts < fs.applied_min:
+            fs.applied_min = ts
+        fp = self.plan.for_feature(ev.feature, ev.phase)
+        if ev.phase not in fs.phases:
+            fs.phases.add(ev.phase)
+        if src not in fs.src_first:
+            fs.src_first[src] = ts
+            self._start_clocks(fs, ev.feature)
+        if not fp.metric_rules and not fp.drift_rules:
+            stats.unmatched += 1
+        if fp.stores:
+            self._add(fs, fp, ev)
+        if fp.drift_rules:
+            self._update_detectors(fs, fp, ev)
+        if fs.max_ts is None or ts > fs.max_ts:
+            fs.max_ts = ts
+            if fs.skew is not None and ts // HOUR_MS != fs.skew[0]:
+                self._skew_hour(out, ev.feature, fs, ts // HOUR_MS)
+        if smax is None or ts > smax:
+            fs.src_max[src] = ts
+            wm = self.watermark(ev.feature)
+            if wm is not None:
+                self._evaluate_until(out, ev.feature, fs, wm)
+
+    # --- producer clocks (rules.clock) -------------------------------------------------------------------------
+
+    def _clock_hooks(self, out: Outputs, fs: FeatureState, feature: str, src: str, current: Event | None = None) -> tuple:
+        def stream_time() -> tuple[int | None, int | None]:
+            return fs.src_max.get(src), fs.max_ts
+
+        def apply(e: Event) -> None:
+            if e is current:
+                self._ingest(out, fs, e)  # a failure is its message's: the shell isolates and dead-letters it
+                return
+            try:  # an event held since an earlier message: that message is long acknowledged, so dead-letter here
+                self._ingest(out, fs, e)
+            except Exception as exc:  # noqa: BLE001 - a bug on one event must not stick in the held state
+                out.dead_letters.append({"reason": "processing_error",
+                                         "detail": f"{type(exc).__name__} while applying this event (held since it came)",
+                                         "source": e.origin, "payload": e.payload()})  # fmt: skip
+
+        def reject(e: Event, why: str) -> None:
+            self._quarantine(out, feature, fs, e, why)
+
+        return stream_time, apply, reject
+
+    def _quarantine(self, out: Outputs, feature: str, fs: FeatureState, ev: Event, why: str) -> None:
+        """A ``ts_outlier`` dead letter: how far off the event's time was, relative to what, and why."""
+        skew = self.config.max_clock_skew_ms or 0
+        own = fs.src_max.get(ev.type)
+        direction = "ahead" if fs.max_ts is None or ev.ts > fs.max_ts else "behind"
+        ref = (fs.max_ts if own is None else own) if direction == "behind" else fs.max_ts
+        where = f"the {ev.type} stream of feature {feature!r}" if ref is own else f"feature {feature!r}"
+        if ref is None:
+            off = None
+            head = f"event time {iso(ev.ts)} disagrees with the first events of {where}"
+        else:
+            off = ev.ts - ref
+            head = f"event time {iso(ev.ts)} is {approx_duration(off)} {direction} {where} (at {iso(ref)})"
+        tail = {
+            "behind": f"more than the maximum clock skew of {approx_duration(skew)} behind it",
+            "contradicted": f"held, then contradicted by {self.config.clock_quorum} or more messages at the "
+                            "stream's own time",
+            "unconfirmed": f"held, and the input ended before {self.config.clock_quorum} messages confirmed it",
+            "hold_full": "held events of this stream at their limit",
+        }[why]  # fmt: skip
+        self.stats.outliers[direction] += 1
+        fs.outliers[direction] = fs.outliers.get(direction, 0) + 1
+        out.dead_letters.append({
+            "reason": "ts_outlier",
+            "detail": f"{head}: {tail}",
+            "source": ev.origin,
+            "payload": ev.payload(),
+            "outlier": {"stream": ev.type, "direction": direction, "offset_ms": off,
+                        "stream_time": None if ref is None else iso(ref), "max_clock_skew_ms": skew, "why": why},
+        })  # fmt: skip
+        self._skew_count(out, feature, fs, ev, off)
+
+    def _skew_count(self, out: Outputs, feature: str, fs: FeatureState, ev: Event, off: int | None) -> None:
+        """Outliers per hour of the feature's stream time; ``clock_skew_page_after`` of them in one hour page
+        ``investigate`` ("producer clock skew"), resolved after an hour of stream time with fewer."""
+        limit = self.config.clock_skew_page_after
+        if limit <= 0:
+            return
+        hour = (fs.max_ts if fs.max_ts is not None else 0) // HOUR_MS
+        if fs.skew is not None and fs.skew[0] != hour:
+            self._skew_hour(out, feature, fs, hour)
+        if fs.skew is None:
+            fs.skew = [hour, 0, None, 0]
+        sk = fs.skew
+        sk[1] += 1
+        if off is not None and abs(off) > abs(sk[3]):
+            sk[3] = off
+        if sk[1] >= limit and sk[2] is None:
+            sk[2] = hour
+            out.pages.append(self._skew_page("trigger", feature, fs, ev.phase, hour))
+
+    def _skew_hour(self, out: Outputs, feature: str, fs: FeatureState, hour: int) -> None:
+        """The feature's stream time entered ``hour``. A paged run ends (resolve) once an hour closes with fewer
+        outliers than the limit, or hours with none were skipped."""
+        sk = fs.skew  # [hour, outliers in it, hour the page went out (None: not paged), worst offset]
+        if sk[2] is not None and (sk[1] < self.config.clock_skew_page_after or hour > sk[0] + 1):
+            out.pages.append(self._skew_page("resolve", feature, fs, None, sk[2]))
+            sk[2] = None
+        if sk[2] is None:
+            fs.skew = None  # nothing to remember: the next outlier starts a new count
+        else:
+            sk[0], sk[1], sk[3] = hour, 0, 0
+
+    def _skew_page(self, action: str, feature: str, fs: FeatureState, phase: str | None, since: int) -> dict:
+        sk = fs.skew
+        n, worst = sk[1], sk[3]
+        summary = (
+            f"Producer clock skew on feature {feature}: {n} events quarantined (ts_outlier) in the hour from "
+            f"{iso(since * HOUR_MS)}, up to {approx_duration(worst)} {'ahead of' if worst >= 0 else 'behind'} "
+            "their stream. They are in the dead-letter topic and decided nothing; check the producers' clocks "
+            "(NTP) and time zones." if action == "trigger" else
+            f"Producer clock skew on feature {feature}: an hour of stream time with fewer than "
+            f"{self.config.clock_skew_page_after} outliers"
+        )  # fmt: skip
+        return {
+            "event_action": action,
+            "dedup_key": "rollguard-clock-skew-" + stable_id("clock_skew", feature, since),
+            "payload": {
+                "summary": summary,
+                "source": "rollguard",
+                "severity": SEVERITY["investigate"],
+                "timestamp": iso(max(fs.max_ts or 0, since * HOUR_MS)),
+                "component": feature,
+                "group": phase or "*",
+                "class": "clock-skew",
+                "custom_details": {
+                    "outliers_this_hour": n,
+                    "worst_offset_ms": worst,
+                    "outliers_total": dict(sorted(fs.outliers.items())),
+                    "max_clock_skew_ms": self.config.max_clock_skew_ms,
+                },
+            },
+        }
 
     def watermark(self, feature: str) -> int | None:
         """The feature's watermark: the lowest, over the sources its rules read, of (highest event time of that
@@ -192,6 +352,14 @@ class Engine:
         out = Outputs()
         for feature in sorted(self.features):
             fs = self.features[feature]
+            if self.guard is not None and fs.clocks:  # nothing stays held at the end: applied, or quarantined
+                for src in sorted(fs.clocks):
+                    if src in fs.clocks:
+                        self.guard.finish(fs.clocks[src], *self._clock_hooks(out, fs, feature, src))
+                        self._settle_clocks(out, fs, feature)
+                for src in sorted(fs.clocks):  # what the feature's time did not catch up with is not confirmed
+                    self.guard.finish(fs.clocks[src], *self._clock_hooks(out, fs, feature, src))
+                fs.clocks.clear()
             if fs.max_ts is not None:
                 self._start_clocks(fs, feature, force=True)
                 self._evaluate_until(out, feature, fs, fs.max_ts)
@@ -211,6 +379,8 @@ class Engine:
             fs.src_first[source] = ts
             self._start_clocks(fs, feature)
         fs.max_ts = max(fs.max_ts, ts)
+        if self.guard is not None and fs.clocks:  # events held as ahead of the feature may be plausible now
+            self._settle_clocks(out, fs, feature)
         wm = self.watermark(feature)
         if wm is not None:
             self._evaluate_until(out, feature, fs, wm)
@@ -294,21 +464,74 @@ class Engine:
     # --- evaluation --------------------------------------------------------------------------------------------
 
     def _evaluate_until(self, out: Outputs, feature: str, fs: FeatureState, watermark: int) -> None:
+        """Evaluate every instant up to ``watermark``. The cost is bounded by the work, not by the span of time:
+        when many instants are due (a silence in the stream, a clock started long ago), quiet ones are skipped
+        (see ``_skip_quiet``) in one step each."""
         nxt = fs.next_eval
         if not nxt:
             return
         evaluated = False
+        gap = _SKIP_AFTER * min(nxt)
+        retry = None
         while True:
             t = min(nxt.values())
             if t > watermark:
                 break
+            if watermark - t >= gap and (retry is None or t >= retry):
+                if self._skip_quiet(fs, watermark):
+                    continue
+                retry = t + gap  # not quiet yet: try again a while later, never once per instant
             due = [e for e, v in nxt.items() if v == t]
             self._evaluate_instant(out, feature, fs, t, frozenset(due))
+            self.stats.instants += 1
             evaluated = True
             for e in due:
                 nxt[e] = t + e
         if evaluated:  # state only ages when an instant passed: once per `every`, not once per event
             self._expire(fs, watermark)
+
+    def _skip_quiet(self, fs: FeatureState, watermark: int) -> bool:
+        """Move each evaluation clock past the instants that cannot decide anything; True if one moved.
+
+        An instant of a clock (``every``) is quiet when no window of its rules holds data there and it would see
+        exactly what the clock's last evaluated instant saw: no bucket of its stores starts within the longest
+        lookback (window + baseline) before the last instant, and none between that instant and the one
+        considered. Every rule then evaluates the same empty windows, over the same series, to the same verdict as
+        at the last instant. If moreover no instance has a timer that its verdict keeps running (``pending``
+        on a true verdict, ``firing`` in a ``keep_firing_for`` countdown on a false one), the same verdict makes the same (no) transition, so skipping is invisible
+        in decisions, commands and pages, ``traffic-stopped``-like absence rules included (their firing instance
+        holds). Only the observer sees fewer evaluations."""
+        for inst in fs.instances.values():
+            if inst.timing:
+                return False
+        plan = self.plan
+        starts: dict[int, list[int]] = {}
+        reach: dict[int, int] = {}
+        for sid, series in fs.stores.items():
+            spec = plan.store_by_id[sid]
+            e = spec.every_ms
+            reach[e] = max(reach.get(e, 0), spec.retention_ms)
+            acc = starts.setdefault(e, [])
+            for s in series.values():
+                acc.extend(s.buckets)
+        for key, pend in fs.drift_pending.items():
+            b = plan.by_key.get((key[0], key[1]))
+            if b is not None and pend:
+                starts.setdefault(b.rule.every_ms, []).extend(pend)
+        nxt = fs.next_eval
+        moved = False
+        for e, n in nxt.items():
+            last = n - e  # the clock's last instant (evaluated, or before its origin, where there is no data)
+            seen_from = last - reach.get(e, 0)
+            later = [s for s in starts.get(e, ()) if s >= seen_from]
+            if any(s < last for s in later):
+                continue  # its last instant saw data: the next one may see less of it
+            limit = min(min(later, default=watermark), watermark)
+            target = limit - limit % e + e  # the first instant after which data (or the watermark) comes
+            if target > n:
+                nxt[e] = target
+                moved = True
+        return moved
 
     def _evaluate_instant(self, out: Outputs, feature: str, fs: FeatureState, t: int, everys: frozenset[int]) -> None:
         cache = WindowCache()
@@ -368,6 +591,7 @@ class Engine:
         if inst is not None:  # else nothing to remember about an instance that never was true
             r = b.rule
             transition = advance(inst, ev.verdict, t, r.for_ms, r.keep_firing_for_ms, b.latching)
+            inst.verdict = ev.verdict
             state = inst.state
             if transition is not None:
                 self.policy.on_transition(

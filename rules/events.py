@@ -76,6 +76,11 @@ def parse_ts(value: Any) -> int:
 _MS = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc) - _EPOCH
 
 
+def _iso_ms(ms: int) -> str:
+    dt = _EPOCH + ms * _MS
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ms % 1000:03d}Z" if ms % 1000 else "Z")
+
+
 class Pseudonymizer:
     """Re-keys user ids with HMAC-SHA256 so the raw id is never stored.
 
@@ -108,11 +113,14 @@ class Pseudonymizer:
 class Event:
     """A validated, normalised input event. ``ts`` is epoch ms; ``user`` is already pseudonymised."""
 
-    __slots__ = (
+    FIELDS = (
         "type", "event_id", "ts", "feature", "phase", "segment", "user", "model_version", "prompt_version",
         "outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags",
         "kind", "label", "score", "interaction_id",
     )  # fmt: skip
+    # ``origin`` is where the event came from ({"file", "line"} or {"topic", "partition", "offset"}), set by the
+    # shell: a held event that is later quarantined (rules.clock) names it in its dead letter. Not part of equality.
+    __slots__ = FIELDS + ("origin",)
 
     def __init__(self, type, event_id, ts, feature, phase, segment, user, model_version, prompt_version,
                  outcome=None, latency_ms=None, tokens_in=None, tokens_out=None, cost_usd=None, confidence=None,
@@ -137,9 +145,41 @@ class Event:
         self.label = label
         self.score = score
         self.interaction_id = interaction_id
+        self.origin: dict | None = None
 
     def as_tuple(self) -> tuple:
-        return tuple(getattr(self, k) for k in self.__slots__)
+        return tuple(getattr(self, k) for k in self.FIELDS)
+
+    def to_state(self) -> list:
+        """JSON-able form (a held event persists with its feature's state), origin last."""
+        t = list(self.as_tuple())
+        t[15] = list(t[15])  # flags
+        return t + [self.origin]
+
+    @classmethod
+    def from_state(cls, s: list) -> Event:
+        ev = cls(*s[:15], tuple(s[15]), *s[16:20])
+        ev.origin = s[20]
+        return ev
+
+    def payload(self) -> dict:
+        """The normalised event as a dead letter shows it: ``user`` is already a pseudonym, ``ts`` is RFC 3339."""
+        d: dict = {}
+        for k in self.FIELDS:
+            v = getattr(self, k)
+            if v is None or (k in ("flags", "segment") and not v):
+                continue
+            if k == "ts":
+                d[k] = _iso_ms(v)
+            elif k == "user":
+                d[k] = v
+            elif k == "segment":
+                d[k] = {sk: _safe(sv) for sk, sv in v.items()}
+            elif k == "flags":
+                d[k] = [_safe(f) for f in v]
+            else:
+                d[k] = _safe(v)
+        return d
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Event) and self.as_tuple() == other.as_tuple()

@@ -19,7 +19,9 @@ STATES = ("inactive", "pending", "firing", "resolved")
 class Instance:
     """Lifecycle state of one (ruleset, rule, feature, phase, group)."""
 
-    __slots__ = ("state", "pending_since", "clear_since", "incident", "held", "paged")
+    # ``verdict``: the last evaluation's verdict, in memory only (``...`` when unknown, e.g. after a restart); the
+    # engine reads it to know whether a quiet instant could move a timer (rules.engine ``_skip_quiet``)
+    __slots__ = ("state", "pending_since", "clear_since", "incident", "held", "paged", "verdict")
 
     def __init__(self, state: str = "inactive", pending_since: int | None = None, clear_since: int | None = None,
                  incident: int | None = None, held: bool = False, paged: bool = False) -> None:  # fmt: skip
@@ -29,6 +31,17 @@ class Instance:
         self.incident = incident  # start of the current incident: ids of its commands and pages derive from it
         self.held = held  # a kill the breaker held back
         self.paged = paged  # a trigger page went out for this incident, so its end owes a resolve
+        self.verdict: bool | None | type(...) = ...
+
+    @property
+    def timing(self) -> bool:
+        """Whether evaluating again with the same verdict could still make a transition (a ``for`` or
+        ``keep_firing_for`` countdown that the verdict keeps running); True when the verdict is unknown."""
+        if self.state == "pending":
+            return self.verdict is not None
+        if self.state == "firing" and self.clear_since is not None:
+            return self.verdict is not None and self.verdict is not True
+        return False
 
     def to_state(self) -> list:
         return [self.state, self.pending_since, self.clear_since, self.incident, self.held, self.paged]

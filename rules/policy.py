@@ -30,14 +30,16 @@ class Outputs:
     decisions: list[dict] = field(default_factory=list)
     commands: list[dict] = field(default_factory=list)
     pages: list[dict] = field(default_factory=list)
+    dead_letters: list[dict] = field(default_factory=list)  # events the engine quarantined (``ts_outlier``)
 
     def extend(self, other: Outputs) -> None:
         self.decisions += other.decisions
         self.commands += other.commands
         self.pages += other.pages
+        self.dead_letters += other.dead_letters
 
     def __bool__(self) -> bool:
-        return bool(self.decisions or self.commands or self.pages)
+        return bool(self.decisions or self.commands or self.pages or self.dead_letters)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import base64
 from typing import Any
 
 from detectors import DriftDetector
+from rules.clock import StreamClock
 from rules.lifecycle import Instance
 from rules.windows import SeriesBuckets, SeriesKey
 
@@ -23,7 +24,8 @@ class FeatureState:
     """State of one feature: watermark, dedup ids, windows, rule instances, detectors and latches."""
 
     __slots__ = ("max_ts", "src_max", "src_first", "seen", "stores", "next_eval", "instances", "detectors",
-                 "drift_pending", "drift_last", "latches", "phases", "chain", "command_seq")  # fmt: skip
+                 "drift_pending", "drift_last", "latches", "phases", "chain", "command_seq", "clocks", "outliers",
+                 "skew", "applied_min")  # fmt: skip
 
     def __init__(self) -> None:
         self.max_ts: int | None = None  # highest event time of any source
@@ -44,6 +46,11 @@ class FeatureState:
         # the audit trail (rules.seal): hash of the last decision / command of this feature, and its command counter
         self.chain: dict[str, str] = {}  # "decisions" | "commands" -> hash
         self.command_seq = 0
+        # producer clocks (rules.clock): events held per source, quarantined counts, the clock-skew page's hour
+        self.clocks: dict[str, StreamClock] = {}
+        self.outliers: dict[str, int] = {}  # "ahead" | "behind" -> ts_outlier dead letters
+        self.skew: list | None = None  # [hour, outliers in it, hour paged or None, worst offset ms]
+        self.applied_min: int | None = None  # in memory: earliest event time applied since the shell last looked
 
     def to_state(self, detector_key: bytes, with_stores: bool = True) -> dict[str, Any]:
         def ik(k: InstanceKey) -> str:
@@ -73,6 +80,9 @@ class FeatureState:
             "phases": sorted(self.phases),
             "chain": dict(sorted(self.chain.items())),
             "command_seq": self.command_seq,
+            "clocks": {src: c.to_state() for src, c in sorted(self.clocks.items()) if c},
+            "outliers": dict(sorted(self.outliers.items())),
+            "skew": self.skew,
         }
 
     # --- split form for incremental persistence: a small "core" plus one entry per window bucket --------------
@@ -159,6 +169,10 @@ class FeatureState:
         fs.phases = set(d["phases"])
         fs.chain = dict(d.get("chain", {}))  # absent in states stored before the audit trail: chains start at genesis
         fs.command_seq = int(d.get("command_seq", 0))
+        # absent in states stored before producer clocks were checked: nothing held, nothing counted
+        fs.clocks = {src: StreamClock.from_state(c) for src, c in d.get("clocks", {}).items()}
+        fs.outliers = dict(d.get("outliers", {}))
+        fs.skew = d.get("skew")
         return fs
 
 

@@ -18,7 +18,7 @@ from rules.durations import parse_duration
 from rules.exceptions import RollguardError
 from rules.loader import RulesInvalid, load_rules
 from streams.kafka_source import add_from_kafka_args
-from streams.settings import Settings
+from streams.settings import Settings, clock_skew_ms
 
 __all__ = ["main"]
 
@@ -49,13 +49,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         parse_duration(args.allowed_lateness)
+        if args.max_clock_skew is not None:
+            clock_skew_ms(args.max_clock_skew)
         rulesets = load_rules(args.rules)
         compare = load_rules(args.compare) if args.compare else None
         settings = Settings()
         source = source_from_args(args, settings.topic_prefix)
     except RulesInvalid as e:
         return _fail(f"invalid rules:\n{e}")
-    except (RollguardError, ValidationError) as e:
+    except (RollguardError, ValidationError, ValueError) as e:
         return _fail(str(e))
     for p in args.events or ():
         if p != "-" and not os.path.isfile(p):
@@ -67,7 +69,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         source=source,
         since_ms=args.since,
         until_ms=args.until,
-        config=settings.engine_config(args.allowed_lateness),
+        config=settings.engine_config(args.allowed_lateness, args.max_clock_skew),
         user_key=settings.user_key_bytes(),
         compare=compare,
         rule_paths=(args.rules, args.compare),
@@ -83,9 +85,11 @@ def _print_summary(res) -> None:
     eng = res.engine
     st = eng.stats
     invalid = sum(res.invalid.values())
+    outliers = sum(st.outliers.values())
     print(
         f"events: {res.events_read:,} read, {invalid:,} invalid (dead-lettered), {st.late:,} late, "
         f"{st.duplicates:,} duplicate"
+        + (f", {outliers:,} clock outliers (ts_outlier, dead-lettered)" if outliers else "")
         + (f", {res.outside_window:,} outside --since/--until" if res.outside_window else "")
     )
     c = res.counts
@@ -184,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--compare", nargs="+", metavar="PATH", help="candidate rule set to compare against --rules")
     r.add_argument("--allowed-lateness", default="30s", metavar="DURATION")
+    r.add_argument("--max-clock-skew", default=None, metavar="DURATION|off",
+                   help="quarantine (ts_outlier) events further than this from their stream's time "
+                        "(default: ROLLGUARD_MAX_CLOCK_SKEW, 10m); off trusts every producer clock")  # fmt: skip
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
     r.add_argument("--charts", choices=["active", "all", "none"], default="active",
                    help="PNG charts in OUT/charts/: rules that were pending or firing (default), every rule, or none")

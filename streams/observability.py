@@ -206,6 +206,14 @@ class _Collector:
                                   value=st.late)  # fmt: skip
         yield CounterMetricFamily("rollguard_duplicate_events", "Events whose id was already applied",
                                   value=st.duplicates)  # fmt: skip
+        outliers = CounterMetricFamily("rollguard_clock_outliers", "Events quarantined as ts_outlier: their time "
+                                       "was implausible for their stream", labels=["direction"])  # fmt: skip
+        for direction in ("ahead", "behind"):
+            outliers.add_metric([direction], st.outliers.get(direction, 0))
+        yield outliers
+        held = sum(len(c.held) for fs in m.engine.features.values() for c in fs.clocks.values())
+        yield GaugeMetricFamily("rollguard_clock_held_events", "Events held until their stream confirms their time",
+                                value=held)  # fmt: skip
         ps = m.processor_stats
         if ps is not None:
             invalid = CounterMetricFamily("rollguard_invalid_events", "Dead-lettered inputs by reason",

@@ -77,6 +77,16 @@ def render_status(rows: list[dict], now_ms: int) -> str:
             )  # fmt: skip
             lines.append(f"{s['feature']:<24} {phase:<16} {p['tier'].upper():<12} {p['latch'] or '-':<6} "
                          f"{(s['watermark'] or '-')[:20]:<21} {age:>8}  {rules or '-'}")  # fmt: skip
+    clocks = [(s["feature"], s["clock"]) for s in rows if s.get("clock") and (any(s["clock"]["outliers"].values())
+                                                                             or s["clock"]["held"])]  # fmt: skip
+    if clocks:
+        lines.append("")
+        lines.append("producer clocks (events with implausible times, see docs/oncall.md):")
+        for f, c in clocks:
+            n = sum(c["outliers"].values())
+            by = ", ".join(f"{k} {v:,}" for k, v in sorted(c["outliers"].items()) if v)
+            lines.append(f"  {f}: {n:,} quarantined as ts_outlier ({by or 'none'}), {c['held']:,} held"
+                         + ("; clock-skew page open" if c["skew_paged"] else ""))
     return "\n".join(lines)
 
 

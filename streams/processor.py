@@ -48,6 +48,11 @@ _NO_EVENTS = 1 << 62  # "since" of a write that applied no event: no bucket chan
 log = logging.getLogger("rollguard.processor")
 
 
+def _dead_key(dead: dict) -> bytes:
+    src = dead.get("source") or {}
+    return str(src.get("topic") or dead.get("payload", {}).get("feature") or "").encode()
+
+
 def _source_tp(dead: dict) -> str:
     return f"{dead['source']['topic']}:{dead['source']['partition']}"
 
@@ -158,6 +163,8 @@ class Processor:
                     if dead_letters:
                         dead.append(self._dead_letter(m, item))
                 elif owns is None or owns(item.feature):
+                    if item.type != "control":  # a held event names its message if it is quarantined later
+                        item.origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset}
                     items.append(item)
                     features.add(item.feature)
             parsed.append((m, items))
@@ -185,12 +192,17 @@ class Processor:
                 applied.setdefault(f, {})[tp] = m.offset
                 if item.type != "control":
                     arrived.add((f, item.type))
-                    if f not in min_ts or item.ts < min_ts[f]:
-                        min_ts[f] = item.ts
+        for f in applied:
+            if f in eng.features:
+                eng.features[f].applied_min = None
         try:
             out = eng.step(batch)
         except Exception as e:  # noqa: BLE001 - a bug on some input: find the message, dead-letter it, go on
             raise _EngineFailure(e) from e
+        for f in applied:  # buckets changed from the earliest event applied, this batch's or one held before it
+            fs = eng.features.get(f)
+            if fs is not None and fs.applied_min is not None:
+                min_ts[f] = fs.applied_min
         if dead:  # dead letters of messages a previous run already committed are not sent twice
             stored = await self.store.partition_offsets(sorted(part_off))
             dead = [d for d in dead if d["source"]["offset"] > (stored[_source_tp(d)] or -1)]
@@ -201,9 +213,9 @@ class Processor:
         # the partition offset marks dead letters as published: only the worker that publishes them may set it
         await self._commit(applied, min_ts, part_off if dead_letters else {})
         self.stats.messages += len(messages)
-        self.stats.events += len(batch)
+        self.stats.events += len(batch) - sum(d["reason"] == "processing_error" for d in out.dead_letters)
         self.stats.batches += 1
-        for d in dead:
+        for d in dead + out.dead_letters:
             self.stats.invalid[d["reason"]] = self.stats.invalid.get(d["reason"], 0) + 1
         if self.metrics is not None:
             self.metrics.batch_done(time.perf_counter() - started, part_off)
@@ -313,7 +325,9 @@ class Processor:
         recs += [(t.decisions, d["feature"].encode(), orjson.dumps(d)) for d in out.decisions]
         recs += [(t.commands, c["feature"].encode(), orjson.dumps(c)) for c in out.commands]
         recs += [(t.pages, p["payload"]["component"].encode(), orjson.dumps(p)) for p in out.pages]
-        recs += [(t.deadletter, d["source"]["topic"].encode(), orjson.dumps(d)) for d in dead]
+        # the engine's own dead letters (events it quarantined, rules.clock) are deterministic outputs like
+        # decisions: published again, identical, if a crash re-runs their batch
+        recs += [(t.deadletter, _dead_key(d), orjson.dumps(d)) for d in dead + out.dead_letters]
         if recs:
             await self.publisher.publish(recs)
             for topic, _, _ in recs:
@@ -370,6 +384,7 @@ class Processor:
                 fs = eng.features.get(f)
                 if fs is None or fs.max_ts is None:
                     continue
+                fs.applied_min = None
                 sources = eng.plan.profile(f).sources
                 silent = [s for s in sorted(sources) if now - c.src_arrival.get(s, c.first_seen) >= idle_after_s]
                 if not silent:
@@ -388,9 +403,11 @@ class Processor:
                     touched[f] = {}
             if not touched:
                 return 0
+            # held events the advance made plausible were applied: their buckets changed
+            since = {f: eng.features[f].applied_min for f in touched if eng.features[f].applied_min is not None}
             try:
                 await self._publish(out, [])
-                await self._commit(touched, {}, {})
+                await self._commit(touched, since, {})
             except Exception as e:  # noqa: BLE001 - the next tick recomputes from Redis
                 log.warning("idle watermark advance failed (%s); state reloads from Redis", e)
                 self.forget(set(touched))
@@ -437,4 +454,7 @@ def summary_of(engine: Engine, feature: str, fs: FeatureState) -> dict:
         "watermark": iso(wm) if (wm := engine.watermark(feature)) is not None else None,
         "plan_version": engine.plan.version,
         "phases": phases,
+        # producer clocks (rules.clock): events quarantined as ts_outlier, events held, whether a skew page is open
+        "clock": {"outliers": dict(sorted(fs.outliers.items())), "held": sum(len(c.held) for c in fs.clocks.values()),
+                  "skew_paged": fs.skew is not None and fs.skew[2] is not None},
     }

@@ -68,6 +68,7 @@ class _Sink:
         self.write("decisions.jsonl", out.decisions)
         self.write("commands.jsonl", out.commands)
         self.write("pages.jsonl", out.pages)
+        self.write("deadletter.jsonl", out.dead_letters)  # events the engine quarantined (ts_outlier)
 
     def close(self) -> None:
         for f in self.files.values():
@@ -220,6 +221,8 @@ def replay(
                     )
                 elif lo <= item.ts < hi:
                     result.events_read += 1
+                    if item.type != "control":  # a held event names its line if it is quarantined later
+                        item.origin = origin
                     batch.append(item)
                 else:
                     result.outside_window += 1
@@ -258,7 +261,9 @@ def _stats(eng: Engine, result: ReplayResult, event_paths, rule_paths, lateness:
         rule_paths=tuple(rule_paths or ()),
         event_paths=tuple(event_paths),
         events_read=result.events_read,
-        events_valid=sum(st.events.values()) + st.late + st.duplicates,
+        events_valid=sum(st.events.values()) + st.late + st.duplicates + sum(st.outliers.values()),
+        outliers=dict(st.outliers),
+        max_clock_skew=None if eng.config.max_clock_skew_ms is None else eng.config.max_clock_skew_ms,
         invalid_by_reason=dict(sorted(result.invalid.items())),
         late=st.late,
         duplicates=st.duplicates,

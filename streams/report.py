@@ -83,6 +83,9 @@ class ReplayStats:
     # Feature/phase pairs seen in events, so that a launch nothing fired on still shows as "ok" in the verdict.
     feature_phases: Sequence[tuple[str, str]] = ()
     allowed_lateness: str | None = None
+    # events whose time was implausible for their stream (rules.clock): dead-lettered as ts_outlier, by direction
+    outliers: Mapping[str, int] = field(default_factory=dict)
+    max_clock_skew: int | None = None  # ms; None: producer clocks trusted
 
 
 @dataclass(frozen=True)
@@ -311,6 +314,12 @@ def _render_header(stats: ReplayStats, sides: Sequence[tuple[str, ReplayStats]])
         f"- **Read**: {stats.events_read:,} events · {stats.events_valid:,} valid · {invalid:,} invalid, dead-lettered"
         f"{by_reason} · {stats.late:,} late · {stats.duplicates:,} duplicates",
     ]
+    n_out = sum(stats.outliers.values())
+    if n_out:
+        parts = ", ".join(f"{n:,} {d}" for d, n in sorted(stats.outliers.items()) if n)
+        skew = f" more than {_fmt_duration(stats.max_clock_skew)} from" if stats.max_clock_skew is not None else " off"
+        lines.append(f"- **Clock outliers**: {n_out:,} events ({parts}) with times{skew} their stream, quarantined as "
+                     "`ts_outlier` in `deadletter.jsonl`: they moved no watermark and decided nothing")
     if stats.first_event_ts is not None and stats.last_event_ts is not None:
         first, last = _ms(stats.first_event_ts, "first_event_ts"), _ms(stats.last_event_ts, "last_event_ts")
         lateness = f" · allowed lateness {stats.allowed_lateness}" if stats.allowed_lateness else ""

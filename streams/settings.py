@@ -23,7 +23,7 @@ from rules.durations import parse_duration
 from rules.exceptions import RollguardError
 from rules.engine import EngineConfig
 
-__all__ = ["Settings", "DEV_USER_KEY"]
+__all__ = ["Settings", "DEV_USER_KEY", "clock_skew_ms"]
 
 # Used only when no key is configured, so the demo works out of the box. Live and replay of one deployment must
 # share a real key (ROLLGUARD_USER_KEY) to agree on pseudonyms; the CLI warns when this one is in use.
@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     )
     allowed_lateness: str = Field("30s", description="events older than watermark = max ts - this are late")
     max_kills_per_hour: int = Field(5, ge=0, description="kill breaker: rollbacks per event-time hour")
+    max_clock_skew: str = Field(
+        "10m", description="an event further than this ahead of its feature (or behind its stream) is held or "
+        "quarantined as ts_outlier; 'off' trusts every producer clock")
+    clock_skew_page_after: int = Field(
+        10, ge=0, description="ts_outlier events in one hour of a feature's stream time that page investigate; 0 = never")
 
     # --- live pipeline (issue 3) -----------------------------------------------------------------------------
     kafka_bootstrap: str | None = Field(None, description="host:port[,host:port]; unset = embedded stack (demo)")
@@ -92,6 +97,12 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, v: str) -> str:
         _check_duration(v)
+        return v
+
+    @field_validator("max_clock_skew")
+    @classmethod
+    def _skew(cls, v: str) -> str:
+        clock_skew_ms(v)
         return v
 
     @field_validator("redis_url")
@@ -150,10 +161,12 @@ class Settings(BaseSettings):
 
         return list(self.rules) or [str(CATALOG)]
 
-    def engine_config(self, allowed_lateness: str | None = None) -> EngineConfig:
+    def engine_config(self, allowed_lateness: str | None = None, max_clock_skew: str | None = None) -> EngineConfig:
         return EngineConfig(
             allowed_lateness_ms=parse_duration(allowed_lateness or self.allowed_lateness),
             max_kills_per_hour=self.max_kills_per_hour,
+            max_clock_skew_ms=clock_skew_ms(max_clock_skew or self.max_clock_skew),
+            clock_skew_page_after=self.clock_skew_page_after,
             signing_key=self.signing_key.get_secret_value().encode() if self.signing_key else None,
             signing_key_id=self.signing_key_id,
         )
@@ -163,6 +176,18 @@ class Settings(BaseSettings):
         if key == DEV_USER_KEY:
             print("rollguard: warning: ROLLGUARD_USER_KEY is not set; using the development key", file=sys.stderr)
         return key.encode()
+
+
+def clock_skew_ms(v: str) -> int | None:
+    """``ROLLGUARD_MAX_CLOCK_SKEW`` / ``--max-clock-skew``: a duration of at least 1s, or ``off`` (None)."""
+    if v.strip().lower() == "off":
+        return None
+    _check_duration(v)
+    ms = parse_duration(v)
+    if ms < 1000:
+        raise ValueError(f"max clock skew {v!r} is below 1s: ordinary network delay would quarantine events; "
+                         "give a duration such as 10m, or off")
+    return ms
 
 
 def _check_duration(v: str) -> None:
