@@ -29,8 +29,9 @@ def _fail(msg: str, code: int = 2) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    skipped: list[str] = []
     try:
-        rulesets = load_rules(args.paths)
+        rulesets = load_rules(args.paths, skipped=skipped)
     except RulesInvalid as e:
         for err in e.errors:
             print(err, file=sys.stderr)
@@ -39,7 +40,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     n = sum(len(r.rules) for r in rulesets)
     for r in rulesets:
         print(f"ok  {r.name:<36} {len(r.rules):>3} rules  version {r.version[:12]}  ({r.source})")
-    print(f"{len(rulesets)} rule set(s), {n} rules: valid")
+    for path in skipped:
+        print(f"skip {path}  (a `rules test` cases file: run it with `rollguard rules test`)")
+    skipped_text = f"; skipped {len(skipped)} rules-test cases file{'' if len(skipped) == 1 else 's'}" if skipped else ""
+    print(f"{len(rulesets)} rule set(s), {n} rules: valid{skipped_text}")
     return 0
 
 
