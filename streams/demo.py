@@ -147,7 +147,8 @@ def _status_line(rows: list[dict]) -> str:
     parts = []
     for s in rows:
         for phase, p in sorted(s["phases"].items()):
-            firing = [r["rule_id"] for r in p["rules"] if r["state"] == "firing"]
+            firing = [r["rule_id"] + (" (shadow)" if r.get("mode") == "shadow" else "")
+                      for r in p["rules"] if r["state"] == "firing"]  # fmt: skip
             pending = [r["rule_id"] for r in p["rules"] if r["state"] == "pending"]
             parts.append(f"{s['feature']}/{phase} tier {p['tier'].upper()} at event time {(s['watermark'] or '')[:16]}"
                          + (f"; firing: {', '.join(firing)}" if firing else "")
