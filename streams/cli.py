@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rules.durations import parse_duration
 from rules.exceptions import RollguardError
 from rules.loader import RulesInvalid, load_rules
+from rules.outputs import iso
 from streams.kafka_source import add_from_kafka_args
 from streams.settings import Settings
 
@@ -176,6 +177,35 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default and keeps the description's and epilog's line breaks."""
+
+
+def _add_scenario_parser(sub: Any) -> None:
+    from streams.scenario import PRESETS, Scenario
+    from streams.scenario_incidents import describe_presets
+
+    d = Scenario()
+    days = d.duration_ms / 86_400_000
+    s = sub.add_parser(
+        "scenario", help="generate a synthetic traffic scenario as JSONL", formatter_class=_HelpWithDefaults,
+        description=(
+            f"Generate seeded synthetic traffic (docs/contract.md §1 events, JSON Lines) for feature {d.feature!r},\n"
+            f"phase {d.phase!r}, from {iso(d.start)} (a Monday): interactions at a diurnal, Poisson rate and\n"
+            "the feedback that follows them (suggestion outcomes, thumbs, expert reviews, tickets, surveys), with\n"
+            "the preset's incident. Incidents sit at fixed shares of the run, so --days moves and stretches them."),
+        epilog="presets (incident, when it happens):\n" + "\n".join(
+            "  " + line for line in describe_presets(d.start, d.duration_ms)),
+    )  # fmt: skip
+    s.add_argument("preset", metavar="PRESET", help="the incident to inject: " + ", ".join(PRESETS) + " (see below)")
+    s.add_argument("--out", required=True, metavar="FILE", default=argparse.SUPPRESS, help=".jsonl or .jsonl.gz")
+    s.add_argument("--seed", type=int, default=d.seed, help="random seed: the same seed gives the same bytes")
+    s.add_argument("--days", type=float, default=days, help="event time the scenario covers, in days")
+    s.add_argument("--rate", type=float, default=d.mean_rate_per_s,
+                   help="mean interactions per second on weekdays (diurnal: nights ~15%% of the peak)")
+    s.set_defaults(func=cmd_scenario)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="rollguard", description="Streaming guardrail monitor for AI feature launches.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -199,13 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("paths", nargs="+", metavar="PATH")
     v.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("scenario", help="generate a synthetic traffic scenario as JSONL")
-    s.add_argument("preset", help="clean, latency_spike, acceptance_decline, pii_leak, ...")
-    s.add_argument("--out", required=True, metavar="FILE", help=".jsonl or .jsonl.gz")
-    s.add_argument("--seed", type=int)
-    s.add_argument("--days", type=float)
-    s.add_argument("--rate", type=float, help="mean interactions per second")
-    s.set_defaults(func=cmd_scenario)
+    _add_scenario_parser(sub)
 
     w = sub.add_parser("worker", help="run a live worker (Faust): Kafka in, Redis state, decisions/commands/pages out")
     w.add_argument("--config", metavar="FILE", help="settings file (KEY=VALUE lines, ROLLGUARD_ prefix); env wins")
