@@ -25,7 +25,7 @@ from matplotlib.ticker import FuncFormatter
 
 from rules.events import parse_ts
 from streams.chart_series import RuleSeries
-from streams.report import _fmt_value
+from streams.report_format import metric_value as _fmt_value
 
 __all__ = ["MAX_LINES", "draw_rule", "draw_overlay", "top_groups"]
 

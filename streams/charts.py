@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.chart_series import CHART_MODES, ChartKey, RuleSeries, SeriesCollector
+from streams.report_format import plural
 
 __all__ = ["CHARTS_DIR", "ChartFile", "file_name", "clear_charts", "write_rule_charts", "write_overlays",
            "overlay_keys", "charts_section"]  # fmt: skip
@@ -166,7 +167,7 @@ def charts_section(mode: str, charts: Sequence[ChartFile], overlays: Sequence[Ch
              "(`--charts all` draws every evaluated rule)")  # fmt: skip
     lines = ["", "## Charts", ""]
     if charts:
-        lines.append(f"{len(charts):,} PNG(s) in `{CHARTS_DIR}/`, one per rule set, rule, feature and phase for "
+        lines.append(f"{plural(len(charts), 'PNG')} in `{CHARTS_DIR}/`, one per rule set, rule, feature and phase for "
                      f"{which}: the value each rule compared with its threshold per group over event time (UTC), "
                      "pending shaded amber, firing red, commands as vertical lines.")  # fmt: skip
     else:
@@ -175,7 +176,7 @@ def charts_section(mode: str, charts: Sequence[ChartFile], overlays: Sequence[Ch
     lines += _links(charts, "###")
     if overlays is not None:
         lines += ["", f"### Overlays: {SIDES[0]} = {labels[0]}, {SIDES[1]} = {labels[1]}", ""]
-        lines.append(f"{len(overlays):,} PNG(s) in `{CHARTS_DIR}/{COMPARE_DIR}/`, one per rule, feature and phase "
+        lines.append(f"{plural(len(overlays), 'PNG')} in `{CHARTS_DIR}/{COMPARE_DIR}/`, one per rule, feature and phase "
                      "that fired in either rule set: the metric of both (dashed: the candidate's, where it differs), "
                      "both thresholds, and each set's pending / firing runs on its own lane."
                      if overlays else "No rule fired in either rule set: no overlays.")  # fmt: skip

@@ -19,6 +19,7 @@ from rules.exceptions import RollguardError
 from rules.loader import RulesInvalid, load_rules
 from rules.outputs import iso
 from streams.kafka_source import add_from_kafka_args
+from streams.report_format import plural
 from streams.settings import Settings
 
 __all__ = ["main"]
@@ -43,7 +44,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"ok  {r.name:<36} {len(r.rules):>3} rules  version {r.version[:12]}  ({r.source})")
     for path in skipped:
         print(f"skip {path}  (a `rules test` cases file: run it with `rollguard rules test`)")
-    skipped_text = f"; skipped {len(skipped)} rules-test cases file{'' if len(skipped) == 1 else 's'}" if skipped else ""
+    skipped_text = f"; skipped {plural(len(skipped), 'rules-test cases file')}" if skipped else ""
     print(f"{len(rulesets)} rule set(s), {n} rules: valid{skipped_text}")
     return 0
 
@@ -108,7 +109,7 @@ def _print_summary(res) -> None:
             f"pages {cc['pages.jsonl']:,}  (in {res.out_dir / 'compare'})"
         )
     if res.charts:
-        print(f"charts: {res.charts_dir}/ ({len(res.charts):,} PNGs, linked from report.md)")
+        print(f"charts: {res.charts_dir}/ ({plural(len(res.charts), 'PNG')}, linked from report.md)")
     print(f"report: {res.out_dir / 'report.md'}")
 
 

@@ -20,6 +20,7 @@ import orjson
 from rules.loader import CATALOG, load_rules
 from rules.outputs import iso
 from streams.replay import OUTPUT_FILES, replay
+from streams.report_format import plural
 from streams.scenario import generate, scenario_from_args, write_jsonl
 from streams.settings import Settings
 
@@ -62,7 +63,7 @@ def run_demo(out: Path, preset: str = "latency_spike", offline: bool = False, du
         if same is not True:
             return 1
     print(f"report: {out / 'report.md'}")
-    print(f"charts: {res.charts_dir}/ ({len(res.charts)} PNGs, one per rule that was pending or firing) — open "
+    print(f"charts: {res.charts_dir}/ ({plural(len(res.charts), 'PNG')}, one per rule that was pending or firing) — open "
           f"{out / 'report.md'}, section Charts")
     return 0
 

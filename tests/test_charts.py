@@ -22,6 +22,7 @@ from rules.engine import EngineConfig
 from rules.loader import load_rules
 from streams.chart_render import MAX_LINES, top_groups
 from streams.chart_series import GroupSeries, MinMaxSeries, RuleInfo, RuleSeries, StateSpans, reduce_min_max
+from streams.charts import ChartFile, charts_section
 from streams.cli import main
 from streams.replay import replay
 from streams.scenario import generate, scenario_from_args, write_jsonl
@@ -113,7 +114,7 @@ def test_active_draws_one_valid_png_per_rule_that_was_pending_or_firing(runs):
         assert_valid_png(f)
     named = {f.name.split("__")[1] for f in files}  # file names are ruleset__rule__feature__phase-hash.png
     assert named == {rule for _, rule, _, _ in expected}
-    assert f"charts: {root / 'active' / 'charts'}/ ({len(files)} PNGs" in stdout["active"]
+    assert f"charts: {root / 'active' / 'charts'}/ ({len(files)} PNGs, linked" in stdout["active"]
 
 
 def test_all_draws_every_evaluated_rule(runs):
@@ -245,3 +246,9 @@ def test_lines_are_capped_and_groups_that_fired_come_first():
     shown = top_groups(rs)
     assert len(shown) == MAX_LINES
     assert shown[0] == ("r00",) and shown[1:3] == [("r11",), ("r10",)]
+
+
+def test_chart_counts_are_pluralised():
+    one = ChartFile("charts/a.png", "kill", "r", "f", "p", "t", "firing")
+    assert charts_section("active", [one])[3].startswith("1 PNG in `charts/`, one per rule set")
+    assert charts_section("active", [one, one])[3].startswith("2 PNGs in `charts/`")
