@@ -63,8 +63,8 @@ def run_demo(out: Path, preset: str = "latency_spike", offline: bool = False, du
         if same is not True:
             return 1
     print(f"report: {out / 'report.md'}")
-    print(f"charts: {res.charts_dir}/ ({plural(len(res.charts), 'PNG')}, one per rule that was pending or firing) — open "
-          f"{out / 'report.md'}, section Charts")
+    print(f"charts: {res.charts_dir}/ ({plural(len(res.charts), 'PNG')}, one per rule that was pending or firing) — "
+          f"open {out / 'report.md'}, section Charts")
     return 0
 
 

@@ -410,7 +410,8 @@ def _change_rows(changes: Sequence[Change], kind: str, cap: int) -> tuple[list[t
         times = tuple("—" if t is None else _fmt_ts(t) for t in (c.ts_a, c.ts_b)) + \
             ("—" if c.delta_ms is None else _fmt_duration(c.delta_ms, signed=True),)
         if kind == "commands":
-            rows.append((c.status, _place(r), r["action"], r["rule_id"], *times, readable_summary(r.get("reason") or "—")))
+            reason = readable_summary(r.get("reason") or "—")
+            rows.append((c.status, _place(r), r["action"], r["rule_id"], *times, reason))
         elif kind == "pages":
             pl = r["payload"]
             rows.append((c.status, f"{pl['component']} / {pl['group']}", pl["class"], r["event_action"],

@@ -237,8 +237,9 @@ def describe_presets(start: int, duration_ms: int) -> list[str]:
         parts = []
         for inc, (kind, at, length, magnitude, segment) in zip(preset_incidents(name, start, duration_ms), incidents):
             where = f", {', '.join(f'{k}={v}' for k, v in segment.items())} only" if segment else ""
+            when = f"{_clock(inc.start, start)}-{_clock(inc.start + inc.duration_ms, start)}"
             parts.append(f"{kind} (magnitude {magnitude:g}{where}) from {at:.0%} to {at + length:.0%} of the run "
-                         f"({_clock(inc.start, start)}-{_clock(inc.start + inc.duration_ms, start)} UTC on the default run)")
+                         f"({when} UTC on the default run)")
         lines.append(f"{name}: " + ("; ".join(parts) or "no incident"))
     return lines
 

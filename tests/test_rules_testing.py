@@ -360,8 +360,8 @@ def test_a_pack_and_its_cases_in_one_folder_work_with_validate_and_test(cases_di
     write_cases(cases_dir, PASSING, cases_name)
     assert main(["rules", "validate", str(cases_dir)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-2:] == [f"skip {cases_dir / cases_name}  (a `rules test` cases file: run it with `rollguard rules test`)",
-                        "1 rule set(s), 3 rules: valid; skipped 1 rules-test cases file"]  # fmt: skip
+    skip = f"skip {cases_dir / cases_name}  (a `rules test` cases file: run it with `rollguard rules test`)"
+    assert out[-2:] == [skip, "1 rule set(s), 3 rules: valid; skipped 1 rules-test cases file"]
     assert main(["rules", "test", str(cases_dir)]) == 0
     out = capsys.readouterr().out
     assert f"Unit testing: {cases_dir / 'rules.yaml'}" not in out
