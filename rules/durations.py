@@ -72,9 +72,7 @@ def parse_duration(s: str) -> int:
         if term is None:
             if _TERM.match(s.lower(), pos):
                 raise DurationError(f"invalid duration {s!r}: units are lower-case (d h m s ms), e.g. {s.lower()!r}")
-            raise DurationError(
-                f"invalid duration {s!r}: cannot read {s[pos:]!r}; write e.g. '30s', '5m', '1h30m' (units: d h m s ms)"
-            )
+            raise DurationError(f"invalid duration {s!r}: {_what_is_wrong(s, pos)}; {_EXPECTED}")
         if len(term.group(1)) > 15:
             # Also keeps int() below away from Python's limit on very long digit strings.
             raise DurationError(f"invalid duration {s!r}: longer than the maximum of {_MAX_TEXT}")
@@ -89,6 +87,59 @@ def parse_duration(s: str) -> int:
     if total > MAX_DURATION_MS:
         raise DurationError(f"invalid duration {s!r}: longer than the maximum of {_MAX_TEXT}")
     return total
+
+
+_EXPECTED = "expected a number followed by ms, s, m, h or d, e.g. 30s, 5m or 1h30m"
+# Unit words people write, and the unit (or the whole term, for weeks) rollguard's grammar spells them with.
+_UNIT_WORDS = {
+    **dict.fromkeys(("msec", "msecs", "millis", "millisecond", "milliseconds"), "ms"),
+    **dict.fromkeys(("sec", "secs", "second", "seconds"), "s"),
+    **dict.fromkeys(("min", "mins", "minute", "minutes"), "m"),
+    **dict.fromkeys(("hr", "hrs", "hour", "hours"), "h"),
+    **dict.fromkeys(("day", "days"), "d"),
+    **dict.fromkeys(("w", "wk", "wks", "week", "weeks"), "w"),
+}  # fmt: skip
+_WORD_TERM = re.compile(r"\s*([0-9]+)\s*([A-Za-z]+)\s*")
+
+
+def _what_is_wrong(s: str, pos: int) -> str:
+    """Why ``s`` stops being a duration at ``pos``, with the spelling rollguard reads when one is evident.
+
+    >>> _what_is_wrong("5min", 2)
+    "'min' is not a unit (did you mean '5m'?)"
+    >>> _what_is_wrong("1h 30m", 2)
+    "spaces are not allowed (did you mean '1h30m'?)"
+    >>> _what_is_wrong("2weeks", 0)
+    "'weeks' is not a unit (did you mean '14d'?)"
+    >>> _what_is_wrong("5x", 0), _what_is_wrong("1h30", 2)
+    ("'x' is not a unit", "'30' has no unit")
+    >>> _what_is_wrong("soon", 0)
+    "'soon' is not a number followed by a unit"
+    """
+    terms, at, spelled = [], 0, True
+    while at < len(s) and spelled:
+        m = _WORD_TERM.match(s, at)
+        word = m and (m.group(2) if m.group(2) in _UNIT_MS else _UNIT_WORDS.get(m.group(2).lower()))
+        if not word:
+            spelled = False
+            break
+        count = int(m.group(1)[:15])
+        terms.append(f"{count * 7}d" if word == "w" else f"{count}{word}")
+        at = m.end()
+    hint = f" (did you mean {''.join(terms)!r}?)" if spelled and terms and "".join(terms) != s else ""
+    if any(c.isspace() for c in s):
+        return f"spaces are not allowed{hint}"
+    rest = s[pos:]
+    word = re.match(r"[A-Za-z]+", rest)
+    if word and pos > 0 and s[pos - 1].isalpha():  # the unit letter read so far starts a longer word: 5min, 2hours
+        start = pos - 1 if s[pos - 2 : pos] != "ms" else pos - 2
+        return f"{s[start : pos + word.end()]!r} is not a unit{hint}"
+    term = re.match(r"[0-9]+([A-Za-z]+)", rest)
+    if term:  # digits then letters that are no unit: 5w, 3y
+        return f"{term.group(1)!r} is not a unit{hint}"
+    if rest.isdigit():
+        return f"{rest!r} has no unit{hint}"
+    return f"{rest!r} is not a number followed by a unit{hint}"
 
 
 def format_duration(ms: int) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
@@ -477,7 +478,7 @@ class EventParser:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as e:
-            yield InvalidEvent("invalid_json", str(e).split(":")[0])
+            yield InvalidEvent("invalid_json", _json_error_detail(e))
             return
         items = obj if type(obj) is list else (obj,)
         for i, item in enumerate(items):
@@ -488,6 +489,18 @@ class EventParser:
                     e = InvalidEvent(e.reason, f"[{i}] {e.detail}")
                 e.payload = item  # type: ignore[attr-defined]  # for the dead letter, redacted by the writer
                 yield e
+
+
+_NON_JSON_NUMBER = re.compile(r"(?:nan|infinity|inf)(?![A-Za-z0-9_])", re.IGNORECASE)
+
+
+def _json_error_detail(e: orjson.JSONDecodeError) -> str:
+    """orjson's complaint without its position; named when the culprit is a NaN or Infinity literal (Python's
+    ``json.dumps`` writes them, JSON has none), which orjson only calls an "unexpected character"."""
+    doc, pos = getattr(e, "doc", None), getattr(e, "pos", None)
+    if isinstance(doc, str) and isinstance(pos, int) and _NON_JSON_NUMBER.match(doc, pos):
+        return "NaN/Infinity is not valid JSON; send null or omit the field"
+    return str(e).split(":")[0]
 
 
 def redact(payload: Any, pseudo: Pseudonymizer) -> Any:

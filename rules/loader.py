@@ -36,6 +36,7 @@ from typing import Any, get_args
 from detectors import BINARY_DETECTORS, DETECTORS, validate_params
 from rules.durations import DurationError, format_duration, parse_duration
 from rules.exceptions import RollguardError
+from rules.file_kinds import has_tests_key, is_cases_file, is_cases_name
 from rules.located_yaml import LocatedMap, YamlSyntaxError, describe, did_you_mean, line_of, parse_documents
 from rules.metric_names import METRICS, MetricNameError, parse_metric
 from rules.model import (
@@ -111,9 +112,12 @@ class RulesInvalid(RollguardError):
         super().__init__("\n".join(str(error) for error in self.errors))
 
 
-def load_rules(paths: Sequence[str | Path]) -> tuple[RuleSet, ...]:
+def load_rules(paths: Sequence[str | Path], skipped: list[str] | None = None) -> tuple[RuleSet, ...]:
     """Load rule files and folders (a folder's ``*.yaml``/``*.yml`` files, sorted, not recursive).
 
+    A folder's ``rollguard rules test`` cases files (``*.test.yaml``, or a top-level ``tests:`` key; see
+    :mod:`rules.file_kinds`) are not rule files and are skipped; their paths are appended to ``skipped`` when given.
+    A cases file named explicitly is an error that says to run it with ``rules test``.
     Raises :class:`RulesInvalid` with every error of every file, a missing path included; nothing else.
     """
     if isinstance(paths, (str, Path)):
@@ -123,7 +127,13 @@ def load_rules(paths: Sequence[str | Path]) -> tuple[RuleSet, ...]:
     seen_names: dict[str, str] = {}
     rulesets: list[RuleSet] = []
     for given in paths:
-        for file in _expand(str(given), errors):
+        files = _expand(str(given), errors)
+        in_folder = Path(given).is_dir()
+        skipped_here: list[str] = []
+        for file in files:
+            if in_folder and is_cases_name(file):
+                skipped_here.append(file)
+                continue
             try:
                 resolved = str(Path(file).resolve())
                 raw = Path(file).read_bytes()
@@ -139,7 +149,19 @@ def load_rules(paths: Sequence[str | Path]) -> tuple[RuleSet, ...]:
                 line = raw[: exc.start].count(b"\n") + 1
                 errors.append(RuleError(file, line, None, None, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
                 continue
+            if in_folder and is_cases_file(file, text):
+                skipped_here.append(file)
+                continue
+            if has_tests_key(text):  # named explicitly: say what it is rather than "unknown key 'tests'"
+                errors.append(RuleError(file, None, None, None, "a `rules test` cases file (top-level tests:), "
+                                        f"not a rule file: run it with `rollguard rules test {file}`"))
+                continue
             rulesets.extend(_load_text(text, file, seen_names, errors))
+        if in_folder and files and len(skipped_here) == len(files):
+            errors.append(RuleError(str(given), None, None, None, f"folder holds no rule files, only "
+                                    f"{len(files)} `rules test` cases file(s)"))
+        if skipped is not None:
+            skipped.extend(skipped_here)
     if errors:
         raise RulesInvalid(errors)
     return tuple(rulesets)

@@ -1,7 +1,8 @@
 """Draw replay charts as PNG files with matplotlib's Agg renderer (no display, no pyplot global state).
 
 Two pictures: :func:`draw_rule` — one rule on one feature and phase, its groups as lines, the threshold, pending
-(amber) and firing (red) spans shaded, commands as labelled vertical lines; :func:`draw_overlay` — the same rule in
+(amber) and firing (red) spans shaded, a latched pause/kill hatched until the end ("latched (until resume)"),
+commands as vertical lines labelled in a band kept free of curves at the top; :func:`draw_overlay` — the same rule in
 two rule sets (``--compare``): both metrics where they differ, and each set's pending / firing runs on its own lane
 under the plot. Event time is on the x axis, in UTC.
 
@@ -25,7 +26,7 @@ from matplotlib.ticker import FuncFormatter
 
 from rules.events import parse_ts
 from streams.chart_series import RuleSeries
-from streams.report import _fmt_value
+from streams.report_format import metric_value as _fmt_value
 
 __all__ = ["MAX_LINES", "draw_rule", "draw_overlay", "top_groups"]
 
@@ -38,6 +39,7 @@ _EPOCH = float(mdates.date2num(datetime(1970, 1, 1, tzinfo=timezone.utc)))  # wh
 _UTC = timezone.utc
 _PNG_METADATA = {"Software": None}  # the default names the matplotlib version: bytes would differ across installs
 _SIZE, _DPI = (12.0, 4.6), 100
+_LABEL_STEP, _LABEL_ROWS = 0.075, 3  # command labels: row height (axes fraction), rows before they repeat
 _RC = {"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "path.simplify": True, "agg.path.chunksize": 10_000}
 
 
@@ -125,19 +127,49 @@ def _shade(ax, spans: Sequence[tuple[int, int, str]]) -> None:
                    alpha=0.22 if state == "firing" else 0.25, linewidth=0, zorder=0)  # fmt: skip
 
 
-def _commands(axes: Sequence, commands: Sequence[Mapping], style: str = "-", suffix: str = "") -> list:
+def _commands(axes: Sequence, commands: Sequence[Mapping], window: tuple[int, int], style: str = "-",
+              suffix: str = "", row: int = 0) -> list:
+    """Commands as vertical lines on every axis of ``axes``, labelled once at the top of the first, in the headroom
+    :func:`_headroom` keeps free of data: horizontal, on an opaque white box, starting at the line and running
+    away from the nearer edge. ``row`` stacks the labels of a second set of commands (``--compare``) below."""
     handles = []
-    for c in commands:
-        x = _x(parse_ts(c["ts"]))
+    span = max(window[1] - window[0], 1)
+    for n, c in enumerate(commands):
+        ms = parse_ts(c["ts"])
+        x = _x(ms)
         for i, ax in enumerate(axes):
-            line = ax.axvline(x, color=COMMAND, linestyle=style, linewidth=1.2, zorder=3)
+            ax.axvline(x, color=COMMAND, linestyle=style, linewidth=1.2, zorder=3)
             if i == 0:
-                ax.text(x, 0.98, f" {c['action'].upper()} ({c['rule_id']}){suffix}", transform=ax.get_xaxis_transform(),
-                        rotation=90, va="top", ha="right", fontsize=7, color=COMMAND,
-                        bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})  # fmt: skip
+                right = (ms - window[0]) / span > 0.6  # near the right edge the label runs leftwards
+                y = 0.985 - _LABEL_STEP * (row + n % _LABEL_ROWS)
+                ax.text(x, y, f" {c['action'].upper()} ({c['rule_id']}){suffix} ", transform=ax.get_xaxis_transform(),
+                        va="top", ha="right" if right else "left", fontsize=7, color=COMMAND, zorder=5, clip_on=True,
+                        bbox={"facecolor": "white", "alpha": 1.0, "edgecolor": COMMAND, "linewidth": 0.5,
+                              "pad": 1.5})  # fmt: skip
                 if not handles:
                     handles.append(Line2D([], [], color=COMMAND, linestyle=style, label=f"command{suffix}"))
     return handles
+
+
+def _headroom(ax, label_rows: int) -> None:
+    """Raise the top of the value axis so that ``label_rows`` rows of command labels sit above every curve."""
+    if label_rows:
+        lo, hi = ax.get_ylim()
+        room = label_rows * _LABEL_STEP + 0.03  # the share of the axes height the labels need
+        ax.set_ylim(lo, hi + (hi - lo) * room / (1 - room))
+
+
+def _latched(ax, rs: RuleSeries, window: tuple[int, int]) -> list:
+    """Hatch the stretch where an enforced pause/kill stayed latched (firing until an operator resume, whatever
+    the metric did) and say so in the legend; nothing for other rules."""
+    since = rs.latched_since()
+    if since is None:
+        return []
+    end = max(window[1], since) + rs.info.every_ms
+    ax.axvspan(_x(since), _x(end), facecolor="none", edgecolor=FIRING, hatch="///", linewidth=0, alpha=0.6,
+               zorder=1)  # fmt: skip
+    return [Patch(facecolor=FIRING, alpha=0.35, edgecolor=FIRING, hatch="///", linewidth=0,
+                  label="latched (until resume)")]  # fmt: skip
 
 
 def _legend(ax, handles: list, hidden: int, total: int) -> None:
@@ -169,7 +201,9 @@ def draw_rule(path: Path, rs: RuleSeries, key, commands: Sequence[Mapping], wind
         handles = _lines(ax, rs, groups, "-", "")
         handles += _threshold(ax, rs, THRESHOLD, "--", "")
         handles += [Patch(color=PENDING, alpha=0.4, label="pending"), Patch(color=FIRING, alpha=0.35, label="firing")]
-        handles += _commands([ax], commands)
+        handles += _latched(ax, rs, window)
+        handles += _commands([ax], commands, window)
+        _headroom(ax, min(len(commands), _LABEL_ROWS))
         _value_axis(ax, rs)
         _time_axis(ax, window)
         _title(ax, key.rule_id, rs, key.feature, key.phase, key.ruleset)
@@ -222,8 +256,10 @@ def draw_overlay(path: Path, key: tuple[str, str, str], base: RuleSeries | None,
                 lane.text(0.5, y, "rule not in this rule set", transform=lane.get_yaxis_transform(), ha="center",
                           va="center", fontsize=7, color="#777777")  # fmt: skip
         handles += [Patch(color=PENDING, label="pending"), Patch(color=FIRING, label="firing")]
-        handles += _commands([ax, lane], commands[0], "-", f" ({labels[0]})")
-        handles += _commands([ax, lane], commands[1], "--", f" ({labels[1]})")
+        handles += _commands([ax, lane], commands[0], window, "-", f" ({labels[0]})")
+        handles += _commands([ax, lane], commands[1], window, "--", f" ({labels[1]})",
+                             row=min(len(commands[0]), _LABEL_ROWS))
+        _headroom(ax, sum(min(len(c), _LABEL_ROWS) for c in commands))
         lane.set_ylim(-0.6, 1.6)
         lane.set_yticks([1.0, 0.0], list(labels))
         lane.grid(True, axis="x", color="#dddddd", linewidth=0.6)

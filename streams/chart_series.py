@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from rules.engine import Observation
 
 __all__ = [
     "CHART_MODES",
+    "OUTCOMES",
     "ChartKey",
     "RuleInfo",
     "MinMaxSeries",
@@ -42,6 +44,8 @@ CHART_MODES = ("active", "all", "none")
 DEFAULT_CAP = 2000  # points per series: about the pixel width of a chart, two points (min, max) per column
 SPAN_CAP = 1000  # pending/firing runs per series before neighbours close in time are merged
 STATE_RANK = {"pending": 1, "firing": 2}  # the states charts shade; firing wins where they overlap
+# What a firing became (rules.policy): fired and acted on, recorded under a kill (inhibited), held by the breaker.
+OUTCOMES = ("firing", "inhibited", "held")
 
 
 @dataclass(frozen=True, order=True)
@@ -58,7 +62,7 @@ class ChartKey:
 class RuleInfo:
     """What a chart shows of the rule's definition. ``compared`` names what the series holds: the metric value,
     its relative change against the baseline, the Wilson bound, the spread across a segment key, or a drift
-    detector's estimate."""
+    detector's level (ADWIN's window mean; for other detectors the mean since the detector last restarted)."""
 
     tier: str
     mode: str
@@ -72,8 +76,8 @@ class RuleInfo:
     @classmethod
     def of(cls, bound) -> RuleInfo:
         r = bound.rule
-        if r.drift is not None:
-            compared = "detector estimate"
+        if r.drift is not None:  # what the detector's level is (streams.report_format.drift_evidence)
+            compared = "window mean (ADWIN)" if r.drift.detector == "adwin" else "mean since detector restart"
         elif r.baseline_ms is not None:
             compared = "change vs baseline"
         elif r.across:
@@ -245,15 +249,36 @@ class GroupSeries:
 
 @dataclass
 class RuleSeries:
-    """Everything drawn on one chart: the rule's definition and its groups' series."""
+    """Everything drawn on one chart: the rule's definition, its groups' series, and what its firings became
+    (``outcomes``: decisions per transition of :data:`OUTCOMES`, from :meth:`SeriesCollector.note_decisions`)."""
 
     info: RuleInfo
     groups: dict[tuple[str, ...], GroupSeries] = field(default_factory=dict)
+    outcomes: Counter = field(default_factory=Counter)
 
     def reached(self) -> str | None:
         """The worst state any group reached: ``firing``, ``pending`` or None."""
         states = {g.states.reached() for g in self.groups.values()} - {None}
         return max(states, key=STATE_RANK.__getitem__, default=None)
+
+    def outcome(self) -> str:
+        """What the chart list says the rule did: ``quiet``, ``pending``, or for a rule that fired what its firings
+        became — ``firing``, ``inhibited`` (a lower tier while the feature/phase was killed), ``held`` (a kill beyond
+        the breaker), or several of them (``firing, inhibited``)."""
+        reached = self.reached()
+        if reached != "firing":
+            return reached or "quiet"
+        return ", ".join(o for o in OUTCOMES if self.outcomes[o]) or reached
+
+    def latched_since(self) -> int | None:
+        """For an enforced pause or kill that fired and is still firing at the end: when its latch began (the
+        earliest firing run still open). Such a rule stays firing until an operator resumes, whatever the metric
+        does; None otherwise."""
+        info = self.info
+        if info.tier not in ("pause", "kill") or info.mode != "enforce" or not self.outcomes["firing"]:
+            return None
+        open_ = [g.states.since for g in self.groups.values() if g.states.state == "firing"]
+        return min(open_, default=None)
 
     def spans(self) -> list[tuple[int, int, str]]:
         """The worst state over all groups, as non-overlapping spans."""
@@ -294,6 +319,15 @@ class SeriesCollector:
             g = rs.groups[obs.group] = GroupSeries(MinMaxSeries(self.cap))
         g.values.add(t, obs.compared)
         g.states.add(t, obs.state)
+
+    def note_decisions(self, decisions: Iterable[Mapping]) -> None:
+        """Count what each firing became (``firing``, ``inhibited``, ``held``): the observer sees lifecycle states
+        only, the decisions say what the policy made of them. Feed each engine step's decisions after the step."""
+        for d in decisions:
+            if d["transition"] in OUTCOMES:
+                rs = self.rules.get(ChartKey(d["ruleset"], d["rule_id"], d["feature"], d["phase"]))
+                if rs is not None:
+                    rs.outcomes[d["transition"]] += 1
 
     def selected(self, mode: str) -> list[ChartKey]:
         """The charts ``mode`` draws, in key order: ``all`` evaluated rules or the ``active`` ones."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.chart_series import CHART_MODES, ChartKey, RuleSeries, SeriesCollector
+from streams.report_format import plural
 
 __all__ = ["CHARTS_DIR", "ChartFile", "file_name", "clear_charts", "write_rule_charts", "write_overlays",
            "overlay_keys", "charts_section"]  # fmt: skip
@@ -35,7 +36,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 @dataclass(frozen=True)
 class ChartFile:
     """One PNG written: ``path`` relative to the report's folder (POSIX), what it shows and what the rule reached
-    (``firing``, ``pending``, ``quiet``; for an overlay, per side)."""
+    (``firing``, ``inhibited``, ``held``, ``pending``, ``quiet``: :meth:`RuleSeries.outcome`; for an overlay, per
+    side)."""
 
     path: str
     tier: str
@@ -85,7 +87,7 @@ def write_rule_charts(out_dir: Path, collector: SeriesCollector, mode: str,
         draw_rule(out_dir / CHARTS_DIR / name, rs, key, _commands_of(commands, key.feature, key.phase),
                   _window(collector))
         written.append(ChartFile(f"{CHARTS_DIR}/{name}", rs.info.tier, key.rule_id, key.feature, key.phase,
-                                 key.ruleset, rs.reached() or "quiet"))  # fmt: skip
+                                 key.ruleset, rs.outcome()))  # fmt: skip
     return written
 
 
@@ -134,7 +136,7 @@ def write_overlays(out_dir: Path, base: SeriesCollector, candidate: SeriesCollec
         name = file_name(rule_id, feature, phase)
         draw_overlay(out_dir / CHARTS_DIR / COMPARE_DIR / name, key, a and a[1], b and b[1], SIDES,
                      tuple(_commands_of(c, feature, phase) for c in commands), _window(base, candidate))  # fmt: skip
-        reached = ", ".join(f"{label} {x[1].reached() or 'quiet'}" if x else f"{label} absent"
+        reached = ", ".join(f"{label} {x[1].outcome()}" if x else f"{label} absent"
                             for label, x in zip(SIDES, (a, b)))  # fmt: skip
         tier = (a or b)[1].info.tier
         ruleset = " / ".join(dict.fromkeys(x[0].ruleset for x in (a, b) if x))
@@ -166,17 +168,20 @@ def charts_section(mode: str, charts: Sequence[ChartFile], overlays: Sequence[Ch
              "(`--charts all` draws every evaluated rule)")  # fmt: skip
     lines = ["", "## Charts", ""]
     if charts:
-        lines.append(f"{len(charts):,} PNG(s) in `{CHARTS_DIR}/`, one per rule set, rule, feature and phase for "
+        lines.append(f"{plural(len(charts), 'PNG')} in `{CHARTS_DIR}/`, one per rule set, rule, feature and phase for "
                      f"{which}: the value each rule compared with its threshold per group over event time (UTC), "
-                     "pending shaded amber, firing red, commands as vertical lines.")  # fmt: skip
+                     "pending shaded amber, firing red, a pause or kill latched until an operator resume hatched, "
+                     "commands as vertical lines labelled at the top. The list says what each rule's firings became: "
+                     "`firing`, `inhibited` (under a kill: recorded, no page) or `held` (by the kill breaker)."
+                     )  # fmt: skip
     else:
         lines.append("No charts: no rule was pending or firing (`--charts all` draws every evaluated rule)."
                      if mode == "active" else "No charts: no rule was evaluated.")
     lines += _links(charts, "###")
     if overlays is not None:
         lines += ["", f"### Overlays: {SIDES[0]} = {labels[0]}, {SIDES[1]} = {labels[1]}", ""]
-        lines.append(f"{len(overlays):,} PNG(s) in `{CHARTS_DIR}/{COMPARE_DIR}/`, one per rule, feature and phase "
-                     "that fired in either rule set: the metric of both (dashed: the candidate's, where it differs), "
+        lines.append(f"{plural(len(overlays), 'PNG')} in `{CHARTS_DIR}/{COMPARE_DIR}/`, one per rule, feature and "
+                     "phase that fired in either rule set: the metric of both (dashed: the candidate's, where it differs), "
                      "both thresholds, and each set's pending / firing runs on its own lane."
                      if overlays else "No rule fired in either rule set: no overlays.")  # fmt: skip
         lines += _links(overlays, "####")

@@ -17,7 +17,9 @@ from pydantic import ValidationError
 from rules.durations import parse_duration
 from rules.exceptions import RollguardError
 from rules.loader import RulesInvalid, load_rules
+from rules.outputs import iso
 from streams.kafka_source import add_from_kafka_args
+from streams.report_format import plural
 from streams.settings import Settings, clock_skew_ms
 
 __all__ = ["main"]
@@ -29,8 +31,9 @@ def _fail(msg: str, code: int = 2) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    skipped: list[str] = []
     try:
-        rulesets = load_rules(args.paths)
+        rulesets = load_rules(args.paths, skipped=skipped)
     except RulesInvalid as e:
         for err in e.errors:
             print(err, file=sys.stderr)
@@ -39,7 +42,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     n = sum(len(r.rules) for r in rulesets)
     for r in rulesets:
         print(f"ok  {r.name:<36} {len(r.rules):>3} rules  version {r.version[:12]}  ({r.source})")
-    print(f"{len(rulesets)} rule set(s), {n} rules: valid")
+    for path in skipped:
+        print(f"skip {path}  (a `rules test` cases file: run it with `rollguard rules test`)")
+    skipped_text = f"; skipped {plural(len(skipped), 'rules-test cases file')}" if skipped else ""
+    print(f"{len(rulesets)} rule set(s), {n} rules: valid{skipped_text}")
     return 0
 
 
@@ -107,7 +113,7 @@ def _print_summary(res) -> None:
             f"pages {cc['pages.jsonl']:,}  (in {res.out_dir / 'compare'})"
         )
     if res.charts:
-        print(f"charts: {res.charts_dir}/ ({len(res.charts):,} PNGs, linked from report.md)")
+        print(f"charts: {res.charts_dir}/ ({plural(len(res.charts), 'PNG')}, linked from report.md)")
     print(f"report: {res.out_dir / 'report.md'}")
 
 
@@ -176,6 +182,35 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default and keeps the description's and epilog's line breaks."""
+
+
+def _add_scenario_parser(sub: Any) -> None:
+    from streams.scenario import PRESETS, Scenario
+    from streams.scenario_incidents import describe_presets
+
+    d = Scenario()
+    days = d.duration_ms / 86_400_000
+    s = sub.add_parser(
+        "scenario", help="generate a synthetic traffic scenario as JSONL", formatter_class=_HelpWithDefaults,
+        description=(
+            f"Generate seeded synthetic traffic (docs/contract.md §1 events, JSON Lines) for feature {d.feature!r},\n"
+            f"phase {d.phase!r}, from {iso(d.start)} (a Monday): interactions at a diurnal, Poisson rate and\n"
+            "the feedback that follows them (suggestion outcomes, thumbs, expert reviews, tickets, surveys), with\n"
+            "the preset's incident. Incidents sit at fixed shares of the run, so --days moves and stretches them."),
+        epilog="presets (incident, when it happens):\n" + "\n".join(
+            "  " + line for line in describe_presets(d.start, d.duration_ms)),
+    )  # fmt: skip
+    s.add_argument("preset", metavar="PRESET", help="the incident to inject: " + ", ".join(PRESETS) + " (see below)")
+    s.add_argument("--out", required=True, metavar="FILE", default=argparse.SUPPRESS, help=".jsonl or .jsonl.gz")
+    s.add_argument("--seed", type=int, default=d.seed, help="random seed: the same seed gives the same bytes")
+    s.add_argument("--days", type=float, default=days, help="event time the scenario covers, in days")
+    s.add_argument("--rate", type=float, default=d.mean_rate_per_s,
+                   help="mean interactions per second on weekdays (diurnal: nights ~15%% of the peak)")
+    s.set_defaults(func=cmd_scenario)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="rollguard", description="Streaming guardrail monitor for AI feature launches.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -202,13 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("paths", nargs="+", metavar="PATH")
     v.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("scenario", help="generate a synthetic traffic scenario as JSONL")
-    s.add_argument("preset", help="clean, latency_spike, acceptance_decline, pii_leak, ...")
-    s.add_argument("--out", required=True, metavar="FILE", help=".jsonl or .jsonl.gz")
-    s.add_argument("--seed", type=int)
-    s.add_argument("--days", type=float)
-    s.add_argument("--rate", type=float, help="mean interactions per second")
-    s.set_defaults(func=cmd_scenario)
+    _add_scenario_parser(sub)
 
     w = sub.add_parser("worker", help="run a live worker (Faust): Kafka in, Redis state, decisions/commands/pages out")
     w.add_argument("--config", metavar="FILE", help="settings file (KEY=VALUE lines, ROLLGUARD_ prefix); env wins")

@@ -20,6 +20,7 @@ import orjson
 from rules.loader import CATALOG, load_rules
 from rules.outputs import iso
 from streams.replay import OUTPUT_FILES, replay
+from streams.report_format import plural
 from streams.scenario import generate, scenario_from_args, write_jsonl
 from streams.settings import Settings
 
@@ -62,8 +63,8 @@ def run_demo(out: Path, preset: str = "latency_spike", offline: bool = False, du
         if same is not True:
             return 1
     print(f"report: {out / 'report.md'}")
-    print(f"charts: {res.charts_dir}/ ({len(res.charts)} PNGs, one per rule that was pending or firing) — open "
-          f"{out / 'report.md'}, section Charts")
+    print(f"charts: {res.charts_dir}/ ({plural(len(res.charts), 'PNG')}, one per rule that was pending or firing) — "
+          f"open {out / 'report.md'}, section Charts")
     return 0
 
 
@@ -147,7 +148,8 @@ def _status_line(rows: list[dict]) -> str:
     parts = []
     for s in rows:
         for phase, p in sorted(s["phases"].items()):
-            firing = [r["rule_id"] for r in p["rules"] if r["state"] == "firing"]
+            firing = [r["rule_id"] + (" (shadow)" if r.get("mode") == "shadow" else "")
+                      for r in p["rules"] if r["state"] == "firing"]  # fmt: skip
             pending = [r["rule_id"] for r in p["rules"] if r["state"] == "pending"]
             parts.append(f"{s['feature']}/{phase} tier {p['tier'].upper()} at event time {(s['watermark'] or '')[:16]}"
                          + (f"; firing: {', '.join(firing)}" if firing else "")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+from typing import IO, Any
 
 from streams.settings import Settings
 from streams.topics import Topics, TopicsError, ensure_topics, input_partitions
 
-__all__ = ["run_worker", "preflight"]
+__all__ = ["run_worker", "preflight", "faust_worker"]
 
 
 def preflight(settings: Settings, create_topics: bool = True) -> Settings:
@@ -44,12 +46,33 @@ def preflight(settings: Settings, create_topics: bool = True) -> Settings:
 
 
 def run_worker(settings: Settings, create_topics: bool = True, log_level: str = "warning") -> int:
-    from faust.worker import Worker as FaustWorker
-
     from streams.app import Worker
 
     settings = preflight(settings, create_topics)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings)
-    FaustWorker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()
+    faust_worker(worker.app, log_level).execute_from_commandline()
     return 0
+
+
+def faust_worker(app: Any, log_level: str, stdout: IO[str] | None = None) -> Any:
+    """The Faust worker that runs ``app``, writing to ``stdout`` (default ``sys.stdout``).
+
+    Faust draws a progress spinner at the warning level and below, and writes its cursor hide/show escape codes
+    even when the output is not a terminal; so off a terminal (a log file, a container's log) the spinner is
+    removed, and the log holds plain text. Faust's coloured log formatter already checks for a terminal itself.
+    """
+    from faust.worker import Worker as FaustWorker
+
+    out = stdout if stdout is not None else sys.stdout
+    worker = FaustWorker(app, loglevel=log_level, quiet=True, stdout=out)
+    if not _is_terminal(out):
+        worker.spinner = None
+    return worker
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # a closed or unusual stream is not a terminal
+        return False

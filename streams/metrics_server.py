@@ -74,8 +74,7 @@ class MetricsServer(Service):
             log.error("metrics endpoint disabled: cannot listen on %s:%d (%s)", self.host, self.port, e)
             return
         self._runner = runner
-        # a warning so that it shows at the worker's default log level: operators need the address
-        log.warning("metrics on %s (probes: /healthz, /ready)", self.url)
+        log.info("metrics on %s (probes: /healthz, /ready)", self.url)  # news, not a problem: info
 
     async def on_stop(self) -> None:
         if self._runner is not None:

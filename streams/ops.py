@@ -19,7 +19,7 @@ from streams.security import kafka_python_config, redis_kwargs
 from streams.settings import Settings
 from streams.topics import Topics
 
-__all__ = ["add_ops_parsers", "read_status", "send_control", "resume_message", "render_status"]
+__all__ = ["add_ops_parsers", "read_status", "send_control", "resume_message", "render_status", "rule_state"]
 
 
 def resume_message(feature: str, phase: str | None, reason: str, operator: str | None, now_ms: int) -> dict:
@@ -63,6 +63,16 @@ async def read_status(redis_url: str, namespace: str, cluster: bool = False, **c
     return out
 
 
+def rule_state(rule: dict) -> str:
+    """A rule's state as status shows it: ``firing``, ``pending``, and ``firing (shadow)`` for a shadow rule, which
+    is evaluated and recorded but raises no tier, latches nothing and pages no one.
+
+    >>> rule_state({"state": "firing"}), rule_state({"state": "firing", "mode": "shadow"})
+    ('firing', 'firing (shadow)')
+    """
+    return rule["state"] + (" (shadow)" if rule.get("mode") == "shadow" else "")
+
+
 def render_status(rows: list[dict], now_ms: int) -> str:
     if not rows:
         return "no feature state yet (has a worker processed events?)"
@@ -71,7 +81,7 @@ def render_status(rows: list[dict], now_ms: int) -> str:
         age = f"{(now_ms - s['updated_ms']) / 1000:.0f}s ago"
         for phase, p in sorted(s["phases"].items()) or [("-", {"tier": "ok", "latch": None, "rules": []})]:
             rules = ", ".join(
-                f"{r['rule_id']}({r['tier']},{r['state']}{',held' if r['held'] else ''}"
+                f"{r['rule_id']}({r['tier']},{rule_state(r)}{',held' if r['held'] else ''}"
                 + (f",{'/'.join(r['group'])}" if r["group"] else "") + ")"
                 for r in p["rules"]
             )  # fmt: skip

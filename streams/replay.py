@@ -196,9 +196,14 @@ def replay(
     batch: list = []
     dead: list[dict] = []
 
+    def emit(i: int, outputs: Outputs) -> None:
+        sinks[i].outputs(outputs)
+        if collectors:  # what each firing became (inhibited, held): the charts' list says so
+            collectors[i].note_decisions(outputs.decisions)
+
     def flush() -> None:
-        for eng, sink in zip(engines, sinks):
-            sink.outputs(eng.step(batch))
+        for i, (eng, sink) in enumerate(zip(engines, sinks)):
+            emit(i, eng.step(batch))
             sink.write("deadletter.jsonl", dead)
         batch.clear()
         dead.clear()
@@ -230,8 +235,8 @@ def replay(
                 flush()
                 bar.update(src.progress, result.events_read)
         flush()
-        for eng, sink in zip(engines, sinks):
-            sink.outputs(eng.finish())
+        for i, eng in enumerate(engines):
+            emit(i, eng.finish())
     finally:
         bar.close()
         for sink in sinks:

@@ -4,7 +4,7 @@ A rule author opens it to learn in a minute what the rules would have done to a 
 and phase first (final tier, commands issued), then each ruleset's timeline of firings and the rules that never
 fired, and with ``--compare`` what changes if the candidate rules ship (:func:`diff_outputs`).
 
-Input is the replay outputs exactly as published (CONTRACT.md §4: decision, command and page dicts) plus a
+Input is the replay outputs exactly as published (docs/contract.md §4: decision, command and page dicts) plus a
 :class:`ReplayStats` the replay fills. The report is deterministic (same input, same bytes: no wall clock, every
 order a total order) and bounded: tables are capped, decisions are read once from an iterable and only what a
 table shows is kept, except that a comparison keeps the notable transitions the diff needs.
@@ -12,7 +12,6 @@ table shows is kept, except that a comparison keeps the notable transitions the 
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,9 @@ from streams.comparison import (
     _require,
     diff_outputs,
 )
+from streams.report_format import drift_evidence, readable_summary
+from streams.report_format import metric_value as _fmt_value
+from streams.report_format import number as _num
 
 __all__ = [
     "ReplayStats",
@@ -49,12 +51,8 @@ __all__ = [
 TIERS = tuple(TIER_ORDER)  # ok < investigate < pause < kill
 ACTION_TIER = {action: tier for tier, action in ACTIONS.items()}
 SEVERITY_TIER = {severity: tier for tier, severity in SEVERITY.items()}
-# A drift rule's value is its detector's estimate of the signal; show it in the unit of the matching metric.
-_DRIFT_SIGNAL_METRIC = {"acceptance": "acceptance_rate", "error": "error_rate", "thumbs_down": "thumbs_down_rate",
-                        "latency_ms": "latency_mean", "cost_usd": "cost_per_request"}
 FIRED = ("firing", "inhibited", "held")
 DEFAULT_CAP = 50
-
 
 
 @dataclass(frozen=True)
@@ -124,36 +122,6 @@ def _fmt_duration(ms: int, signed: bool = False) -> str:
     return sign + "".join(parts[:2])
 
 
-def _num(x: float) -> str:
-    if not math.isfinite(x):
-        return str(x)
-    size = abs(x)
-    decimals = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 1 or size == 0 else \
-        min(6, 2 - math.floor(math.log10(size)))
-    text = f"{x:,.{decimals}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def _fmt_value(metric: str | None, value: Any, relative: bool) -> str:
-    """A metric value in its unit, decided by the metric name (CONTRACT.md §2)."""
-    if value is None:
-        return "—"
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return str(value)
-    if relative:  # baseline rules compare (value - value_then) / value_then
-        return ("+" if value > 0 else "") + _num(value * 100) + "%"
-    name, _, param = (metric or "").partition(":")
-    if name == "drift":
-        name = _DRIFT_SIGNAL_METRIC.get(param.rpartition(":")[2], "")
-    if name.endswith("_rate"):
-        return _num(value * 100) + "%"
-    if name.startswith("latency_"):
-        return _num(value) + " ms"
-    if name.startswith("cost_"):
-        return ("-$" if value < 0 else "$") + _num(abs(value))
-    return _num(value)
-
-
 def _relative(d: Mapping) -> bool:
     # A baseline rule's threshold bounds the relative change the engine puts in ``details``, not the value.
     return "baseline_value" in (d.get("details") or {})
@@ -167,13 +135,15 @@ def _fmt_evidence(d: Mapping) -> str:
     '1,620 ms, +62% vs baseline (> +50%)'
     """
     metric, details = d.get("metric"), d.get("details") or {}
+    if (metric or "").startswith("drift:") and d.get("threshold") is None:
+        return drift_evidence(metric, d.get("value"), details)
     text = _fmt_value(metric, d.get("value"), False)
     if "change" in details:
         text += f", {_fmt_value(metric, details['change'], True)} vs baseline"
     elif "bound" in details:  # ``confidence``: the Wilson bound on the far side of the threshold
         text += f", bound {_fmt_value(metric, details['bound'], False)}"
     if d.get("threshold") is None:
-        return text + (" (estimate)" if (metric or "").startswith("drift:") and d.get("value") is not None else "")
+        return text
     return f"{text} ({d.get('op') or 'vs'} {_fmt_value(metric, d['threshold'], _relative(d))})"
 
 
@@ -350,7 +320,8 @@ def _render_commands(digest: _Digest, title: str, cap: int) -> list[str]:
     if not digest.commands:
         return lines + ["No commands issued."]
     rows = [(_fmt_ts(_ms(c["ts"], "command")), _place(c), c["action"],
-             f"{c.get('ruleset', '—')} / {c['rule_id']}", c.get("reason") or "—") for c in digest.commands[:cap]]
+             f"{c.get('ruleset', '—')} / {c['rule_id']}", readable_summary(c.get("reason") or "—"))
+            for c in digest.commands[:cap]]
     lines += _table(("time", "feature / phase", "action", "rule", "reason"), rows)
     if len(digest.commands) > cap:
         lines.append(f"\n… {len(digest.commands) - cap:,} more, see commands.jsonl")
@@ -448,7 +419,8 @@ def _change_rows(changes: Sequence[Change], kind: str, cap: int) -> tuple[list[t
         times = tuple("—" if t is None else _fmt_ts(t) for t in (c.ts_a, c.ts_b)) + \
             ("—" if c.delta_ms is None else _fmt_duration(c.delta_ms, signed=True),)
         if kind == "commands":
-            rows.append((c.status, _place(r), r["action"], r["rule_id"], *times, r.get("reason") or "—"))
+            reason = readable_summary(r.get("reason") or "—")
+            rows.append((c.status, _place(r), r["action"], r["rule_id"], *times, reason))
         elif kind == "pages":
             pl = r["payload"]
             rows.append((c.status, f"{pl['component']} / {pl['group']}", pl["class"], r["event_action"],

@@ -15,6 +15,7 @@ from typing import TextIO
 
 from rules.case_loader import load_cases
 from rules.cases import CasesInvalid
+from rules.file_kinds import is_rule_file
 from rules.testing import never_evaluated, run_case
 
 __all__ = ["add_rules_test_parser", "cmd_rules_test", "cases_files"]
@@ -29,22 +30,35 @@ def add_rules_test_parser(rsub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_rules_test)
 
 
-def cases_files(paths: list[str]) -> tuple[list[Path], list[str]]:
+def cases_files(paths: list[str], skipped: list[Path] | None = None) -> tuple[list[Path], list[str]]:
     """The cases files the arguments name (a folder's ``*.yaml``/``*.yml``, sorted) and the problems of those that
-    name none."""
+    name none. In a folder, files that are recognisably rule files (:func:`rules.file_kinds.is_rule_file`: a pack
+    kept next to its cases) are not cases files; they are appended to ``skipped`` when given."""
     files, missing = [], []
     for given in paths:
         p = Path(given)
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file())
-            files += found
+            rule_files = [f for f in found if _is_rule_file(f)]
+            files += [f for f in found if f not in rule_files]
+            if skipped is not None:
+                skipped += rule_files
             if not found:
                 missing.append(f"{given}: folder holds no *.yaml or *.yml files")
+            elif len(rule_files) == len(found):
+                missing.append(f"{given}: folder holds only rule files, no cases files")
         elif p.is_file():
             files.append(p)
         else:
             missing.append(f"{given}: no such file or folder")
     return files, missing
+
+
+def _is_rule_file(path: Path) -> bool:
+    try:
+        return is_rule_file(path, path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError):
+        return False  # not for us to judge: loading it as a cases file reports the problem
 
 
 def cmd_rules_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -54,7 +68,8 @@ def cmd_rules_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except re.error as exc:
         print(f"rollguard: error: --run: invalid regular expression: {exc}", file=sys.stderr)
         return 2
-    files, missing = cases_files(args.paths)
+    skipped: list[Path] = []
+    files, missing = cases_files(args.paths, skipped)
     for m in missing:
         print(f"rollguard: error: {m}", file=sys.stderr)
     invalid = bool(missing)
@@ -90,7 +105,8 @@ def cmd_rules_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
                   + (f"; never: {', '.join(missed)}" if missed else ""), file=out)  # fmt: skip
     total = passed + failed
     print(f"{total} test(s) in {len(files)} file(s): {passed} passed, {failed} failed"
-          + (", some files invalid" if invalid else ""), file=out)  # fmt: skip
+          + (", some files invalid" if invalid else "")
+          + (f"; skipped {len(skipped)} rule file(s)" if skipped else ""), file=out)  # fmt: skip
     if invalid:
         return 2
     if patterns and not total:

@@ -49,6 +49,7 @@ __all__ = [
     "incident_effects",
     "incident_errors",
     "preset_incidents",
+    "describe_presets",
 ]
 
 # kind -> (lowest magnitude, lowest is inclusive, highest magnitude or inf)
@@ -222,3 +223,28 @@ def preset_incidents(name: str, start: int, duration_ms: int) -> tuple[Incident,
                  dict(segment) if segment else None)
         for kind, at, length, magnitude, segment in PRESET_INCIDENTS[name]
     )
+
+
+def describe_presets(start: int, duration_ms: int) -> list[str]:
+    """One line per preset: its incidents, when they happen as shares of the run, and the times they take in a run
+    of ``duration_ms`` from ``start`` (what ``rollguard scenario --help`` lists).
+
+    >>> describe_presets(0, 86_400_000)[1]
+    'latency_spike: latency_spike (magnitude 1.5) from 60% to 75% of the run (14:24-18:00 UTC on the default run)'
+    """
+    lines = []
+    for name, incidents in PRESET_INCIDENTS.items():
+        parts = []
+        for inc, (kind, at, length, magnitude, segment) in zip(preset_incidents(name, start, duration_ms), incidents):
+            where = f", {', '.join(f'{k}={v}' for k, v in segment.items())} only" if segment else ""
+            when = f"{_clock(inc.start, start)}-{_clock(inc.start + inc.duration_ms, start)}"
+            parts.append(f"{kind} (magnitude {magnitude:g}{where}) from {at:.0%} to {at + length:.0%} of the run "
+                         f"({when} UTC on the default run)")
+        lines.append(f"{name}: " + ("; ".join(parts) or "no incident"))
+    return lines
+
+
+def _clock(ms: int, start: int) -> str:
+    """``HH:MM`` of ``ms``, with ``(+Nd)`` when it falls N days after the day ``start`` is in."""
+    minutes = (ms - (start - start % 86_400_000)) // 60_000
+    return f"{minutes // 60 % 24:02d}:{minutes % 60:02d}" + (f" (+{minutes // 1440}d)" if minutes >= 1440 else "")

@@ -20,8 +20,24 @@ import pytest
 
 from rules.engine import EngineConfig
 from rules.loader import load_rules
+import numpy as np
+
+from engine_kit import rules as load_pack
+from engine_kit import traffic
+from rules.engine import Engine
+from streams import chart_render
 from streams.chart_render import MAX_LINES, top_groups
-from streams.chart_series import GroupSeries, MinMaxSeries, RuleInfo, RuleSeries, StateSpans, reduce_min_max
+from streams.chart_series import (
+    ChartKey,
+    GroupSeries,
+    MinMaxSeries,
+    RuleInfo,
+    RuleSeries,
+    SeriesCollector,
+    StateSpans,
+    reduce_min_max,
+)
+from streams.charts import ChartFile, charts_section
 from streams.cli import main
 from streams.replay import replay
 from streams.scenario import generate, scenario_from_args, write_jsonl
@@ -113,7 +129,7 @@ def test_active_draws_one_valid_png_per_rule_that_was_pending_or_firing(runs):
         assert_valid_png(f)
     named = {f.name.split("__")[1] for f in files}  # file names are ruleset__rule__feature__phase-hash.png
     assert named == {rule for _, rule, _, _ in expected}
-    assert f"charts: {root / 'active' / 'charts'}/ ({len(files)} PNGs" in stdout["active"]
+    assert f"charts: {root / 'active' / 'charts'}/ ({len(files)} PNGs, linked" in stdout["active"]
 
 
 def test_all_draws_every_evaluated_rule(runs):
@@ -245,3 +261,99 @@ def test_lines_are_capped_and_groups_that_fired_come_first():
     shown = top_groups(rs)
     assert len(shown) == MAX_LINES
     assert shown[0] == ("r00",) and shown[1:3] == [("r11",), ("r10",)]
+
+
+# ------------------------------------------------------------------------------- what a chart says a rule did
+
+# A kill that latches at minute 3, and an investigate rule that fires at minute 6 under it: inhibited.
+LATCH_PACK = """
+version: 1
+name: t
+features: ["f"]
+rules:
+  - {id: kill-errors, tier: kill, metric: error_rate, op: ">", threshold: 0.5, window: 1m, min_samples: 10}
+  - {id: watch-errors, tier: investigate, metric: error_rate, op: ">", threshold: 0.5, window: 1m, min_samples: 10,
+     for: 3m}
+"""
+
+
+@pytest.fixture(scope="module")
+def latched():
+    """The series of the latch pack over errors from minute 2 to 8, then good traffic: the kill stays latched."""
+    collector = SeriesCollector()
+    eng = Engine(load_pack(LATCH_PACK), EngineConfig(allowed_lateness_ms=0), observer=collector)
+    commands = []
+    for out in (eng.step(traffic("..xxxxxx....")), eng.finish()):
+        collector.note_decisions(out.decisions)
+        commands += out.commands
+    return collector, commands
+
+
+def test_an_inhibited_rule_is_listed_as_inhibited_not_firing(latched):
+    collector, _ = latched
+    kill, watch = (collector.rules[ChartKey("t", r, "f", "p")] for r in ("kill-errors", "watch-errors"))
+    assert watch.reached() == "firing"  # its lifecycle fired...
+    assert watch.outcome() == "inhibited"  # ...but the policy recorded it under the kill: no page
+    assert kill.outcome() == "firing"
+    line = charts_section("active", [ChartFile("charts/w.png", "investigate", "watch-errors", "f", "p", "t",
+                                               watch.outcome())])  # fmt: skip
+    assert line[-1].endswith("· t · inhibited")
+
+
+def _draw(monkeypatch, rs: RuleSeries, commands, window):
+    """Draw ``rs`` and return the figure instead of saving it."""
+    figures = []
+    monkeypatch.setattr(chart_render, "_save", lambda fig, path: figures.append(fig))
+    chart_render.draw_rule(Path("unused.png"), rs, ChartKey("t", "r", "f", "p"), commands, window)
+    return figures[0]
+
+
+def test_a_latched_kill_is_hatched_and_the_legend_says_latched_until_resume(latched, monkeypatch):
+    collector, commands = latched
+    window = (collector.first, collector.last)
+    for rule, is_latched in (("kill-errors", True), ("watch-errors", False)):
+        rs = collector.rules[ChartKey("t", rule, "f", "p")]
+        assert (rs.latched_since() is not None) == is_latched
+        fig = _draw(monkeypatch, rs, commands, window)
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert ("latched (until resume)" in labels) == is_latched, (rule, labels)
+
+
+def test_a_shadow_kill_never_latches(latched):
+    collector, _ = latched
+    kill = collector.rules[ChartKey("t", "kill-errors", "f", "p")]
+    shadow = RuleSeries(RuleInfo("kill", "shadow", "error_rate", ">", 0.5, 60_000, (), "value"), kill.groups,
+                        kill.outcomes)  # fmt: skip
+    assert shadow.latched_since() is None
+
+
+def test_command_labels_sit_clear_of_every_curve(monkeypatch):
+    """The worst case: the curve peaks exactly where the rollback happens, at the top of its range."""
+    info = RuleInfo("kill", "enforce", "error_rate", ">", 0.05, 60_000, ("platform",), "value")
+    rs = RuleSeries(info)
+    t0 = 1_793_577_600_000
+    for g, scale in (("desktop", 1.0), ("mobile", 0.8)):
+        series = rs.groups[(g,)] = GroupSeries(MinMaxSeries())
+        for i in range(120):
+            series.values.add(t0 + i * 60_000, scale * (0.3 if i == 60 else 0.01 + 0.001 * (i % 7)))
+            series.states.add(t0 + i * 60_000, "firing" if i >= 58 else "inactive")
+    commands = [{"ts": "2026-11-02T01:00:00Z", "action": "rollback", "rule_id": "r"},
+                {"ts": "2026-11-02T01:50:00Z", "action": "pause_rollout", "rule_id": "q"}]  # fmt: skip
+    fig = _draw(monkeypatch, rs, commands, (t0, t0 + 119 * 60_000))
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_text().strip().startswith(("ROLLBACK", "PAUSE_ROLLOUT"))]
+    assert len(labels) == 2
+    points = np.concatenate([ax.transData.transform(line.get_xydata()) for line in ax.get_lines()
+                             if len(line.get_xdata()) > 2])  # the curves, not the threshold and command lines
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        inside = [p for p in points if box.x0 <= p[0] <= box.x1 and box.y0 <= p[1] <= box.y1]
+        assert not inside, (label.get_text(), inside[:3])
+        assert label.get_bbox_patch().get_facecolor()[3] == 1.0  # an opaque box
+
+
+def test_chart_counts_are_pluralised():
+    one = ChartFile("charts/a.png", "kill", "r", "f", "p", "t", "firing")
+    assert charts_section("active", [one])[3].startswith("1 PNG in `charts/`, one per rule set")
+    assert charts_section("active", [one, one])[3].startswith("2 PNGs in `charts/`")

@@ -108,3 +108,25 @@ def test_scenario_command_writes_jsonl(tmp_path):
     assert main(["scenario", "clean", "--out", str(out), "--days", "0.01", "--rate", "1"]) == 0
     assert out.read_bytes().count(b"\n") > 100
     assert main(["scenario", "nope", "--out", str(out)]) == 2
+
+
+def test_scenario_help_shows_defaults_what_it_generates_and_when_each_incident_happens(capsys):
+    from rules.outputs import iso
+    from streams.scenario import PRESETS, Scenario, scenario_from_args
+
+    assert main(["scenario", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    d = Scenario()
+    assert f"feature {d.feature!r}" in text and f"phase {d.phase!r}" in text and iso(d.start) in text
+    for option, default in (("--seed SEED", d.seed), ("--days DAYS", d.duration_ms / 86_400_000),
+                            ("--rate RATE", d.mean_rate_per_s)):  # fmt: skip
+        assert f"(default: {default})" in text.split(option, 2)[2].split("--", 1)[0], option
+    for preset in PRESETS:
+        incidents = scenario_from_args(preset).incidents
+        line = text.split(f" {preset}: ", 1)[1]
+        shown = line.split(" UTC on the default run", 1)[0]
+        for inc in incidents:  # the times the generator really uses, on the default run
+            start, end = iso(inc.start)[11:16], iso(inc.start + inc.duration_ms)[11:16]
+            assert f"({start}-{end}" in shown, (preset, shown)
+        if not incidents:
+            assert line.startswith("no incident")

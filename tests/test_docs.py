@@ -5,8 +5,9 @@ excerpts must equal the catalogue), every ``rollguard ...`` command line in a co
 CLI parser, every Grafana link must name a generated dashboard, every reference table (top-level keys, rule keys,
 defaults, metrics, drift detectors and signals, summary fields) must list exactly what the loader accepts, every
 ``rollguard_*`` metric named must be one the worker exports, the example page must be what the page builder makes of
-its own values, the suggested Prometheus alerts must pass ``promtool check rules``, and every relative link must lead
-to an existing file and heading.
+its own values, the suggested Prometheus alerts must pass ``promtool check rules``, every relative link of every
+Markdown file in the repository must lead to an existing file and heading inside it, and no doc names a path outside
+the repository; docs/contract.md keeps the v1 contract's sections and states every extension README summarises.
 """
 
 from __future__ import annotations
@@ -404,27 +405,81 @@ def test_the_page_shown_in_oncall_has_the_shape_rollguard_sends():
     assert sent == {k: v for k, v in shown.items() if k != "dedup_key"}
 
 
-def _relative_links(path: Path) -> list[tuple[str, str]]:
-    links = []
-    for line in prose(path):
-        for target in re.findall(r"\]\(([^)\s]+)\)", line):
-            if not re.match(r"[a-z]+://", target):
-                links.append((path.name, target))
-    return links
+# Every Markdown file of the repository: the docs, the README, the catalogue's notes, golden reports. Not what tools
+# and runs leave behind (hidden folders such as .venv, build output, replay output in out/).
+_NOT_THE_REPOSITORY = {"out", "build", "dist", "__pycache__"}
 
 
-REL_LINKS = sorted({link for path in BOTH for link in _relative_links(path)})
+def markdown_files() -> list[Path]:
+    return sorted(
+        p for p in ROOT.rglob("*.md")
+        if not any(part.startswith(".") or part in _NOT_THE_REPOSITORY or part.endswith(".egg-info")
+                   for part in p.relative_to(ROOT).parts[:-1])
+    )  # fmt: skip
+
+
+_LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")  # [text](target) or ![alt](target "title")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # https:, mailto:, … (a Windows drive letter is not a concern)
+
+
+def links_of(path: Path) -> list[str]:
+    """The link targets of ``path``'s prose: fenced code is not prose, and an inline code span is not a link."""
+    return [target for line in prose(path) for target in _LINK.findall(re.sub(r"`[^`]*`", "", line))]
+
+
+def _relative_links() -> list[tuple[str, str]]:
+    return sorted({(p.relative_to(ROOT).as_posix(), t) for p in markdown_files() for t in links_of(p)
+                   if not _SCHEME.match(t)})  # fmt: skip
+
+
+REL_LINKS = _relative_links()
+
+
+def test_the_link_check_reads_every_doc():
+    names = {p.relative_to(ROOT).as_posix() for p in markdown_files()}
+    assert {"README.md", "docs/contract.md", "docs/rules.md", "docs/oncall.md", "rules/catalog/README.md"} <= names
+    assert not any(n.startswith(".venv/") for n in names)
+    linked = {doc for doc, _ in REL_LINKS}
+    assert {"README.md", "docs/contract.md", "docs/rules.md", "rules/catalog/README.md"} <= linked
 
 
 @pytest.mark.parametrize("doc, target", REL_LINKS, ids=[f"{d}:{t}" for d, t in REL_LINKS])
-def test_every_relative_link_leads_somewhere(doc, target):
+def test_every_relative_link_leads_to_a_file_and_heading_inside_the_repository(doc, target):
     file, _, anchor = target.partition("#")
-    dest = (DOCS / file).resolve() if file else DOCS / doc
-    if ROOT not in dest.parents and dest != ROOT:
-        pytest.skip(f"{target} leaves the repository")
+    source = ROOT / doc
+    dest = (source.parent / file).resolve() if file else source
+    assert dest == ROOT or ROOT in dest.parents, f"{doc}: {target} leaves the repository"
     assert dest.exists(), f"{doc}: {target} does not exist"
     if anchor:
-        assert anchor in anchors(dest), f"{doc}: no heading #{anchor} in {dest.name}"
+        assert dest.suffix == ".md", f"{doc}: {target}: an anchor into a file that is not Markdown"
+        assert anchor in anchors(dest), f"{doc}: no heading #{anchor} in {dest.relative_to(ROOT)}"
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_doc_names_a_path_outside_the_repository(path):
+    """Not as a link, not in code: a clone has no ../shared and no /work."""
+    outside = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1)
+               if re.search(r"(?<![\w.-])(?:/work/|(?:\.\./)+shared\b)", line)]  # fmt: skip
+    assert not outside, f"{path.relative_to(ROOT)} names paths outside the repository: {outside}"
+
+
+def test_the_contract_keeps_v1_and_lists_the_extensions():
+    """docs/contract.md is v1 (sections 1-5) plus an Extensions section that states what README summarises."""
+    text = (DOCS / "contract.md").read_text()
+    headings = [line for line in prose(DOCS / "contract.md") if line.startswith("## ")]
+    assert headings == ["## 1. Input events", "## 2. Metrics", "## 3. Rule files (YAML)", "## 4. Outputs",
+                        "## 5. Command line", "## 6. Extensions"]  # fmt: skip
+    extensions = text.split("## 6. Extensions", 1)[1]
+    readme = (ROOT / "README.md").read_text().split("## Contract extensions", 1)[1]
+    named = set(re.findall(r"`([a-z_]+)`", readme)) - {"status", "resume", "emit", "verify", "annotate", "test",
+                                                          "reload", "worker", "head", "default"}  # fmt: skip
+    assert named, "README's Contract extensions names no field"
+    missing = sorted(n for n in named if f"`{n}`" not in extensions)
+    assert not missing, f"docs/contract.md §6 does not state: {missing}"
+    parser = build_parser()
+    subcommands = {name for a in parser._subparsers._group_actions for name in a.choices}
+    missing = sorted(c for c in subcommands - {"replay"} if f"`{c}" not in extensions)
+    assert not missing, f"docs/contract.md §6.4 does not list the subcommands {missing}"
 
 
 # --- the suggested Prometheus alerts -------------------------------------------------------------------------------

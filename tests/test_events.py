@@ -119,6 +119,21 @@ def test_broken_json_is_one_invalid_item_not_an_exception():
     assert isinstance(item, InvalidEvent) and item.reason == "invalid_json"
 
 
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "nan", "inf"])
+def test_a_nan_or_infinity_literal_is_named_in_the_dead_letter(literal):
+    msg = b'{"type": "interaction", "event_id": "a", "ts": 1, "feature": "f", "latency_ms": ' + literal.encode() + b"}"
+    (item,) = PARSER.parse_message(msg)
+    assert isinstance(item, InvalidEvent) and item.reason == "invalid_json"
+    assert item.detail == "NaN/Infinity is not valid JSON; send null or omit the field"
+
+
+def test_other_broken_json_keeps_its_own_reason_even_with_nan_in_a_string():
+    (item,) = PARSER.parse_message(b'{"note": "NaN", "latency_ms": nope}')
+    assert item.reason == "invalid_json" and "NaN" not in item.detail and item.detail.startswith("invalid literal")
+    (item,) = PARSER.parse_message(b'[{"a": 1}, {"b": Infinity}]')  # in an envelope: the whole message is dead
+    assert item.detail.startswith("NaN/Infinity is not valid JSON")
+
+
 def test_control_resume_parses():
     c = one({"type": "control", "event_id": "c1", "ts": 5, "action": "resume", "feature": "f", "reason": "fixed"})
     assert isinstance(c, Control) and c.phase is None and c.reason == "fixed"

@@ -172,6 +172,53 @@ def test_a_file_named_and_reached_through_its_folder_loads_once(tmp_path):
     assert len(load_rules([tmp_path / "one.yaml", tmp_path])) == 1
 
 
+# --- rules-test cases files kept next to their pack (docs/rules-testing.md) -----------------------------------------
+
+CASES = "rule_files: [pack.yaml]\nfeature: email-reply\ntests:\n  - name: t\n    events: []\n"
+
+
+@pytest.mark.parametrize("name, text", [
+    ("pack.test.yaml", CASES),
+    ("pack.test.yml", "a cases file by its name: not even read\n"),
+    ("checks.yaml", CASES),
+    ("quoted.yaml", CASES.replace("tests:", '"tests":')),
+], ids=["by-name-yaml", "by-name-yml", "by-tests-key", "by-quoted-tests-key"])  # fmt: skip
+def test_a_folder_walk_skips_rules_test_cases_files_and_says_which(tmp_path, name, text):
+    (tmp_path / "pack.yaml").write_text(HEADER + RULE)
+    (tmp_path / name).write_text(text)
+    skipped: list[str] = []
+    [ruleset] = load_rules([tmp_path], skipped=skipped)
+    assert ruleset.name == "t"
+    assert skipped == [str(tmp_path / name)]
+
+
+def test_a_tests_key_that_is_not_top_level_does_not_make_a_cases_file(tmp_path):
+    (tmp_path / "pack.yaml").write_text("# tests: none yet\n" + HEADER + RULE)
+    indented = HEADER.replace("name: t", "name: u") + RULE.replace("window: 5m}", "window: 5m, tests: 1}")
+    (tmp_path / "typo.yaml").write_text(indented)  # a rule key, not a top-level one: an error, not a skip
+    skipped: list[str] = []
+    with pytest.raises(RulesInvalid) as caught:
+        load_rules([tmp_path], skipped=skipped)
+    [error] = caught.value.errors
+    assert (Path(error.file).name, error.message) == ("typo.yaml", "unknown key 'tests'")
+    assert skipped == []
+
+
+def test_a_cases_file_named_explicitly_is_an_error_that_says_to_run_rules_test(tmp_path):
+    (tmp_path / "checks.yaml").write_text(CASES)
+    with pytest.raises(RulesInvalid) as caught:
+        load_rules([tmp_path / "checks.yaml"])
+    [error] = caught.value.errors
+    assert error.message == ("a `rules test` cases file (top-level tests:), not a rule file: run it with "
+                             f"`rollguard rules test {tmp_path / 'checks.yaml'}`")
+
+
+def test_a_folder_of_only_cases_files_is_an_error(tmp_path):
+    (tmp_path / "pack.test.yaml").write_text(CASES)
+    with pytest.raises(RulesInvalid, match="folder holds no rule files, only 1 `rules test` cases file"):
+        load_rules([tmp_path])
+
+
 def test_a_single_path_string_is_one_path_not_characters():
     assert load_rules(str(RULES / "good" / "email_reply.yaml"))[0].name == "email-reply-closed-beta"
 

@@ -160,7 +160,17 @@ EVIDENCE_CASES = {
                           "details": {"bound": 0.062}}, "7.1%, bound 6.2% (> 5%)"),
     "baseline change": ({"metric": "cost_per_request", "value": 0.03, "op": ">=", "threshold": 1,
                          "details": {"baseline_value": 0.012, "change": 1.5}}, "$0.03, +150% vs baseline (>= +100%)"),
-    "drift estimate": ({"metric": "drift:adwin:acceptance", "value": 0.41, "threshold": None}, "41% (estimate)"),
+    "adwin level is its window mean": ({"metric": "drift:adwin:acceptance", "value": 0.41, "threshold": None},
+                                       "window mean 41%"),
+    # HDDM-A has no estimate of its own: the level is the mean since its last restart, which follows each flag; at
+    # the firing it can be 0 while the error rate is 9%, so it is never shown as the metric's value
+    "flagged, level since restart": ({"metric": "drift:hddm_a:error", "value": 0.0, "threshold": None,
+                                      "details": {"drift_flags": 1}}, "drift flagged (mean since detector restart 0%)"),
+    "flagged twice in the step": ({"metric": "drift:page_hinkley:latency_ms", "value": 812.3, "threshold": None,
+                                   "details": {"drift_flags": 2}},
+                                  "drift flagged ×2 (mean since detector restart 812 ms)"),
+    "resolved, no flag": ({"metric": "drift:hddm_a:error", "value": 0.0474, "threshold": None},
+                          "mean since detector restart 4.74%"),
     "drift without estimate": ({"metric": "drift:kswin:error", "value": None, "threshold": None}, "—"),
 }
 
@@ -168,6 +178,28 @@ EVIDENCE_CASES = {
 @pytest.mark.parametrize("decision_, text", EVIDENCE_CASES.values(), ids=EVIDENCE_CASES.keys())
 def test_evidence_shows_what_the_rule_compared(decision_, text):
     assert report_module._fmt_evidence(decision_) == text
+
+
+SUMMARY_CASES = {
+    "rate metric without a template": ("kill: safe-llm/errors on email-reply/closed_beta: error_rate = 0.07525 > 0.05",
+                                       "kill: safe-llm/errors on email-reply/closed_beta: error_rate = 7.52% > 5%"),
+    "flag rate with a group": ("pause: p/leaks on f/beta [platform=mobile, region=eu]: flag_rate:pii_leak = 0.0004 >= "
+                               "0.0001", "pause: p/leaks on f/beta [platform=mobile, region=eu]: flag_rate:pii_leak = "
+                               "0.04% >= 0.01%"),
+    "no value": ("investigate: p/r on f/p: acceptance_rate = n/a < 0.15",
+                 "investigate: p/r on f/p: acceptance_rate = n/a < 15%"),
+    "not a rate": ("kill: p/slow on f/p: latency_p95 = 1523 > 1500", "kill: p/slow on f/p: latency_p95 = 1523 > 1500"),
+    "a template's own text": ("error rate 0.07 > 0.05 over 10m", "error rate 0.07 > 0.05 over 10m"),
+}
+
+
+@pytest.mark.parametrize("summary, shown", SUMMARY_CASES.values(), ids=SUMMARY_CASES.keys())
+def test_report_shows_rates_in_untemplated_summaries_as_percent(tmp_path, summary, shown):
+    cmd = command("10:00", "errors", "rollback", reason=summary)
+    write_report(tmp_path / "report.md", ReplayStats(), [], [cmd], [])
+    [row] = [line for line in (tmp_path / "report.md").read_text().splitlines() if "| rollback |" in line]
+    assert row.endswith(f"| {shown} |")
+    assert cmd["reason"] == summary  # the command itself (the contract's JSON) is left as it is
 
 
 # ----------------------------------------------------------------------------------------------- scenario

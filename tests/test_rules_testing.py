@@ -353,6 +353,21 @@ def test_exit_codes(cases_dir, capsys):
     assert "no such file or folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("cases_name", ["demo.test.yaml", "demo-cases.yaml"], ids=["by-name", "by-tests-key"])
+def test_a_pack_and_its_cases_in_one_folder_work_with_validate_and_test(cases_dir, capsys, cases_name):
+    """The layout docs/rules-testing.md suggests: `rules validate DIR` skips the cases file, `rules test DIR` the
+    rule file, and both say what they skipped."""
+    write_cases(cases_dir, PASSING, cases_name)
+    assert main(["rules", "validate", str(cases_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    skip = f"skip {cases_dir / cases_name}  (a `rules test` cases file: run it with `rollguard rules test`)"
+    assert out[-2:] == [skip, "1 rule set(s), 3 rules: valid; skipped 1 rules-test cases file"]
+    assert main(["rules", "test", str(cases_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"Unit testing: {cases_dir / 'rules.yaml'}" not in out
+    assert out.endswith("1 test(s) in 1 file(s): 1 passed, 0 failed; skipped 1 rule file(s)\n")
+
+
 def test_run_filters_tests_by_name_and_a_filter_matching_nothing_is_an_error(cases_dir, capsys):
     path = write_cases(cases_dir, PASSING)
     assert main(["rules", "test", str(path), "--run", "pause after"]) == 0

@@ -5,6 +5,8 @@ import pytest
 
 from engine_kit import rules, traffic
 from rules.engine import Engine, EngineConfig
+from streams.demo import _status_line
+from streams.ops import render_status
 from streams.processor import summary_of
 
 PACK = """
@@ -30,3 +32,19 @@ def test_tier_while_firing(tier, mode, expected_tier, latch):
     assert (p["tier"], p["latch"]) == (expected_tier, latch)
     assert [(r["rule_id"], r["state"]) for r in p["rules"]] == [("r", "firing")]
     assert p["rules"][0].get("mode") == ("shadow" if mode == "shadow" else None)
+
+
+@pytest.mark.parametrize("mode, shown", [("enforce", "r(kill,firing)"), ("shadow", "r(kill,firing (shadow))")])
+def test_status_text_marks_a_firing_shadow_rule(mode, shown):
+    eng = Engine(rules(PACK.format(tier="kill", mode=mode)), EngineConfig(allowed_lateness_ms=0))
+    eng.step(traffic("..xxx"))
+    row = dict(summary_of(eng, "f", eng.features["f"]), updated_ms=0)  # as read back from Redis
+    [line] = render_status([row], 0).splitlines()[1:]
+    assert line.endswith("  " + shown)
+    assert line.split()[2] == ("KILL" if mode == "enforce" else "OK")  # the tier: a shadow rule raises none
+
+
+def test_the_demo_status_line_marks_shadow_rules():
+    eng = Engine(rules(PACK.format(tier="pause", mode="shadow")), EngineConfig(allowed_lateness_ms=0))
+    eng.step(traffic("..xxx"))
+    assert _status_line([summary_of(eng, "f", eng.features["f"])]).endswith("; firing: r (shadow)")

@@ -1,0 +1,110 @@
+"""Numbers, metric values and summaries as people read them in report.md, the charts and the CLI's output.
+
+Presentation only: the JSON outputs (decisions, commands, pages) are the contract and keep their raw values and
+summary texts; these functions change how the report shows them.
+
+>>> plural(1, "PNG"), plural(2_500, "PNG")
+('1 PNG', '2,500 PNGs')
+>>> metric_value("error_rate", 0.07525, False), metric_value("latency_p95", 1523.4, False)
+('7.52%', '1,523 ms')
+>>> readable_summary("kill: safe-llm/errors on email-reply/closed_beta: error_rate = 0.07525 > 0.05")
+'kill: safe-llm/errors on email-reply/closed_beta: error_rate = 7.52% > 5%'
+>>> drift_evidence("drift:hddm_a:error", 0.0, {"drift_flags": 1})
+'drift flagged (mean since detector restart 0%)'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from rules.metric_names import MetricNameError, is_rate_metric
+
+__all__ = ["plural", "number", "metric_value", "drift_evidence", "readable_summary"]
+
+# A drift rule's value is its detector's level of the signal; show it in the unit of the matching metric.
+_DRIFT_SIGNAL_METRIC = {"acceptance": "acceptance_rate", "error": "error_rate", "thumbs_down": "thumbs_down_rate",
+                        "latency_ms": "latency_mean", "cost_usd": "cost_per_request"}  # fmt: skip
+# Detectors with a level of their own (river's ``estimation``); for the others rollguard reports the mean of the
+# values since the detector last started afresh, which it does on the update after each drift (detectors/base.py).
+_OWN_ESTIMATE = {"adwin": "window mean"}
+# The sentence rules.outputs.render_summary writes for a rule without a summary template.
+_FALLBACK = re.compile(
+    r"(?P<head>(?:investigate|pause|kill): \S+/\S+ on \S+/\S+(?: \[.*\])?: )(?P<metric>[a-z_]+(?::[a-z0-9_]+)?) = "
+    r"(?P<value>\S+)(?: (?P<op>[<>]=?) (?P<threshold>\S+))?"
+)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``n`` and ``word``, with an ``s`` (or ``words``) unless ``n`` is 1; thousands separated."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
+def number(x: float) -> str:
+    """A number with the precision its size deserves: ``1,523``, ``12.3``, ``4.23``, ``0.0123``."""
+    if not math.isfinite(x):
+        return str(x)
+    size = abs(x)
+    decimals = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 1 or size == 0 else \
+        min(6, 2 - math.floor(math.log10(size)))  # fmt: skip
+    text = f"{x:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def metric_value(metric: str | None, value: Any, relative: bool) -> str:
+    """A metric value in its unit, decided by the metric name (docs/contract.md §2)."""
+    if value is None:
+        return "—"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return str(value)
+    if relative:  # baseline rules compare (value - value_then) / value_then
+        return ("+" if value > 0 else "") + number(value * 100) + "%"
+    name, _, param = (metric or "").partition(":")
+    if name == "drift":
+        name = _DRIFT_SIGNAL_METRIC.get(param.rpartition(":")[2], "")
+    if name.endswith("_rate"):
+        return number(value * 100) + "%"
+    if name.startswith("latency_"):
+        return number(value) + " ms"
+    if name.startswith("cost_"):
+        return ("-$" if value < 0 else "$") + number(abs(value))
+    return number(value)
+
+
+def drift_evidence(metric: str, value: float | None, details: Mapping | None) -> str:
+    """What a drift rule's decision shows: whether its detector flagged drift in the step, and the detector's level
+    under its true name — ADWIN's window mean, otherwise the mean since the detector's last restart (which follows
+    every flag, so right after one it covers few values and is not the metric's current value)."""
+    detector = metric.split(":")[1] if metric.count(":") >= 2 else ""
+    flags = (details or {}).get("drift_flags") or 0
+    flagged = ("drift flagged" + (f" ×{flags}" if flags > 1 else "")) if flags else ""
+    level = "" if value is None else \
+        f"{_OWN_ESTIMATE.get(detector, 'mean since detector restart')} {metric_value(metric, value, False)}"
+    if flagged and level:
+        return f"{flagged} ({level})"
+    return flagged or level or "—"
+
+
+def _percent(text: str) -> str:
+    try:
+        return number(float(text) * 100) + "%"
+    except ValueError:
+        return text  # "n/a"
+
+
+def readable_summary(text: str) -> str:
+    """A rule's summary as the report shows it: in the sentence rollguard writes for a rule without a template,
+    a rate metric's value and threshold become percentages (``error_rate = 7.52% > 5%``); any other text is
+    returned as it is."""
+    m = _FALLBACK.fullmatch(text)
+    if m is None:
+        return text
+    try:
+        if not is_rate_metric(m["metric"]):
+            return text
+    except (MetricNameError, KeyError):
+        return text
+    out = f"{m['head']}{m['metric']} = {_percent(m['value'])}"
+    return out + (f" {m['op']} {_percent(m['threshold'])}" if m["op"] else "")
