@@ -44,7 +44,8 @@ class CommittingConsumer:
 
     def __init__(self, settings: Settings, *, group: str, client_id: str, topics: Sequence[str], handle: Handler,
                  errors: tuple[type[Exception], ...], backoff: Backoff | None = None, once: bool = False,
-                 join_timeout_s: float = 60.0, on_retry: Callable[[Exception], None] | None = None) -> None:  # fmt: skip
+                 join_timeout_s: float = 60.0,
+                 on_retry: Callable[[Exception], None] | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.group = group
         self.client_id = client_id
