@@ -519,6 +519,16 @@ def test_a_pager_killed_and_restarted_loses_nothing(alertmanager, stack, topic_p
         triggers = p3.value("rollguard_pager_delivered_total", target="alertmanager", event_action="trigger")
         # at least the second batch; at most also the first (a kill between delivery and commit re-delivers)
         assert 10 <= triggers <= 20
+
+        # a page published while the pager runs: time from the append to the alert held by Alertmanager
+        latencies = []
+        for i in range(5):
+            live = page_for(f"{topic_prefix}live{i}", "trigger", 0)
+            sent = time.monotonic()
+            produce_raw(stack, topics.pages, b"rollguard", [orjson.dumps(live)])
+            wait_for(lambda f=live["payload"]["component"]: am.alerts(feature=f), 30, 0.02, what="the live page")
+            latencies.append(time.monotonic() - sent)
+        print(f"append -> alert in Alertmanager, running pager: {', '.join(f'{x * 1000:.0f}' for x in latencies)} ms")
         p3.proc.send_signal(signal.SIGTERM)
         assert p3.proc.wait(30) == 0
     finally:
@@ -547,3 +557,29 @@ def test_the_example_alertmanager_config_passes_amtool():
     cfg = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
     done = subprocess.run([amtool, "check-config", str(cfg)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- inside a worker ------------------------------------------------------------------------------------------------
+
+
+def test_the_pager_runs_inside_a_worker_when_asked(stack, topic_prefix, tmp_path, recorder):
+    from live_kit import LiveWorker, setup_topics
+    from pager_kit import free_port
+
+    hook = recorder()
+    topics = setup_topics(stack, topic_prefix, partitions=1)
+    port = free_port()
+    worker = LiveWorker(stack, topics, tmp_path / "worker.log", pager_in_worker="true", pager_target="webhook",
+                        pager_url=f"{hook.url}/hook", metrics_port=str(port), metrics_host="127.0.0.1",
+                        partitions="1")  # fmt: skip
+    try:
+        produce_raw(stack, topics.pages, b"rollguard", [b"{not json"] + [orjson.dumps(p) for p in PAGES])
+        wait_for(lambda: len(hook.requests) >= len(PAGES) or not worker.alive(), 120, 0.2, what="pages via the worker")
+        assert worker.alive(), worker.tail()
+        assert hook.bodies() == PAGES
+        counted = wait_for(lambda: sum(metric(port, "rollguard_pager_delivered_total",
+                                              {"target": "webhook", "event_action": a}) for a in ("trigger", "resolve"))
+                           == len(PAGES), 10, what="the worker's /metrics")  # fmt: skip
+        assert counted and metric(port, "rollguard_pager_invalid_total", {}) == 1
+    finally:
+        worker.stop()
