@@ -1,4 +1,5 @@
-"""Receivers for the pager tests: a recording HTTP server that checks PagerDuty's documented Events v2 request
+"""For the pager tests: pages from the real engine (raw user ids in, re-keyed by the real parser), pager runs on the
+embedded broker, and receivers: a recording HTTP server that checks PagerDuty's documented Events v2 request
 shape (and de-duplicates incidents by ``dedup_key`` as PagerDuty does), and a real Alertmanager process.
 
 The recording server runs in a thread (stdlib ``ThreadingHTTPServer``), so pagers in the test's event loop and in
@@ -8,7 +9,9 @@ subprocesses reach it alike. Its answers can be scripted per request: a status (
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -20,6 +23,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import orjson
+from prometheus_client import CollectorRegistry
+
+from engine_kit import MIN, T0
+from rules.engine import Engine, EngineConfig
+from rules.events import EventParser, Pseudonymizer
+from rules.loader import load_rules_text
+from rules.outputs import iso
+from streams.pager import Deliverer, Pager, PagerMetrics
+from streams.settings import Settings
+
+ROUTING_KEY = "R0UT1NGKEY0123456789abcdef012345"  # 32 characters, like a PagerDuty integration key
+TOKEN = "am-bearer-secret-5c1e9a"
+USER_KEY = b"pager-test-user-key-0123"
+CANARY_USERS = [f"CANARY-PAGER-{i}-7d2e@example.com" for i in range(7)]
 DROP = 0  # scripted "status": close the connection without answering
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 SEVERITIES = {"critical", "error", "warning", "info"}
@@ -141,7 +159,9 @@ class RecordingServer:
                 return 400, {}, {"status": "invalid event", "message": "Event object is invalid", "errors": errs}
             key = event["dedup_key"]
             if key in self.refuse:
-                return self.refuse[key], {}, {"status": "invalid event", "message": "refused (test)"}
+                # the worst case of a receiver: its error echoes the request, credential included
+                return self.refuse[key], {}, {"status": "invalid event",
+                                              "message": f"refused (test) for routing_key {event['routing_key']}"}
             inc = self.incidents.setdefault(key, {"status": None, "events": 0})
             inc["events"] += 1
             inc["status"] = {"trigger": "triggered", "resolve": "resolved"}.get(event["event_action"], inc["status"])
@@ -242,3 +262,87 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.1, what: str = "
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# --- pages from the real engine, and pager runs -----------------------------------------------------------------
+
+RULES = """
+version: 1
+name: pagertest
+features: ["*"]
+rules:
+  - {id: errors-kill, tier: kill, metric: error_rate, op: ">", threshold: 0.5, window: 1m, min_samples: 10,
+     runbook: "https://runbooks.example/errors"}
+  - {id: users-watch, tier: investigate, metric: error_rate, op: ">", threshold: 0.5, window: 1m, min_samples: 5,
+     group_by: [platform]}
+"""
+
+
+# --- pages from the real engine ------------------------------------------------------------------------------------
+
+
+def scenario_pages() -> list[dict]:
+    """Two features go bad in the same hour with room for one kill: f1 is killed (kill page), f2 held (breaker
+    page); an investigate rule fires and resolves per platform; resuming the held f2 resolves the
+    breaker page, resuming f1 resolves its kill. Events carry raw user ids, re-keyed by the real parser."""
+    events = []
+    for feature in ("f1", "f2"):
+        for minute, bad in enumerate("..xx......"):
+            for i in range(20):
+                events.append({
+                    "type": "interaction", "event_id": f"{feature}-{minute}-{i}", "ts": iso(T0 + minute * MIN + i * 1000),
+                    "feature": feature, "phase": "beta", "user": CANARY_USERS[i % 7],
+                    "segment": {"platform": "ios" if i % 2 else "web"},
+                    "outcome": "error" if bad == "x" else "ok", "latency_ms": 120,
+                })  # fmt: skip
+    for feature, minute in (("f2", 8), ("f1", 9)):
+        events.append({"type": "control", "action": "resume", "feature": feature, "phase": "beta",
+                       "ts": iso(T0 + minute * MIN), "event_id": f"resume-{feature}", "reason": "checked",
+                       "operator": "oncall"})  # fmt: skip
+    events.sort(key=lambda e: e["ts"])
+    items = list(EventParser(Pseudonymizer(USER_KEY)).parse_message(orjson.dumps(events)))
+    engine = Engine(load_rules_text(RULES, source="pagertest.yaml"),
+                    EngineConfig(allowed_lateness_ms=0, max_kills_per_hour=1))  # fmt: skip
+    out = engine.step(items)
+    out.extend(engine.finish())
+    return out.pages
+
+
+PAGES = scenario_pages()
+
+
+def degraded_page(action: str) -> dict:
+    from types import SimpleNamespace
+
+    from streams.processor import Processor
+    from streams.topics import Topics
+
+    """The worker's monitor-degraded page, built by the processor's own method (its inputs are a topic prefix and
+    a wall clock)."""
+    me = SimpleNamespace(topics=Topics("t."), clock=lambda: 1_793_577_601.5)
+    return Processor._degraded_page(me, action, "rollguard monitor degraded: ConnectionError: down")
+
+
+def settings(stack, prefix: str, **kw) -> Settings:
+    return Settings(kafka_bootstrap=stack.kafka_bootstrap, topic_prefix=prefix, app_id=f"{prefix}rollguard",
+                    session_timeout_s=2, pager_backoff="20ms", pager_backoff_max="200ms", pager_metrics_port=0,
+                    **kw)  # fmt: skip
+
+
+def run_once(s: Settings, registry: CollectorRegistry | None = None) -> Pager:
+    pager = Pager(s, Deliverer.from_settings(s), metrics=PagerMetrics(registry or CollectorRegistry(), s.pager_target),
+                  once=True, rng=random.Random(15))  # fmt: skip
+    asyncio.run(pager.run())
+    return pager
+
+
+def metric(port: int, name: str, labels: dict[str, str]) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for smp in family.samples:
+            if smp.name == name and smp.labels == labels:
+                return smp.value
+    return 0.0

@@ -114,6 +114,13 @@ class Deliverer:
                 h["Authorization"] = "Basic " + base64.b64encode(user_pass).decode()
         return h
 
+    def _redact(self, text: str) -> str:
+        """A receiver that echoes the request in its error must not put a credential into our logs."""
+        for secret in (self._routing_key, self._token, self._basic[1] if self._basic else None):
+            if secret is not None and secret.get_secret_value():
+                text = text.replace(secret.get_secret_value(), "**********")
+        return text
+
     async def deliver(self, page: Page) -> None:
         import aiohttp
 
@@ -124,7 +131,7 @@ class Deliverer:
             async with self._session.post(self.url, data=data, headers=self._headers(), allow_redirects=False) as r:
                 if 200 <= r.status < 300:
                     return
-                text = (await r.text(errors="replace"))[:200].strip()
+                text = self._redact((await r.text(errors="replace"))[:200].strip())
                 retry_after = _seconds(r.headers.get("Retry-After"))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise DeliveryError(f"cannot reach {self.name}: {type(e).__name__}", retryable=True) from None
