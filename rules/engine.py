@@ -139,7 +139,7 @@ class Engine:
                 self.stats.events["control"] += 1
                 fs = features.get(ev.feature)
                 if fs is not None:
-                    self.policy.resume(out, fs, self.plan, ev)
+                    self.policy.resume(out, fs, self.plan, ev, self.breaker)
                 continue
             fs = features.get(ev.feature)
             if fs is None:

@@ -7,6 +7,10 @@ Alertmanager-style pipeline of small decisions, all pure: given the feature's la
 * ``inhibited`` — a lower tier while the feature/phase is killed: recorded, no page;
 * ``held``     — a kill beyond ``max_kills_per_hour``: recorded, no command, one critical page per hour.
 
+The breaker's page resolves, in event time, at the first transition of an hour whose budget is free again (any
+hour after the paged one, when ``max_kills_per_hour`` > 0), or when an operator resume re-arms a held kill. Held
+kills themselves stay held until resumed: the resolve says the breaker has room again, not that anyone acted.
+
 Shadow-mode rules produce decisions only.
 """
 
@@ -50,6 +54,10 @@ class Policy:
                       transition: str, feature: str, phase: str, group: dict, t: int, ev) -> None:  # fmt: skip
         """Turn one lifecycle transition into decisions, commands and pages."""
         rule = bound.rule
+        if self.max_kills_per_hour:
+            # the budget frees up with the next event-time hour: the first transition there closes older pages
+            for hour in breaker.open_hours(before=t // HOUR_MS):
+                self._close_breaker(out, breaker, hour, (hour + 1) * HOUR_MS, "budget_free")
 
         def dec(tr: str, **extra) -> dict:
             d = decision(
@@ -97,6 +105,27 @@ class Policy:
         out.pages.append(page(action="trigger", dec=d, incident=inst.incident))
         inst.paged = True
 
+    def _close_breaker(self, out: Outputs, breaker: BreakerState, hour: int, t: int, cause: str) -> None:
+        why = (f"the hour from {iso(hour * HOUR_MS)} is over, kills are allowed again" if cause == "budget_free"
+               else "an operator resume re-armed a held kill")  # fmt: skip
+        breaker.resolved.add(hour)
+        out.pages.append({
+            "event_action": "resolve",
+            "dedup_key": "rollguard-breaker-" + stable_id("breaker", hour),
+            "payload": {
+                "summary": f"Kill breaker closed: {why}. Kills held in that hour stay held until resumed "
+                           "(rollguard status).",
+                "source": "rollguard",
+                "severity": "critical",
+                "timestamp": iso(t),
+                "component": "rollguard",
+                "group": "breaker",
+                "class": "kill-breaker",
+                "custom_details": {"cause": cause, "hour_start": iso(hour * HOUR_MS),
+                                   "max_kills_per_hour": self.max_kills_per_hour},
+            },
+        })  # fmt: skip
+
     def _breaker_page(self, d: dict, hour: int, issued: int) -> dict:
         summary = (
             f"Kill breaker open: {issued} rollbacks already issued in the hour from {iso(hour * HOUR_MS)}; "
@@ -111,19 +140,25 @@ class Policy:
                 "source": "rollguard",
                 "severity": "critical",
                 "timestamp": d["ts"],
-                "component": d["feature"],
-                "group": d["phase"],
+                # the breaker is global, like the monitor: the held kill is named in the summary and details, and
+                # the resolve (which knows only the hour) carries the same component and group
+                "component": "rollguard",
+                "group": "breaker",
                 "class": "kill-breaker",
                 "custom_details": {
                     "held_decision_id": d["decision_id"],
+                    "held_feature": d["feature"],
+                    "held_phase": d["phase"],
+                    "held_rule": f"{d['ruleset']}/{d['rule_id']}",
                     "kills_this_hour": issued,
                     "max_kills_per_hour": self.max_kills_per_hour,
                 },
             },
         }
 
-    def resume(self, out: Outputs, fs: FeatureState, plan, control) -> None:
-        """Operator resume: clear latches and reset latching instances of the feature (one phase or all)."""
+    def resume(self, out: Outputs, fs: FeatureState, plan, control, breaker: BreakerState | None = None) -> None:
+        """Operator resume: clear latches and reset latching instances of the feature (one phase or all). Re-arming
+        a held kill is the human decision the breaker page asked for: it resolves the open breaker pages."""
         phases = {control.phase} if control.phase else set(fs.latches) | fs.phases
         t = control.ts
         extra = {"cause": "operator_resume", "resume_id": control.event_id, "reason": control.reason}
@@ -135,6 +170,9 @@ class Policy:
             if bound is None or not bound.latching or inst.state != "firing":
                 continue
             incident, paged = inst.incident, inst.paged
+            if inst.held and breaker is not None:
+                for hour in breaker.open_hours():
+                    self._close_breaker(out, breaker, hour, t, "operator_resume")
             reset(inst)
             d = decision(
                 t=t, ruleset=bound.ruleset, rule=bound.rule, feature=control.feature, phase=key[2],

@@ -177,26 +177,35 @@ class FeatureState:
 
 
 class BreakerState:
-    """Kill commands issued per event-time hour across all features, and the hours already paged about."""
+    """Kill commands issued per event-time hour across all features, the hours already paged about, and the hours
+    whose page was resolved since (every part only grows, so two workers' views merge by union)."""
 
-    __slots__ = ("kills", "paged")
+    __slots__ = ("kills", "paged", "resolved")
 
     def __init__(self) -> None:
         self.kills: dict[int, set[str]] = {}  # hour index (ts // 3600000) -> ids of the kills issued in it
         self.paged: set[int] = set()  # hours whose breaker page went out
+        self.resolved: set[int] = set()  # paged hours whose page was resolved
+
+    def open_hours(self, before: int | None = None) -> list[int]:
+        """Paged hours not resolved yet (only those before hour ``before`` when given), oldest first."""
+        return sorted(h for h in self.paged - self.resolved if before is None or h < before)
 
     def merge(self, other: BreakerState) -> None:
         """Union with another worker's view (both only ever grow within an hour)."""
         for h, ids in other.kills.items():
             self.kills.setdefault(h, set()).update(ids)
         self.paged |= other.paged
+        self.resolved |= other.resolved
 
     def to_state(self) -> dict[str, Any]:
-        return {"kills": {str(h): sorted(ids) for h, ids in sorted(self.kills.items())}, "paged": sorted(self.paged)}
+        return {"kills": {str(h): sorted(ids) for h, ids in sorted(self.kills.items())}, "paged": sorted(self.paged),
+                "resolved": sorted(self.resolved)}  # fmt: skip
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> BreakerState:
         b = cls()
         b.kills = {int(h): set(ids) for h, ids in d["kills"].items()}
         b.paged = set(d["paged"])
+        b.resolved = set(d.get("resolved", ()))  # absent in states written before breaker pages resolved
         return b

@@ -154,6 +154,14 @@ class Worker:
         async def control_reader() -> None:
             await self._read_control()
 
+        if s.pager_in_worker:  # the pages consumer in this loop (streams/pager/); its metrics join the worker's
+
+            @app.task
+            async def pager() -> None:
+                from streams.pager import supervise
+
+                await supervise(s, self.registry)
+
         if s.idle_after:
             idle_s = parse_duration(s.idle_after) / 1000
 

@@ -166,11 +166,45 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         if problems := production_problems(settings):
             return _fail("the production profile refuses to start:\n" + "\n".join(f"  - {p}" for p in problems))
+    if settings.pager_in_worker:
+        from streams.pager import pager_problems
+
+        if problems := pager_problems(settings):
+            return _fail("ROLLGUARD_PAGER_IN_WORKER: the pager cannot start:\n"
+                         + "\n".join(f"  - {p}" for p in problems))
     try:
         load_rules(settings.rule_paths())  # fail before connecting to anything
         return run_worker(settings, create_topics=args.create_topics, log_level=args.log_level)
     except RulesInvalid as e:
         return _fail(f"invalid rules:\n{e}")
+
+
+def cmd_pager(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from streams.pager import pager_problems, serve
+
+    try:
+        settings = _settings(args)
+    except ValidationError as e:
+        return _fail(f"invalid settings:\n{e}")
+    if not settings.kafka_bootstrap:
+        return _fail("set ROLLGUARD_KAFKA_BOOTSTRAP (environment or --config FILE) to the broker the workers use")
+    if problems := pager_problems(settings):
+        return _fail("the pager cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await serve(settings, once=args.once, stop=stop)
+
+    print(asyncio.run(run()).line())
+    return 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -245,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="create missing rollguard topics at start")  # fmt: skip
     w.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     w.set_defaults(func=cmd_worker)
+
+    pg = sub.add_parser("pager", help="deliver pages to Alertmanager, PagerDuty or a webhook (Kafka consumer)")
+    pg.add_argument("--config", metavar="FILE", help="settings file (KEY=VALUE lines, ROLLGUARD_ prefix); env wins")
+    pg.add_argument("--once", action="store_true", help="deliver what the topic holds now, then exit")
+    pg.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    pg.set_defaults(func=cmd_pager)
 
     from streams.audit_cli import add_audit_parsers
     from streams.emitter import add_emit_parser

@@ -93,7 +93,27 @@ class Settings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", description="address the metrics endpoint listens on")
     metrics_max_groups: int = Field(50, ge=1, description="rule series per feature/phase/rule before __overflow__")
 
-    @field_validator("allowed_lateness", "batch_within", "rules_poll")
+    # --- pager: the pages topic delivered to Alertmanager, PagerDuty or a webhook (issue 15, streams/pager/) ----
+    pager_target: Literal["alertmanager", "pagerduty", "webhook"] = Field(
+        "alertmanager", description="where `rollguard pager` delivers pages"
+    )
+    pager_url: str | None = Field(
+        None, description="Alertmanager root URL, a webhook URL, or the PagerDuty Events v2 enqueue URL (default "
+        "https://events.pagerduty.com/v2/enqueue)"
+    )
+    pager_routing_key: SecretStr | None = Field(None, description="PagerDuty integration (routing) key")
+    pager_token: SecretStr | None = Field(None, description="bearer token for Alertmanager or the webhook")
+    pager_username: str | None = Field(None, description="basic-auth user for Alertmanager or the webhook")
+    pager_password: SecretStr | None = Field(None, description="basic-auth password for Alertmanager or the webhook")
+    pager_timeout_s: float = Field(10.0, gt=0, le=300, description="per delivery request")
+    pager_backoff: str = Field("500ms", description="first retry delay of a failed delivery (doubles, jittered)")
+    pager_backoff_max: str = Field("30s", description="longest retry delay")
+    pager_alert_ttl: str = Field("7d", description="Alertmanager: a trigger stays firing this long unless resolved")
+    pager_metrics_port: int = Field(9465, ge=0, le=65535, description="`rollguard pager`'s /metrics port; 0 = off")
+    pager_in_worker: bool = Field(False, description="run the pager inside each worker process instead")
+
+    @field_validator("allowed_lateness", "batch_within", "rules_poll", "pager_backoff", "pager_backoff_max",
+                     "pager_alert_ttl")
     @classmethod
     def _duration(cls, v: str) -> str:
         _check_duration(v)
@@ -103,6 +123,13 @@ class Settings(BaseSettings):
     @classmethod
     def _skew(cls, v: str) -> str:
         clock_skew_ms(v)
+        return v
+
+    @field_validator("pager_url")
+    @classmethod
+    def _pager_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
         return v
 
     @field_validator("redis_url")

@@ -8,7 +8,7 @@ feature lives in one slot and one Lua script can update them together):
   ``updated_ms`` (wall clock of the write, for operators only);
 * ``ns:{f:FEATURE}:buckets`` hash: one field per window bucket (see ``FeatureState.bucket_fields``);
 * ``ns:{tp:TOPIC:PARTITION}`` string: the partition's processed offset (a lower bound: features may be ahead);
-* ``ns:{breaker}``           hash: ``kill:HOUR:ID`` and ``paged:HOUR`` fields (the cross-feature kill breaker;
+* ``ns:{breaker}``           hash: ``kill:HOUR:ID``, ``paged:HOUR`` and ``resolved:HOUR`` fields (the cross-feature kill breaker;
   set-like, so writing the same kill twice is harmless);
 * ``ns:features``            set: the features with state (for status).
 
@@ -227,6 +227,8 @@ class RedisStore:
                 b.kills.setdefault(int(parts[1]), set()).add(parts[2])
             elif parts[0] == "paged":
                 b.paged.add(int(parts[1]))
+            elif parts[0] == "resolved":
+                b.resolved.add(int(parts[1]))
         return b
 
     async def partition_offsets(self, tps: list[str]) -> dict[str, int | None]:
@@ -267,6 +269,8 @@ class RedisStore:
                         fields[f"kill:{h}:{i}"] = "1"
                 for h in breaker.paged:
                     fields[f"paged:{h}"] = "1"
+                for h in breaker.resolved:
+                    fields[f"resolved:{h}"] = "1"
                 pipe.hset(self.breaker_key, mapping=fields)
             if writes:
                 pipe.sadd(self.features_key, *[w.feature for w in writes])

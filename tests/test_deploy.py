@@ -111,8 +111,12 @@ def instructions(name: str) -> list[str]:
     return [args for instr, args in dockerfile() if instr == name]
 
 
-def worker_services() -> dict[str, dict]:
+def rollguard_services() -> dict[str, dict]:
     return {n: s for n, s in compose()["services"].items() if s.get("image", "").split(":")[0] == "rollguard"}
+
+
+def worker_services() -> dict[str, dict]:
+    return {n: s for n, s in rollguard_services().items() if s["command"][0] == "worker"}
 
 
 def entrypoint() -> list[str]:
@@ -120,7 +124,7 @@ def entrypoint() -> list[str]:
 
 
 def deployment_container() -> dict:
-    return k8s("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return k8s("Deployment", "deployment.yaml")["spec"]["template"]["spec"]["containers"][0]
 
 
 def settings_from_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
@@ -412,7 +416,7 @@ def test_deployment_probes_hit_the_metrics_port(probe: str, path: str) -> None:
 
 
 def test_deployment_has_resources_and_runs_locked_down() -> None:
-    spec = k8s("Deployment")["spec"]
+    spec = k8s("Deployment", "deployment.yaml")["spec"]
     pod, c = spec["template"]["spec"], deployment_container()
     assert spec["replicas"] >= 2
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and "memory" in c["resources"]["limits"]
@@ -435,7 +439,7 @@ def test_deployment_reads_the_generated_configmaps_and_the_secret() -> None:
     assert refs["secretRef"] == k8s("Secret", "secret.example.yaml")["metadata"]["name"]
     rules_dir = env_file(K8S / "settings.env")[f"{PREFIX}RULES"]
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == rules_dir)
-    volume = next(v for v in k8s("Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    volume = next(v for v in k8s("Deployment", "deployment.yaml")["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
     assert volume["configMap"]["name"] == "rollguard-rules" and "rollguard-rules" in gens
 
 
@@ -444,7 +448,7 @@ def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def test_selectors_match_the_worker_pods() -> None:
-    dep = k8s("Deployment")
+    dep = k8s("Deployment", "deployment.yaml")
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     assert _matches(dep["spec"]["selector"]["matchLabels"], pod_labels)
     pdb = k8s("PodDisruptionBudget")
@@ -476,15 +480,82 @@ def test_kustomization_builds() -> None:
     docs = [d for d in yaml.safe_load_all(out) if d]
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["Namespace", "ServiceAccount", "ConfigMap", "ConfigMap", "Service", "Deployment",
-                            "PodDisruptionBudget", "ServiceMonitor"])  # fmt: skip
+                            "PodDisruptionBudget", "ServiceMonitor", "Deployment", "PodMonitor"])  # fmt: skip
     assert all(d["metadata"].get("namespace") == "rollguard" for d in docs if d["kind"] != "Namespace")
-    dep = next(d for d in docs if d["kind"] == "Deployment")
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rollguard-worker")
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == f"registry.example.com/rollguard:{VERSION}"
     names = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
     assert {e["configMapRef"]["name"] for e in c["envFrom"] if "configMapRef" in e} <= names
     rules = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("rollguard-rules"))
     assert sorted(rules["data"]) == sorted(p.name for p in CATALOG.glob("*.yaml"))
+
+
+# --- the pager (compose service, Kubernetes Deployment, Alertmanager) ----------------------------------------------
+
+
+def test_compose_runs_one_pager_that_reaches_alertmanager(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.pager import pager_problems
+
+    services = compose()["services"]
+    assert sorted(set(rollguard_services()) - set(worker_services())) == ["pager"]
+    pager = services["pager"]
+    argv = pager.get("entrypoint", entrypoint())[1:] + pager["command"]
+    assert build_parser().parse_args(argv).command == "pager"
+    s = settings_from_env(monkeypatch, {k: interpolate(v) for k, v in pager["environment"].items()})
+    assert pager_problems(s) == [] and s.pager_target == "alertmanager"
+    # the same broker and consumer-group prefix as the workers
+    workers = worker_services().values()
+    assert {s.kafka_bootstrap} == {w["environment"][f"{PREFIX}KAFKA_BOOTSTRAP"] for w in workers}
+    assert {s.app_id} == {w["environment"][f"{PREFIX}APP_ID"] for w in workers}
+    # its URL names the alertmanager service, whose config is the example checked by amtool (tests/test_pager.py)
+    am = services["alertmanager"]
+    assert s.pager_url == "http://alertmanager:9093" and "alertmanager" in pager["depends_on"]
+    mounts = {target: source for source, target, *_ in (v.split(":") for v in am["volumes"])}
+    config = next(a.split("=", 1)[1] for a in am["command"] if a.startswith("--config.file="))
+    assert (DEPLOY / mounts[str(PurePosixPath(config).parent)] / PurePosixPath(config).name).resolve() == (
+        DEPLOY / "alertmanager" / "alertmanager.yml")
+    assert "--cluster.listen-address=" in am["command"]
+    assert f":{s.pager_metrics_port}/healthz" in " ".join(pager["healthcheck"]["test"])
+    assert pager["read_only"] is True and pager["cap_drop"] == ["ALL"]
+
+
+def test_compose_prometheus_scrapes_the_pager() -> None:
+    cfg = load_yaml(DEPLOY / "prometheus" / "prometheus.compose.yml")[0]
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "rollguard-pager"]
+    port = compose()["services"]["pager"]["environment"][f"{PREFIX}PAGER_METRICS_PORT"]
+    assert [t for sc in job["static_configs"] for t in sc["targets"]] == [f"pager:{port}"]
+
+
+def test_k8s_pager_deployment_runs_the_pager_locked_down_with_its_own_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.pager import pager_problems
+
+    dep = k8s("Deployment", "pager.yaml")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert build_parser().parse_args(c.get("command", entrypoint())[1:] + c["args"]).command == "pager"
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert _matches(dep["spec"]["selector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
+    # not selected by the workers' Service, PDB or ServiceMonitor
+    assert not _matches(k8s("Service")["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+    refs = [next(iter(e.items())) for e in c["envFrom"]]
+    assert refs == [("configMapRef", {"name": "rollguard-settings"}), ("secretRef", {"name": "rollguard-pager"})]
+    secret = k8s("Secret", "pager-secret.example.yaml")
+    assert secret["metadata"]["name"] == "rollguard-pager" and set(secret["stringData"]) <= SECRET_ENV
+    assert "pager-secret.example.yaml" not in kustomization()["resources"]
+    env = {**env_file(K8S / "settings.env"), **{e["name"]: e["value"] for e in c["env"]},
+           **{k: f"value-of-{k.lower()}" for k in secret["stringData"]}}  # fmt: skip
+    s = settings_from_env(monkeypatch, env)
+    assert s.profile == "production" and pager_problems(s) == []
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["metrics"] == s.pager_metrics_port
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["securityContext"]["capabilities"]["drop"] == [
+        "ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    pm = k8s("PodMonitor", "pager.yaml")
+    assert _matches(pm["spec"]["selector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
 
 
 # --- docs ------------------------------------------------------------------------------------------------------------

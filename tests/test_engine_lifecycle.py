@@ -316,3 +316,85 @@ def test_commands_are_signed_when_a_key_is_configured():
 
 def test_t0_is_midnight():
     assert T0 % (24 * 60 * MIN) == 0
+
+
+# --- the kill breaker's page resolves ------------------------------------------------------------------------------
+
+BREAKER_RULES = """
+version: 1
+name: t
+features: ["*"]
+rules:
+  - {id: errors, tier: kill, metric: error_rate, op: ">", threshold: 0.5, window: 1m, min_samples: 10}
+"""
+
+
+def breaker_run(extra=(), max_kills=2, batch=None):
+    """Four features kill in the first hour with room for two: f3 and f4 are held and the breaker pages."""
+    evs = [e for f in ("f1", "f2", "f3", "f4") for e in traffic("..xx..", feature=f)] + list(extra)
+    evs.sort(key=lambda e: (e.ts, e.feature))
+    return run(rules(BREAKER_RULES), evs, EngineConfig(allowed_lateness_ms=0, max_kills_per_hour=max_kills), batch)
+
+
+def breaker_pages(pages):
+    return [p for p in pages if p["payload"]["class"] == "kill-breaker"]
+
+
+def test_breaker_page_stays_open_while_no_later_hour_is_seen():
+    # quiet traffic later in the same hour: no transition, and nothing says the budget is free
+    _, _, _, pages = breaker_run(traffic("_" * 10 + "." * 40, feature="f5"))
+    assert [p["event_action"] for p in breaker_pages(pages)] == ["trigger"]
+
+
+def test_breaker_page_resolves_at_the_first_transition_of_an_hour_with_budget():
+    late_kill = traffic("_" * 60 + "..xx..", feature="f5")  # fires at minute 63, in the next hour
+    _, decisions, commands, pages = breaker_run(late_kill)
+    trigger, resolve = breaker_pages(pages)
+    assert (trigger["event_action"], resolve["event_action"]) == ("trigger", "resolve")
+    assert resolve["dedup_key"] == trigger["dedup_key"]
+    assert resolve["payload"]["timestamp"] == "2026-11-02T01:00:00Z"  # the hour boundary, event time
+    assert resolve["payload"]["custom_details"]["cause"] == "budget_free"
+    # same labels for a receiver that keys alerts on them (Alertmanager)
+    keys = ("component", "group", "class", "severity", "source")
+    assert {k: trigger["payload"][k] for k in keys} == {k: resolve["payload"][k] for k in keys}
+    assert trigger["payload"]["custom_details"]["held_feature"] == "f3"
+    # the resolve comes before the new hour's kill, which gets its rollback
+    assert pages.index(resolve) < next(i for i, p in enumerate(pages) if p["payload"]["component"] == "f5")
+    assert [c["feature"] for c in commands] == ["f1", "f2", "f5"]
+    # held kills stay held: no command for f3/f4, still firing
+    assert [d["feature"] for d in decisions if d["transition"] == "held"] == ["f3", "f4"]
+
+
+def test_breaker_resolve_does_not_depend_on_batching():
+    late_kill = traffic("_" * 60 + "..xx..", feature="f5")
+    whole = breaker_run(late_kill)[3]
+    assert breaker_run(late_kill, batch=7)[3] == whole
+
+
+def test_with_no_budget_at_all_only_a_resume_resolves_the_breaker_page():
+    late_kill = traffic("_" * 60 + "..xx..", feature="f5")
+    _, _, commands, pages = breaker_run(late_kill, max_kills=0)
+    # every kill is held; each hour pages once, and nothing frees the first hour's page
+    assert commands == [] and [p["event_action"] for p in breaker_pages(pages)] == ["trigger", "trigger"]
+    assert len({p["dedup_key"] for p in breaker_pages(pages)}) == 2
+
+
+def test_breaker_page_resolves_when_a_resume_re_arms_a_held_kill():
+    # resuming f1 (an issued kill) is not the decision the breaker asked for; resuming held f3 is
+    _, _, _, pages = breaker_run([resume(7, feature="f1"), resume(8, feature="f3")])
+    trigger, resolve = breaker_pages(pages)
+    assert resolve["event_action"] == "resolve" and resolve["dedup_key"] == trigger["dedup_key"]
+    assert resolve["payload"]["custom_details"]["cause"] == "operator_resume"
+    assert resolve["payload"]["timestamp"] == "2026-11-02T00:08:00Z"
+
+
+def test_a_resolved_breaker_hour_is_not_resolved_twice_and_survives_persistence():
+    from rules.state import BreakerState
+
+    eng, _, _, pages = breaker_run([resume(8, feature="f3"), resume(9, feature="f4")])
+    assert [p["event_action"] for p in breaker_pages(pages)] == ["trigger", "resolve"]
+    restored = BreakerState.from_state(eng.breaker.to_state())
+    assert restored.paged == restored.resolved == {T0 // 3_600_000} and restored.open_hours() == []
+    merged = BreakerState()
+    merged.merge(restored)
+    assert merged.to_state() == eng.breaker.to_state()

@@ -203,3 +203,23 @@ def test_a_message_that_breaks_the_engine_is_dead_lettered_and_the_rest_applied(
     assert [(d["reason"], d["source"]["offset"]) for d in dead] == [("processing_error", MSGS[10].offset)]
     assert "ZeroDivisionError" in dead[0]["detail"]
     assert p.stats.events == 299 and p.stats.invalid == {"processing_error": 1}
+
+
+def test_the_breaker_round_trips_through_redis_with_its_resolved_hours(stack, redis_client):
+    from rules.state import BreakerState
+
+    async def go() -> tuple[BreakerState, BreakerState]:
+        r = aioredis.Redis.from_url(stack.redis_url)
+        try:
+            store = RedisStore(r, "breaker")
+            b = BreakerState()
+            b.kills = {7: {"k1", "k2"}, 8: {"k3"}}
+            b.paged = {7, 8}
+            b.resolved = {7}
+            await store.commit([], b, {})
+            return b, await store.load_breaker()
+        finally:
+            await r.aclose()
+
+    written, loaded = asyncio.run(go())
+    assert loaded.to_state() == written.to_state() and loaded.open_hours() == [8]
