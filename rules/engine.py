@@ -239,14 +239,16 @@ class Engine:
         skew = self.config.max_clock_skew_ms or 0
         own = fs.src_max.get(ev.type)
         direction = "ahead" if fs.max_ts is None or ev.ts > fs.max_ts else "behind"
-        ref = (fs.max_ts if own is None else own) if direction == "behind" else fs.max_ts
-        where = f"the {ev.type} stream of feature {feature!r}" if ref is own else f"feature {feature!r}"
+        stream = direction == "behind" and own is not None
+        ref = own if stream else fs.max_ts
+        where = f"the {ev.type} stream of feature {feature!r}" if stream else f"feature {feature!r}"
         if ref is None:
             off = None
             head = f"event time {iso(ev.ts)} disagrees with the first events of {where}"
         else:
             off = ev.ts - ref
-            head = f"event time {iso(ev.ts)} is {approx_duration(off)} {direction} {where} (at {iso(ref)})"
+            rel = "ahead of" if direction == "ahead" else "behind"
+            head = f"event time {iso(ev.ts)} is {approx_duration(off)} {rel} {where} (at {iso(ref)})"
         tail = {
             "behind": f"more than the maximum clock skew of {approx_duration(skew)} behind it",
             "contradicted": f"held, then contradicted by {self.config.clock_quorum} or more messages at the "
