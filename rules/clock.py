@@ -121,7 +121,9 @@ class StreamClock:
     __slots__ = ("held", "clusters", "next_id")
 
     def __init__(self) -> None:
-        self.held: list[tuple[int, Event]] = []  # (cluster id, event) in arrival order
+        # (cluster id, event, reference) in arrival order; the reference is what the event was judged against when
+        # it came, (time, "stream" | "feature"), so a dead letter reads the same however late the verdict falls
+        self.held: list[tuple[int, Event, tuple | None]] = []
         self.clusters: dict[int, Cluster] = {}
         self.next_id = 0
 
@@ -130,7 +132,7 @@ class StreamClock:
 
     def to_state(self) -> dict:
         return {
-            "held": [[cid, ev.to_state()] for cid, ev in self.held],
+            "held": [[cid, ev.to_state(), None if ref is None else list(ref)] for cid, ev, ref in self.held],
             "clusters": [c.to_state() for c in self.clusters.values()],
             "next_id": self.next_id,
         }
@@ -138,7 +140,7 @@ class StreamClock:
     @classmethod
     def from_state(cls, d: dict) -> StreamClock:
         sc = cls()
-        sc.held = [(cid, Event.from_state(e)) for cid, e in d["held"]]
+        sc.held = [(h[0], Event.from_state(h[1]), None if h[2] is None else tuple(h[2])) for h in d["held"]]
         sc.clusters = {c.id: c for c in map(Cluster.from_state, d["clusters"])}
         sc.next_id = d["next_id"]
         return sc
@@ -153,7 +155,7 @@ def _key_from(k: Any) -> Any:
 
 
 Apply = Callable[[Event], None]
-Reject = Callable[[Event, str], None]  # (event, why) — the caller words the dead letter from the stream's time
+Reject = Callable[..., None]  # (event, why[, ref]) — the caller words the dead letter from the stream's time
 
 
 Times = Callable[[], "tuple[int | None, int | None]"]  # (the stream's time S, the feature's time F); None: none yet
@@ -185,19 +187,23 @@ class ClockGuard:
             best = max(sc.clusters.values(), key=lambda c: (c.own, -c.id))
             self._release(sc, best.id, stream_time, apply, reject)
         held, sc.held, sc.clusters = sc.held, [], {}
-        for _, ev in held:
-            reject(ev, "unconfirmed")
+        for _, ev, ref in held:
+            reject(ev, "unconfirmed", ref)
 
     # --- internals --------------------------------------------------------------------------------------------
 
-    def _admit(self, sc: StreamClock, ev: Event, stream_time, apply: Apply, reject: Reject) -> None:
-        """Classify one event; resolving clusters is the caller's (so a release can re-admit without recursion)."""
+    def _admit(self, sc: StreamClock, ev: Event, stream_time, apply: Apply, reject: Reject,
+               ref: tuple | None = None) -> None:  # fmt: skip
+        """Classify one event; resolving clusters is the caller's (so a release can re-admit without recursion).
+        ``ref``: what a re-admitted event was judged against when it first came."""
         skew = self.config.max_skew_ms
         own, c = stream_time()
         ts = ev.ts
         msg = message_key(ev)
+        if ref is None:
+            ref = (own, "stream") if own is not None else (c, "feature") if c is not None else None
         if own is not None and ts < own - skew:
-            reject(ev, "behind")
+            reject(ev, "behind", ref)
             return
         if c is not None and ts <= c + skew and (own is not None or (ts >= c - skew and not sc.held)):
             apply(ev)
@@ -205,7 +211,7 @@ class ClockGuard:
                 _vote_against(cl, msg)
             return
         if len(sc.held) >= self.config.max_held:
-            reject(ev, "hold_full")
+            reject(ev, "hold_full", ref)
             return
         cl = None
         for k in sc.clusters.values():
@@ -224,14 +230,16 @@ class ClockGuard:
             for other in sc.clusters.values():
                 if other is not cl:
                     _vote_against(other, msg)
-        sc.held.append((cl.id, ev))
+        sc.held.append((cl.id, ev, ref))
 
     def _resolve(self, sc: StreamClock, stream_time, apply: Apply, reject: Reject) -> None:
         cfg = self.config
         while sc.held:
             for cl in list(sc.clusters.values()):
                 if cl.contra >= cfg.quorum and cl.contra > cl.own:
-                    self._reject_cluster(sc, cl.id, reject)
+                    others = [k for k in sc.clusters.values() if k is not cl]
+                    best = max(others, key=lambda k: (k.own, -k.id), default=None)
+                    self._reject_cluster(sc, cl.id, reject, None if best is None else (best.lo, "first"))
             own, c = stream_time()
             for cl in sc.clusters.values():
                 if c is not None and cl.lo <= c + cfg.max_skew_ms and (own is not None or cl.hi >= c - cfg.max_skew_ms):
@@ -248,11 +256,12 @@ class ClockGuard:
             else:
                 return
 
-    def _reject_cluster(self, sc: StreamClock, cid: int, reject: Reject) -> None:
+    def _reject_cluster(self, sc: StreamClock, cid: int, reject: Reject, other: tuple | None) -> None:
+        """``other``: the held events that outvoted it, for an event that came before its stream had any time."""
         keep = []
         for item in sc.held:
             if item[0] == cid:
-                reject(item[1], "contradicted")
+                reject(item[1], "contradicted", item[2] or other)
             else:
                 keep.append(item)
         sc.held = keep
@@ -261,16 +270,16 @@ class ClockGuard:
     def _release(self, sc: StreamClock, cid: int, stream_time, apply: Apply, reject: Reject) -> None:
         """Apply cluster ``cid`` (the stream moved on to it) and re-admit everything else held, in arrival order."""
         held, sc.held, sc.clusters = sc.held, [], {}
-        for k, ev in held:
+        for k, ev, ref in held:
             if k == cid:
                 apply(ev)
             else:
-                self._admit(sc, ev, stream_time, apply, reject)
+                self._admit(sc, ev, stream_time, apply, reject, ref)
 
     def _readmit(self, sc: StreamClock, stream_time, apply: Apply, reject: Reject) -> None:
         held, sc.held, sc.clusters = sc.held, [], {}
-        for _, ev in held:
-            self._admit(sc, ev, stream_time, apply, reject)
+        for _, ev, ref in held:
+            self._admit(sc, ev, stream_time, apply, reject, ref)
 
 
 def _vote_against(cl: Cluster, msg: Any) -> None:

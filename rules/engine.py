@@ -229,19 +229,23 @@ class Engine:
                                          "detail": f"{type(exc).__name__} while applying this event (held since it came)",
                                          "source": e.origin, "payload": e.payload()})  # fmt: skip
 
-        def reject(e: Event, why: str) -> None:
-            self._quarantine(out, feature, fs, e, why)
+        def reject(e: Event, why: str, ref: tuple | None = None) -> None:
+            self._quarantine(out, feature, fs, e, why, ref)
 
         return stream_time, apply, reject
 
-    def _quarantine(self, out: Outputs, feature: str, fs: FeatureState, ev: Event, why: str) -> None:
-        """A ``ts_outlier`` dead letter: how far off the event's time was, relative to what, and why."""
+    def _quarantine(self, out: Outputs, feature: str, fs: FeatureState, ev: Event, why: str,
+                    judged: tuple | None = None) -> None:  # fmt: skip
+        """A ``ts_outlier`` dead letter: how far off the event's time was, relative to what, and why. ``judged`` is
+        what the event was compared with when it came: (time, "stream" | "feature" | "first"). Its own stream's
+        time when it has one — one partition's order — so the dead letter reads the same live and in replay."""
         skew = self.config.max_clock_skew_ms or 0
-        own = fs.src_max.get(ev.type)
-        direction = "ahead" if fs.max_ts is None or ev.ts > fs.max_ts else "behind"
-        stream = direction == "behind" and own is not None
-        ref = own if stream else fs.max_ts
-        where = f"the {ev.type} stream of feature {feature!r}" if stream else f"feature {feature!r}"
+        ref, kind = judged if judged is not None else (fs.src_max.get(ev.type), "stream")
+        if ref is None:
+            ref, kind = fs.max_ts, "feature"
+        where = {"stream": f"the {ev.type} stream of feature {feature!r}", "feature": f"feature {feature!r}",
+                 "first": f"the first events of feature {feature!r}"}[kind]  # fmt: skip
+        direction = "ahead" if ref is None or ev.ts > ref else "behind"
         if ref is None:
             off = None
             head = f"event time {iso(ev.ts)} disagrees with the first events of {where}"

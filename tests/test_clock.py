@@ -101,8 +101,8 @@ def test_outliers_mixed_into_an_incident_change_no_decision_and_are_dead_lettere
         assert d["outlier"]["direction"] in ("ahead", "behind") and d["outlier"]["max_clock_skew_ms"] == SKEW
         assert "stream" in d["detail"] or "feature" in d["detail"]
     ahead = next(d for d in dead if d["payload"]["event_id"].endswith("p1d"))
-    assert ahead["outlier"]["direction"] == "ahead" and ahead["outlier"]["offset_ms"] >= DAY - 2 * MIN
-    assert "23h 59m ahead of feature 'f'" in ahead["detail"]
+    assert ahead["outlier"]["direction"] == "ahead" and DAY <= ahead["outlier"]["offset_ms"] <= DAY + MIN
+    assert "ahead of the interaction stream of feature 'f'" in ahead["detail"]
     behind = next(d for d in dead if d["payload"]["event_id"].endswith("1970"))
     assert behind["outlier"]["direction"] == "behind" and behind["payload"]["ts"] == "1970-01-01T00:00:00Z"
     assert eng.stats.outliers == {"ahead": 4, "behind": 2}
@@ -318,13 +318,12 @@ def test_skipping_quiet_instants_decides_exactly_what_the_instant_by_instant_wal
 
 
 def test_a_year_of_silence_costs_a_bounded_number_of_instants():
-    evs = traffic("." * 5 + "x" * 5, n=10) + [
-        e for e in interactions(0, 10, errors=10, prefix="later-") if setattr(e, "ts", e.ts + YEAR) is None
-    ]
+    later = [e for m in range(6) for e in interactions(m, 10, errors=10, prefix="later-")]
+    for e in later:
+        e.ts += YEAR
     eng = Engine(GAP_RULES, EngineConfig(allowed_lateness_ms=0, max_clock_skew_ms=None))
-    eng.step(evs)
-    eng.finish()
-    slow = NaiveWalk(GAP_RULES, EngineConfig(allowed_lateness_ms=0, max_clock_skew_ms=None))
-    slow.step(evs[:100])
-    # the walk would evaluate ~525,600 minutes; skipping does it in a few hundred (the windows draining, then one step)
+    out = eng.step(traffic("." * 5 + "x" * 5, n=10) + later)
+    out.extend(eng.finish())
+    # instant by instant that is ~525,600 minutes; skipping: the windows draining, one step, the later minute
     assert eng.stats.instants < 1_000
+    assert any(d["ts"] > iso(T0 + YEAR) for d in out.decisions)  # and the year-later errors are still decided
