@@ -269,6 +269,26 @@ def test_counters_match_what_the_engine_counted_and_produced():
     assert one(fams, "rollguard_invalid_events_total", reason="invalid_json") == 2
 
 
+def test_clock_outliers_and_held_events_are_exported():
+    h = Harness(one_rule(), config=EngineConfig(allowed_lateness_ms=0))
+    evs = traffic("......")
+    h.feed(evs)
+    fams = h.scrape()
+    assert one(fams, "rollguard_clock_outliers_total", direction="ahead") == 0
+    ahead = interactions(0, 1, prefix="skewed-")[0]
+    ahead.ts = evs[-1].ts + 86_400_000
+    behind = interactions(0, 1, prefix="old-")[0]
+    behind.ts = 0
+    h.feed([ahead, behind])
+    fams = h.scrape()
+    assert one(fams, "rollguard_clock_held_events") == 1  # a day ahead: held until its stream says
+    assert one(fams, "rollguard_clock_outliers_total", direction="behind") == 1 == h.engine.stats.outliers["behind"]
+    h.feed(interactions(6, 5, prefix="more-"))  # five messages at the stream's own time contradict it
+    fams = h.scrape()
+    assert one(fams, "rollguard_clock_held_events") == 0
+    assert one(fams, "rollguard_clock_outliers_total", direction="ahead") == 1
+
+
 # --- health ---------------------------------------------------------------------------------------------------------
 
 
@@ -322,7 +342,7 @@ SPEC_FAMILIES = {
     "rollguard_watermark_delay_seconds", "rollguard_feature_watermark_timestamp_seconds",
     "rollguard_events", "rollguard_invalid_events", "rollguard_late_events", "rollguard_duplicate_events",
     "rollguard_messages", "rollguard_decisions", "rollguard_commands", "rollguard_pages", "rollguard_breaker_held",
-    "rollguard_batches", "rollguard_batch_failures",
+    "rollguard_batches", "rollguard_batch_failures", "rollguard_clock_outliers", "rollguard_clock_held_events",
     "rollguard_batch_duration_seconds", "rollguard_redis_duration_seconds", "rollguard_consumer_lag",
     "rollguard_last_state_write_timestamp_seconds", "rollguard_rules_info", "rollguard_rules_loaded_timestamp_seconds",
     "rollguard_assigned_partitions", "rollguard_degraded", "rollguard_worker_info", "rollguard_metrics_series_dropped",
@@ -339,7 +359,7 @@ def test_the_exposition_has_exactly_the_spec_families_all_prefixed():
     types = {f.name: f.type for f in fams}
     assert {n for n, t in types.items() if t == "counter"} == {"rollguard_" + c for c in (
         "events", "invalid_events", "late_events", "duplicate_events", "messages", "decisions", "commands", "pages",
-        "breaker_held", "batches", "batch_failures")}  # fmt: skip
+        "breaker_held", "batches", "batch_failures", "clock_outliers")}  # fmt: skip
     assert {n for n, t in types.items() if t == "histogram"} == {"rollguard_batch_duration_seconds",
                                                                 "rollguard_redis_duration_seconds"}  # fmt: skip
 

@@ -3,7 +3,7 @@ are listed but raise nothing."""
 
 import pytest
 
-from engine_kit import rules, traffic
+from engine_kit import interactions, rules, traffic
 from rules.engine import Engine, EngineConfig
 from streams.demo import _status_line
 from streams.ops import render_status
@@ -48,3 +48,15 @@ def test_the_demo_status_line_marks_shadow_rules():
     eng = Engine(rules(PACK.format(tier="pause", mode="shadow")), EngineConfig(allowed_lateness_ms=0))
     eng.step(traffic("..xxx"))
     assert _status_line([summary_of(eng, "f", eng.features["f"])]).endswith("; firing: r (shadow)")
+
+
+def test_status_counts_the_events_quarantined_or_held_for_their_time():
+    eng = Engine(rules(PACK.format(tier="kill", mode="enforce")), EngineConfig(allowed_lateness_ms=0))
+    evs = traffic("....")
+    bad = interactions(0, 2, prefix="bad-")
+    bad[0].ts, bad[1].ts = 0, evs[-1].ts + 86_400_000  # 1970, and a day ahead
+    eng.step(evs + bad)
+    s = summary_of(eng, "f", eng.features["f"])
+    assert s["clock"] == {"outliers": {"behind": 1}, "held": 1, "skew_paged": False}
+    text = render_status([dict(s, updated_ms=0)], 0)
+    assert "f: 1 quarantined as ts_outlier (behind 1), 1 held" in text
