@@ -81,6 +81,11 @@ def _live(events: list[dict], out: Path, settings: Settings, timeout_s: float) -
         ensure_topics(stack.kafka_bootstrap, topics, settings.partitions)
         env = dict(os.environ, ROLLGUARD_KAFKA_BOOTSTRAP=stack.kafka_bootstrap, ROLLGUARD_REDIS_URL=stack.redis_url,
                    ROLLGUARD_USER_KEY=DEMO_USER_KEY, ROLLGUARD_IDLE_AFTER="off", ROLLGUARD_SESSION_TIMEOUT_S="6")  # fmt: skip
+        pager = pager_target(settings)
+        metrics_port = _free_port()
+        env["ROLLGUARD_METRICS_PORT"] = str(metrics_port)
+        if pager is not None:  # pages go on to a real receiver: the pager runs inside the worker
+            env["ROLLGUARD_PAGER_IN_WORKER"] = "true"
         log = open(out / "worker.log", "wb")  # noqa: SIM115
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--log-level", "warning"],
                                   env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -101,6 +106,7 @@ def _live(events: list[dict], out: Path, settings: Settings, timeout_s: float) -
             print("    " + orjson.dumps(command).decode())
             _wait_idle(stack)
             _dump_topics(stack, topics, out)
+            print(_pages_went(pager, metrics_port, len(_jsonl(out / "pages.jsonl")), topics.pages))
         finally:
             worker.terminate()
             try:
@@ -110,6 +116,61 @@ def _live(events: list[dict], out: Path, settings: Settings, timeout_s: float) -
             log.close()
     print(f"stopped the worker, broker and Redis; live outputs in {out}")
     return 0
+
+
+def pager_target(settings: Settings) -> str | None:
+    """Where the demo's pages go beyond the pages topic: ``target at scheme://host`` when ``ROLLGUARD_PAGER_URL`` is
+    set (never the path, which may hold a key), None when the demo stays self-contained."""
+    if not settings.pager_url:
+        return None
+    from urllib.parse import urlsplit
+
+    u = urlsplit(settings.pager_url)
+    return f"{settings.pager_target} at {u.scheme}://{u.netloc.rsplit('@', 1)[-1]}"
+
+
+def _pages_went(pager: str | None, metrics_port: int, produced: int, topic: str, wait_s: float = 30.0) -> str:
+    """One line saying where the pages went; with a pager, once it delivered (or gave up on) all of them."""
+    if pager is None:
+        return (f"pages: {produced} on topic {topic} only (self-contained; set ROLLGUARD_PAGER_TARGET and "
+                "ROLLGUARD_PAGER_URL to deliver them to Alertmanager, PagerDuty or a webhook)")  # fmt: skip
+    counts: dict[str, float] = {}
+    start = time.monotonic()
+    while time.monotonic() - start < wait_s:
+        counts = _pager_counts(metrics_port)
+        if counts.get("delivered", 0) + counts.get("failed", 0) >= produced:
+            break
+        time.sleep(0.5)
+    return (f"pages: {produced} on topic {topic}, delivered to {pager} by the pager in the worker: "
+            f"{counts.get('delivered', 0):.0f} delivered, {counts.get('failed', 0):.0f} refused, "
+            f"{counts.get('retried', 0):.0f} retried")  # fmt: skip
+
+
+def _pager_counts(port: int) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            for what in ("delivered", "failed", "retried"):
+                if s.name == f"rollguard_pager_{what}_total":
+                    out[what] = out.get(what, 0) + s.value
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _watch(stack, topics, worker, timeout_s: float, read_status):

@@ -334,7 +334,7 @@ def test_dead_letters_are_located_redacted_and_do_not_stop_valid_events(stack, t
     f = "dead-letters"
     secret = "please summarise my divorce papers"
     ok = [{"type": "interaction", "event_id": f"ok-{i}", "ts": T0 + i * MIN, "feature": f, "user": "u1"}
-          for i in range(3)]  # fmt: skip
+          for i in range(7)]  # fmt: skip
     bad_schema = {"type": "interaction", "event_id": "bad-1", "ts": T0, "feature": f, "user": "alice@example.com",
                   "outcome": "exploded", "prompt": secret, "model_version": secret}  # fmt: skip
     bad_item = {"type": "feedback", "event_id": "bad-2", "ts": T0, "feature": f, "kind": "thumbs",
@@ -346,6 +346,8 @@ def test_dead_letters_are_located_redacted_and_do_not_stop_valid_events(stack, t
         orjson.dumps(bad_schema),
         orjson.dumps([ok[0], bad_item, ok[2]]),  # one bad item in an envelope: the others are applied
         orjson.dumps("just a string"),
+        # a new feature's time is trusted once events of 5 messages agree (rules/clock.py): four more
+        *(orjson.dumps(e) for e in ok[3:]),
     ]
     try:
         where = produce_each(stack, topics.interactions, f.encode(), values)
@@ -365,8 +367,8 @@ def test_dead_letters_are_located_redacted_and_do_not_stop_valid_events(stack, t
         text = orjson.dumps(dead).decode()
         for raw in ("alice@example.com", "bob@example.com", "divorce", "just a string"):
             assert raw not in text
-        # the two valid events of the envelope were applied: the watermark is the later one's time - lateness
-        assert status(cli, topics)[f]["watermark"] == iso(T0 + 2 * MIN - 30_000)
+        # the valid events of the envelope were applied with the rest: the watermark is the last one's - lateness
+        assert status(cli, topics)[f]["watermark"] == iso(T0 + 6 * MIN - 30_000)
         assert worker.alive()
     finally:
         worker.stop()
