@@ -21,13 +21,10 @@ from rules.outputs import iso
 from streams.kafka_source import add_from_kafka_args
 from streams.report_format import plural
 from streams.settings import Settings, clock_skew_ms
+from streams.subcommand import fail as _fail
+from streams.subcommand import settings_from_args as _settings
 
 __all__ = ["main"]
-
-
-def _fail(msg: str, code: int = 2) -> int:
-    print(f"rollguard: error: {msg}", file=sys.stderr)
-    return code
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -142,13 +139,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
     return run_demo(Path(args.out), preset=args.preset, offline=args.offline, duration=args.duration)
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    cfg = getattr(args, "config", None)
-    if cfg and not os.path.isfile(cfg):
-        raise RollguardError(f"settings file not found: {cfg}")
-    return Settings(_env_file=cfg) if cfg else Settings()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

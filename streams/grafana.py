@@ -73,8 +73,9 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_annotate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from streams.cli import _fail, _settings
     from streams.grafana_http import AsyncGrafana, GrafanaError, resolve_token, resolve_url
+    from streams.subcommand import fail as _fail
+    from streams.subcommand import settings_from_args as _settings
 
     url, token = resolve_url(args.url), resolve_token(args.token)
     if args.dashboard_uid is not None and not _UID.fullmatch(args.dashboard_uid):
