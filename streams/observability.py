@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -46,8 +47,11 @@ from rules.engine import Engine
 from rules.model import TIER_ORDER
 from rules.plan import Plan
 from rules.policy import Outputs
-from streams.processor import ProcessorStats, summary_of
 from streams.rule_series import RuleSeries
+from streams.status_summary import summary_of
+
+if TYPE_CHECKING:
+    from streams.processor import ProcessorStats
 
 __all__ = ["WorkerMetrics", "rollguard_version"]
 

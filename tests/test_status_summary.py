@@ -7,7 +7,7 @@ from engine_kit import interactions, rules, traffic
 from rules.engine import Engine, EngineConfig
 from streams.demo import _status_line
 from streams.ops import render_status
-from streams.processor import summary_of
+from streams.status_summary import summary_of
 
 PACK = """
 version: 1
