@@ -1,7 +1,7 @@
 """What every ``rollguard`` subcommand shares: the error line with its exit code, and the settings it runs with.
 
 Kept below :mod:`streams.cli` so that command modules that live with their concern (``rollguard annotate`` in
-:mod:`streams.grafana`) use them without importing the CLI, which imports them (no import circle).
+:mod:`streams.grafana.commands`) use them without importing the CLI, which imports them (no import circle).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """What ``rollguard status`` shows for one feature, from the engine's state: per phase the tier, latch and active rules.
 
-The processor writes it to Redis with each feature's state (streams.store), ``rollguard status`` reads it back
-(streams.ops), and the worker's metrics derive the feature tier and firing gauges from it (streams.observability).
+The processor writes it to Redis with each feature's state (streams.live.store), ``rollguard status`` reads it back
+(streams.live.ops), and the worker's metrics derive the feature tier and firing gauges from it
+(streams.live.observability).
 """
 
 from __future__ import annotations

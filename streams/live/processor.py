@@ -1,6 +1,7 @@
 """The live batch processor: raw Kafka messages in, engine step, outputs published, state committed to Redis.
 
-Independent of Faust (the agent in ``streams.app`` only hands batches over), so the exactly-once logic is plain code:
+Independent of Faust (the agent in ``streams.live.app`` only hands batches over), so the exactly-once logic is plain
+code:
 
 1. parse every message (single event or batch envelope); invalid ones become dead letters with topic/partition/
    offset and a redacted payload;
@@ -34,12 +35,12 @@ from rules.events import EventParser, InvalidEvent, redact
 from rules.outputs import iso, stable_id
 from rules.policy import Outputs
 from rules.state import BreakerState, FeatureState
-from streams.status_summary import summary_of
-from streams.store import FeatureWrite, RedisStore
-from streams.topics import Topics
+from streams.live.status_summary import summary_of
+from streams.live.store import FeatureWrite, RedisStore
+from streams.kafka.topics import Topics
 
 if TYPE_CHECKING:
-    from streams.observability import WorkerMetrics
+    from streams.live.observability import WorkerMetrics
 
 __all__ = ["Message", "Processor", "Publisher", "ProcessorStats"]
 
