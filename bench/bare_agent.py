@@ -1,6 +1,6 @@
 """The floor of Faust itself (used by ``bench/worker.py``, not run by hand): one agent that only counts.
 
-Same Faust configuration as the rollguard worker (``streams.app.Worker._build_app``: broker, raw serializers, one
+Same Faust configuration as the rollguard worker (``streams.live.app.Worker._build_app``: broker, raw serializers, one
 agent with concurrency 1 over the interaction and feedback topics, group timeouts, ``stream_wait_empty``), read
 from the same ``ROLLGUARD_*`` environment (``streams.settings.Settings``), plus:
 
@@ -26,9 +26,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rules.durations import parse_duration  # noqa: E402
-from streams.app import faust_settings  # noqa: E402
+from streams.live.app import faust_settings  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import Topics  # noqa: E402
+from streams.kafka.topics import Topics  # noqa: E402
 
 
 def build(settings: Settings, mode: str, expect: int, out: Path) -> faust.App:

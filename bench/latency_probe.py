@@ -164,7 +164,7 @@ def measure_latency(stack, topics, child_env, argv: list[str], logdir: Path, tri
     from kafka import KafkaProducer
 
     from rules.loader import CATALOG
-    from streams.topics import ensure_topics
+    from streams.kafka.topics import ensure_topics
 
     ensure_topics(stack.kafka_bootstrap, topics, 4)
     probe = f"{topics.prefix}bench.fetch-probe"

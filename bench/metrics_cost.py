@@ -27,8 +27,8 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from rules.engine import Engine  # noqa: E402
 from rules.events import EventParser, Pseudonymizer  # noqa: E402
 from rules.loader import CATALOG, load_rules  # noqa: E402
-from streams.observability import WorkerMetrics  # noqa: E402
-from streams.scenario import generate, scenario_from_args  # noqa: E402
+from streams.live.observability import WorkerMetrics  # noqa: E402
+from streams.offline.scenario import generate, scenario_from_args  # noqa: E402
 
 FEATURES = ("email-reply", "chat-assist", "summarize", "search-answer")
 

@@ -30,7 +30,7 @@ DATA = ROOT / "bench" / "data"
 
 
 def _scenario_file(min_events: int) -> Path:
-    from streams.scenario import Incident, generate, scenario_from_args, write_jsonl
+    from streams.offline.scenario import Incident, generate, scenario_from_args, write_jsonl
 
     days = 2
     path = DATA / f"scenario-{min_events}.jsonl"
@@ -73,7 +73,7 @@ def _child(mode: str, path: str) -> None:
                     n += 1
     else:
         from rules.loader import CATALOG, load_rules
-        from streams.replay import replay
+        from streams.offline.replay import replay
         from streams.settings import Settings
 
         rulesets = load_rules([CATALOG])

@@ -1,8 +1,8 @@
 """Deployment sizing (not a test): ``./dev bench sizing [--quick]`` measures what a deployment needs per feature.
 
-Redis memory is *measured*: generated traffic (``streams.scenario``, preset ``clean``) goes through the live
-worker's own batch path — ``streams.processor.Processor``: parse, ``rules.engine.Engine.step`` with the bundled
-catalogue, ``streams.store.RedisStore.commit`` — into a real ``redis-server`` (the embedded one, AOF on,
+Redis memory is *measured*: generated traffic (``streams.offline.scenario``, preset ``clean``) goes through the live
+worker's own batch path — ``streams.live.processor.Processor``: parse, ``rules.engine.Engine.step`` with the bundled
+catalogue, ``streams.live.store.RedisStore.commit`` — into a real ``redis-server`` (the embedded one, AOF on,
 ``noeviction``), and then every key is weighed with ``MEMORY USAGE key SAMPLES 0`` (exact) next to the server's
 ``used_memory`` delta. Outputs go to a publisher that drops them: only state is sized here. Five parts:
 
@@ -54,12 +54,12 @@ from rules.events import EventParser, Pseudonymizer  # noqa: E402
 from rules.loader import CATALOG, load_rules  # noqa: E402
 from rules.plan import Plan, StoreSpec  # noqa: E402
 from rules.state import US, FeatureState  # noqa: E402
-from streams.embedded import EmbeddedStack  # noqa: E402
-from streams.processor import Message, Processor  # noqa: E402
-from streams.scenario import scenario_from_args  # noqa: E402
-from streams.scenario import generate as generate_scenario  # noqa: E402
-from streams.store import RedisStore, redis_client  # noqa: E402
-from streams.topics import Topics  # noqa: E402
+from streams.live.embedded import EmbeddedStack  # noqa: E402
+from streams.live.processor import Message, Processor  # noqa: E402
+from streams.offline.scenario import scenario_from_args  # noqa: E402
+from streams.offline.scenario import generate as generate_scenario  # noqa: E402
+from streams.live.store import RedisStore, redis_client  # noqa: E402
+from streams.kafka.topics import Topics  # noqa: E402
 
 DAY_MS = 86_400_000
 PHASE = "closed_beta"
@@ -282,7 +282,7 @@ def idle_worker_rss(timeout_s: float = 120.0) -> int:
     import urllib.error
     import urllib.request
 
-    from streams.embedded import free_port
+    from streams.live.embedded import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="rollguard-sizing-worker-"))
     stack = EmbeddedStack(workdir=tmp)

@@ -60,7 +60,7 @@ USER_KEY = "bench-user-key-0123456789"
 def generate_events(n: int, rate: float) -> list[dict]:
     """``n`` events of the "clean" scenario for the 4 features (``rate`` interactions/s each, weekday business
     hours), merged in event-time order."""
-    from streams.scenario import generate, scenario_from_args
+    from streams.offline.scenario import generate, scenario_from_args
 
     per = -(-n // len(FEATURES))
     start = 1_793_577_600_000 + 15 * 3_600_000  # 10:00 local time of the scenario: daytime traffic
@@ -419,8 +419,8 @@ def main() -> None:
         args.events, args.trials = min(args.events, 20_000), min(args.trials, 10)
     from latency_probe import measure_latency
 
-    from streams.embedded import EmbeddedStack
-    from streams.topics import Topics, ensure_topics
+    from streams.live.embedded import EmbeddedStack
+    from streams.kafka.topics import Topics, ensure_topics
 
     # the worker puts Faust's (unused) data dir under TMP/rollguard-faust/, but Faust does not create parents
     Path(tempfile.gettempdir(), "rollguard-faust").mkdir(exist_ok=True)

@@ -20,7 +20,7 @@ __all__ = [
 
 PROMETHEUS_UID = "rollguard-prometheus"
 GRAFANA_FOLDER = "rollguard"
-# The uid `rollguard dashboards push` gives the folder of that title (streams.dashboard_push.folder_uid), so a
+# The uid `rollguard dashboards push` gives the folder of that title (streams.grafana.dashboard_push.folder_uid), so a
 # Grafana that was provisioned and is later pushed to keeps one "rollguard" folder.
 GRAFANA_FOLDER_UID = "rollguard-52b60bb0"
 DASHBOARDS_MOUNT = "/var/lib/grafana/dashboards/rollguard"

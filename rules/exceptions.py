@@ -8,8 +8,8 @@
     ├── MetricNameError            a metric name is not one of CONTRACT §2 (rules.metric_names)
     ├── RulesInvalid               rule files failed validation; carries every error (rules.loader)
     ├── SketchError                a sketch got an impossible value or a corrupt state (rules.sketches)
-    ├── ScenarioError              a generated scenario is inconsistent (streams.scenario_incidents)
-    └── ReportInputError           an output record given to the report lacks a field (streams.report)
+    ├── ScenarioError              a generated scenario is inconsistent (streams.offline.scenario_incidents)
+    └── ReportInputError           an output record given to the report lacks a field (streams.offline.report)
 
 ``detectors`` sits below ``rules`` and cannot import this root: its ``DetectorError`` (and
 ``DetectorStateError`` for stored state that fails its signature) derive from ``Exception`` directly.

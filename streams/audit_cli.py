@@ -25,9 +25,9 @@ from rules.durations import parse_duration
 from rules.exceptions import RollguardError
 from rules.seal import DEFAULT_KEY_ID
 from rules.verify import VerifierState, parse_keys, verify_command
-from streams.kafka_source import KafkaSource, time_arg
+from streams.offline.kafka_source import KafkaSource, time_arg
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.kafka.topics import Topics
 
 __all__ = ["add_audit_parsers", "load_keys", "read_heads", "read_records"]
 
@@ -208,7 +208,7 @@ def render_audit(report: AuditReport, origins: list[str]) -> str:
 
 async def read_heads(redis_url: str, namespace: str, cluster: bool = False, **client: Any) -> dict[str, dict[str, str]]:
     """The chain heads of every feature as the workers last committed them (``FeatureState.chain`` in Redis)."""
-    from streams.store import RedisStore, redis_client
+    from streams.live.store import RedisStore, redis_client
 
     r = redis_client(redis_url, cluster, **client)
     try:

@@ -18,16 +18,13 @@ from rules.durations import parse_duration
 from rules.exceptions import RollguardError
 from rules.loader import RulesInvalid, load_rules
 from rules.outputs import iso
-from streams.kafka_source import add_from_kafka_args
-from streams.report_format import plural
+from streams.offline.kafka_source import add_from_kafka_args
+from streams.offline.report_format import plural
 from streams.settings import Settings, clock_skew_ms
+from streams.subcommand import fail as _fail
+from streams.subcommand import settings_from_args as _settings
 
 __all__ = ["main"]
-
-
-def _fail(msg: str, code: int = 2) -> int:
-    print(f"rollguard: error: {msg}", file=sys.stderr)
-    return code
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -50,8 +47,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streams.kafka_source import source_from_args
-    from streams.replay import replay
+    from streams.offline.kafka_source import source_from_args
+    from streams.offline.replay import replay
 
     try:
         parse_duration(args.allowed_lateness)
@@ -118,7 +115,7 @@ def _print_summary(res) -> None:
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:
-    from streams.scenario import PRESETS, generate, scenario_from_args, write_jsonl
+    from streams.offline.scenario import PRESETS, generate, scenario_from_args, write_jsonl
 
     if args.preset not in PRESETS:
         return _fail(f"unknown preset {args.preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
@@ -144,15 +141,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), preset=args.preset, offline=args.offline, duration=args.duration)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    cfg = getattr(args, "config", None)
-    if cfg and not os.path.isfile(cfg):
-        raise RollguardError(f"settings file not found: {cfg}")
-    return Settings(_env_file=cfg) if cfg else Settings()
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.live import run_worker
+    from streams.live.worker import run_worker
 
     try:
         settings = _settings(args)
@@ -221,8 +211,8 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDesc
 
 
 def _add_scenario_parser(sub: Any) -> None:
-    from streams.scenario import PRESETS, Scenario
-    from streams.scenario_incidents import describe_presets
+    from streams.offline.scenario import PRESETS, Scenario
+    from streams.offline.scenario_incidents import describe_presets
 
     d = Scenario()
     days = d.duration_ms / 86_400_000
@@ -288,11 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from streams.audit_cli import add_audit_parsers
     from streams.emitter import add_emit_parser
-    from streams.ops import add_ops_parsers
-    from streams.rule_tests import add_rules_test_parser
+    from streams.live.ops import add_ops_parsers
+    from streams.offline.rule_tests import add_rules_test_parser
 
     from dashboards.cli import add_dashboards_parsers
-    from streams.grafana import add_grafana_parsers
+    from streams.grafana.commands import add_grafana_parsers
 
     add_emit_parser(sub)
     add_ops_parsers(sub, rsub)

@@ -19,9 +19,9 @@ import orjson
 
 from rules.loader import CATALOG, load_rules
 from rules.outputs import iso
-from streams.replay import OUTPUT_FILES, replay
-from streams.report_format import plural
-from streams.scenario import generate, scenario_from_args, write_jsonl
+from streams.offline.replay import OUTPUT_FILES, replay
+from streams.offline.report_format import plural
+from streams.offline.scenario import generate, scenario_from_args, write_jsonl
 from streams.settings import Settings
 
 __all__ = ["run_demo"]
@@ -69,10 +69,10 @@ def run_demo(out: Path, preset: str = "latency_spike", offline: bool = False, du
 
 
 def _live(events: list[dict], out: Path, settings: Settings, timeout_s: float) -> int:
-    from streams.embedded import EmbeddedStack
+    from streams.live.embedded import EmbeddedStack
     from streams.emitter import Emitter
-    from streams.ops import read_status
-    from streams.topics import Topics, ensure_topics
+    from streams.live.ops import read_status
+    from streams.kafka.topics import Topics, ensure_topics
 
     out.mkdir(parents=True, exist_ok=True)
     topics = Topics()

@@ -37,7 +37,7 @@ import orjson
 
 from rules.events import KNOWN_FIELDS, EventParser, Pseudonymizer
 from rules.exceptions import InvalidEvent, RollguardError
-from streams.topics import Topics, ensure_topics
+from streams.kafka.topics import Topics, ensure_topics
 
 __all__ = ["EmitStats", "Emitter", "emit_events", "read_jsonl", "add_emit_parser", "cmd_emit"]
 
@@ -409,7 +409,7 @@ def _fail(msg: str, code: int = 2) -> int:
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    from streams.scenario import generate, scenario_from_args
+    from streams.offline.scenario import generate, scenario_from_args
 
     bootstrap = args.bootstrap or os.environ.get("ROLLGUARD_KAFKA_BOOTSTRAP") or "127.0.0.1:9092"
     if args.envelope_size < 1:

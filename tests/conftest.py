@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from streams.embedded import EmbeddedStack
+from streams.live.embedded import EmbeddedStack
 
 _ns = itertools.count()
 

@@ -314,8 +314,8 @@ PAGES = scenario_pages()
 def degraded_page(action: str) -> dict:
     from types import SimpleNamespace
 
-    from streams.processor import Processor
-    from streams.topics import Topics
+    from streams.live.processor import Processor
+    from streams.kafka.topics import Topics
 
     """The worker's monitor-degraded page, built by the processor's own method (its inputs are a topic prefix and
     a wall clock)."""

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.embedded import free_port, redis_binary
+from streams.live.embedded import free_port, redis_binary
 
 __all__ = ["LocalCluster", "ClusterStartError", "redis_cli"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import faust
 
-from streams.app import Worker, create_app, rules_fingerprint
+from streams.live.app import Worker, create_app, rules_fingerprint
 from streams.settings import Settings
 
 
@@ -27,7 +27,7 @@ def test_the_app_has_one_agent_over_both_input_topics_and_the_worker_timers():
 def test_module_level_app_for_the_faust_cli(monkeypatch):
     monkeypatch.setenv("ROLLGUARD_KAFKA_BOOTSTRAP", "127.0.0.1:1")
     monkeypatch.setenv("ROLLGUARD_REDIS_URL", "redis://127.0.0.1:1/0")
-    import streams.app as module
+    import streams.live.app as module
 
     assert isinstance(module.app, faust.App)
     assert isinstance(create_app(settings()), faust.App)

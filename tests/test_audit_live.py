@@ -16,10 +16,10 @@ from rules.audit import link_hash
 from rules.engine import Engine
 from rules.events import EventParser, Pseudonymizer
 from streams.cli import main
-from streams.processor import Message, Processor
+from streams.live.processor import Message, Processor
 from streams.settings import Settings
-from streams.store import RedisStore
-from streams.topics import Topics
+from streams.live.store import RedisStore
+from streams.kafka.topics import Topics
 from tests.live_kit import setup_topics
 
 RULES = rules("""

@@ -219,7 +219,7 @@ def test_zero_traffic_is_observed_not_insufficient(catalog):
 
 @pytest.mark.slow
 def test_a_short_clean_scenario_trips_no_enforced_rule_anywhere_in_the_catalog():
-    from streams.scenario import Scenario, generate
+    from streams.offline.scenario import Scenario, generate
 
     # The generator's base rates of pii_leak / confidential flags are zeroed here: the seeds make any single one a
     # kill, so a stream that carries one is not clean (see README, "Known tensions").

@@ -25,9 +25,9 @@ import numpy as np
 from engine_kit import rules as load_pack
 from engine_kit import traffic
 from rules.engine import Engine
-from streams import chart_render
-from streams.chart_render import MAX_LINES, top_groups
-from streams.chart_series import (
+from streams.offline import chart_render
+from streams.offline.chart_render import MAX_LINES, top_groups
+from streams.offline.chart_series import (
     ChartKey,
     GroupSeries,
     MinMaxSeries,
@@ -37,10 +37,10 @@ from streams.chart_series import (
     StateSpans,
     reduce_min_max,
 )
-from streams.charts import ChartFile, charts_section
+from streams.offline.charts import ChartFile, charts_section
 from streams.cli import main
-from streams.replay import replay
-from streams.scenario import generate, scenario_from_args, write_jsonl
+from streams.offline.replay import replay
+from streams.offline.scenario import generate, scenario_from_args, write_jsonl
 
 KEY = b"charts-test-key-0123456789"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

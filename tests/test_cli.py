@@ -112,7 +112,7 @@ def test_scenario_command_writes_jsonl(tmp_path):
 
 def test_scenario_help_shows_defaults_what_it_generates_and_when_each_incident_happens(capsys):
     from rules.outputs import iso
-    from streams.scenario import PRESETS, Scenario, scenario_from_args
+    from streams.offline.scenario import PRESETS, Scenario, scenario_from_args
 
     assert main(["scenario", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width

@@ -17,8 +17,8 @@ from rules.events import parse_ts
 from rules.loader import CATALOG, load_rules
 from rules.outputs import iso
 from streams.cli import main
-from streams.replay import replay
-from streams.scenario import generate, scenario_from_args, write_jsonl
+from streams.offline.replay import replay
+from streams.offline.scenario import generate, scenario_from_args, write_jsonl
 from streams.settings import Settings
 from tests.live_kit import LiveWorker, merge_offsets, outputs, produce, read_jsonl, setup_topics, wait_processed
 

@@ -480,7 +480,7 @@ def test_datasource_provisioning_has_the_uid_the_dashboards_default_to(dashboard
 
 
 def test_dashboard_provider_loads_the_dashboards_folder():
-    from streams.dashboard_push import folder_uid
+    from streams.grafana.dashboard_push import folder_uid
 
     [provider] = _yaml("grafana/provisioning/dashboards/rollguard.yaml")["providers"]
     assert provider["type"] == "file"

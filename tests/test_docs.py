@@ -38,7 +38,7 @@ DOCS = ROOT / "docs"
 RULES_DOC = DOCS / "rules.md"
 ONCALL_DOC = DOCS / "oncall.md"
 BOTH = (RULES_DOC, ONCALL_DOC)
-EXPORTERS = (ROOT / "streams" / "observability.py", ROOT / "streams" / "rule_series.py",
+EXPORTERS = (ROOT / "streams" / "live" / "observability.py", ROOT / "streams" / "live" / "rule_series.py",
              ROOT / "streams" / "pager" / "metrics.py")
 
 # Stand-ins for what a reader fills in: shell variables ($SINCE) and <PLACEHOLDERS> in command lines.
@@ -396,7 +396,7 @@ def test_every_prometheus_metric_named_is_exported(doc, name):
 
 @pytest.mark.parametrize(
     "page_class, source",
-    [("kill-breaker", "rules/policy.py"), ("monitor-degraded", "streams/processor.py")],
+    [("kill-breaker", "rules/policy.py"), ("monitor-degraded", "streams/live/processor.py")],
 )
 def test_page_classes_named_in_oncall_are_the_ones_sent(page_class, source):
     assert f'"class": "{page_class}"' in (ROOT / source).read_text()

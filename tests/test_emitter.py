@@ -14,9 +14,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from rules.events import Control, EventParser, Pseudonymizer
-from streams.embedded import free_port
+from streams.live.embedded import free_port
 from streams.emitter import Emitter, add_emit_parser, emit_events
-from streams.topics import Topics, ensure_topics
+from streams.kafka.topics import Topics, ensure_topics
 
 KEY = b"test-key"
 FEATURES = ("email-reply", "summarize", "search.v2")

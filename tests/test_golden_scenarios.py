@@ -14,8 +14,8 @@ import pytest
 from rules.engine import Engine, EngineConfig
 from rules.events import EventParser, Pseudonymizer
 from rules.loader import CATALOG, load_rules
-from streams.replay import OUTPUT_FILES, replay
-from streams.scenario import generate, scenario_from_args, write_jsonl
+from streams.offline.replay import OUTPUT_FILES, replay
+from streams.offline.scenario import generate, scenario_from_args, write_jsonl
 
 KEY = b"golden-test-key-0123456789"
 MIN = 60_000
@@ -129,7 +129,7 @@ def test_replay_of_the_same_input_is_byte_identical(tmp_path):
 def test_hallucination_surge_is_rolled_back_once_the_delayed_reviews_arrive():
     import dataclasses
 
-    from streams.scenario import Incident
+    from streams.offline.scenario import Incident
 
     base = scenario_from_args("clean", duration_ms=24 * 3_600_000, mean_rate_per_s=2.0, seed=5)
     start = base.start + 4 * 3_600_000

@@ -18,10 +18,10 @@ from engine_kit import MIN, T0, resume, rules, run, traffic
 from grafana_fake import FakeGrafana
 from live_kit import ROOT, produce_raw
 from rules.outputs import command, decision
-from streams.annotations import AnnotationPlanner, InvalidRecord, annotation_for
+from streams.grafana.annotations import AnnotationPlanner, InvalidRecord, annotation_for
 from streams.cli import main
-from streams.dashboard_push import folder_uid
-from streams.topics import Topics, ensure_topics
+from streams.grafana.dashboard_push import folder_uid
+from streams.kafka.topics import Topics, ensure_topics
 
 TOKEN = "glsa_fake_0123456789abcdef"
 

@@ -13,10 +13,10 @@ import pytest
 
 from rules.engine import EngineConfig
 from rules.loader import CATALOG, load_rules
-from streams.kafka_source import KafkaSource, KafkaSourceError, add_from_kafka_args, source_from_args, time_arg
-from streams.replay import replay
-from streams.scenario import generate, scenario_from_args, write_jsonl
-from streams.topics import Topics, ensure_topics
+from streams.offline.kafka_source import KafkaSource, KafkaSourceError, add_from_kafka_args, source_from_args, time_arg
+from streams.offline.replay import replay
+from streams.offline.scenario import generate, scenario_from_args, write_jsonl
+from streams.kafka.topics import Topics, ensure_topics
 
 KEY = b"test-user-key"
 START = 1_793_577_600_000  # the scenarios' start, 2026-11-02T00:00:00Z
@@ -203,7 +203,7 @@ def test_missing_topics_are_named(stack, topic_prefix):
 
 
 def test_an_unreachable_broker_is_a_rollguard_error():
-    from streams.embedded import free_port
+    from streams.live.embedded import free_port
 
     src = KafkaSource(f"127.0.0.1:{free_port()}", ["t"], consumer_config={"bootstrap_timeout_ms": 1000})
     with pytest.raises(KafkaSourceError, match="cannot read"):
@@ -272,7 +272,7 @@ def test_time_arguments_take_rfc3339_or_epoch_ms():
 
 
 def test_reload_requests_on_the_control_topic_are_not_inputs():
-    from streams.kafka_source import _is_reload
+    from streams.offline.kafka_source import _is_reload
 
     assert _is_reload(b'{"type": "control", "action": "reload"}')
     assert not _is_reload(b'{"type": "control", "action": "resume", "feature": "f", "reason": "reload"}')

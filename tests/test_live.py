@@ -7,8 +7,8 @@ import pytest
 
 from rules.loader import CATALOG, load_rules
 from rules.outputs import iso
-from streams.replay import replay
-from streams.scenario import generate, scenario_from_args, write_jsonl
+from streams.offline.replay import replay
+from streams.offline.scenario import generate, scenario_from_args, write_jsonl
 from streams.settings import Settings
 from rules.events import parse_ts
 from tests.live_kit import (

@@ -21,9 +21,9 @@ from rules.events import Pseudonymizer, parse_ts
 from rules.loader import load_rules
 from rules.outputs import iso
 from streams.cli import main
-from streams.embedded import EmbeddedStack
-from streams.replay import replay
-from streams.scenario import write_jsonl
+from streams.live.embedded import EmbeddedStack
+from streams.offline.replay import replay
+from streams.offline.scenario import write_jsonl
 from streams.settings import Settings
 from tests.live_kit import (
     ROOT, LiveWorker, merge_offsets, outputs, produce, read_jsonl, setup_topics, wait_processed,

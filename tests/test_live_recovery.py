@@ -28,9 +28,9 @@ from rules.engine import Engine
 from rules.events import EventParser, Pseudonymizer
 from rules.loader import CATALOG, load_rules
 from rules.state import FeatureState
-from streams.scenario import generate, scenario_from_args
+from streams.offline.scenario import generate, scenario_from_args
 from streams.settings import Settings
-from streams.store import RedisStore
+from streams.live.store import RedisStore
 from tests.live_kit import (
     LiveWorker, merge_offsets, processed_offsets, produce, produce_raw, read_topics, setup_topics, wait_processed,
 )  # fmt: skip

@@ -18,8 +18,8 @@ from engine_kit import MIN, T0, interactions, resume, rules, traffic
 from rules.engine import Engine, EngineConfig
 from rules.plan import Plan
 from rules.policy import Outputs
-from streams.observability import WorkerMetrics
-from streams.processor import ProcessorStats
+from streams.live.observability import WorkerMetrics
+from streams.live.processor import ProcessorStats
 
 NOW = 1_800_000_000.0  # the metrics' wall clock in these tests
 STATES = ("inactive", "pending", "firing", "insufficient")

@@ -30,12 +30,12 @@ from pager_kit import (
     pagerduty_problems, run_once, settings, wait_for,
 )  # fmt: skip
 from rules.events import Pseudonymizer
-from streams.backoff import Backoff
+from streams.kafka.backoff import Backoff
 from streams.pager import (
     Deliverer, DeliveryError, InvalidPage, alertmanager_alert, pager_problems, pagerduty_event, parse_page,
 )  # fmt: skip
 from streams.settings import Settings
-from streams.topics import Topics, ensure_topics
+from streams.kafka.topics import Topics, ensure_topics
 
 
 # --- the pages the engine and the worker make ----------------------------------------------------------------------

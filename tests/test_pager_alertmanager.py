@@ -24,7 +24,7 @@ from pager_kit import (
     PAGES, TOKEN, Alertmanager, RecordingServer, alertmanager_missing, free_port, metric, notifications, run_once,
     settings, wait_for,
 )  # fmt: skip
-from streams.topics import Topics, ensure_topics
+from streams.kafka.topics import Topics, ensure_topics
 
 # --- a real Alertmanager -------------------------------------------------------------------------------------------
 

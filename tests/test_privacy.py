@@ -44,7 +44,7 @@ from kafka import KafkaConsumer, TopicPartition
 from rules.events import EventParser, InvalidEvent, Pseudonymizer, parse_ts, redact
 from rules.sketches.hll import key_hash
 from streams.cli import main
-from streams.scenario import generate, scenario_from_args, write_jsonl
+from streams.offline.scenario import generate, scenario_from_args, write_jsonl
 from tests.grafana_fake import FakeGrafana
 from tests.live_kit import LiveWorker, merge_offsets, produce, produce_raw, setup_topics, wait_processed
 

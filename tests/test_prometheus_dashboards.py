@@ -32,7 +32,7 @@ from rules.events import parse_ts
 from rules.loader import CATALOG, load_rules
 from rules.metric_names import parse_metric
 from rules.metrics import metric_sources
-from streams.scenario import Incident, Platform, Scenario, generate
+from streams.offline.scenario import Incident, Platform, Scenario, generate
 from tests.live_kit import LiveWorker, merge_offsets, produce, produce_raw, read_topic, setup_topics, wait_processed
 from tests.prometheus_kit import PrometheusServer, free_port, require_prometheus
 

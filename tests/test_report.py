@@ -1,4 +1,4 @@
-"""Tests for streams.report: the diff as a table, golden reports, determinism, bounds and input errors.
+"""Tests for streams.offline.report: the diff as a table, golden reports, determinism, bounds and input errors.
 
 Regenerate the golden files with ``UPDATE_GOLDEN=1 pytest tests/test_report.py``.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rules.exceptions import RollguardError
-from streams.report import (
+from streams.offline.report import (
     ComparisonInput,
     ReplayStats,
     ReportInputError,
@@ -21,7 +21,7 @@ from streams.report import (
     diff_outputs,
     write_report,
 )
-from streams import report as report_module
+from streams.offline import report as report_module
 
 GOLDEN = Path(__file__).parent / "testdata" / "report"
 DAY = "2026-11-02"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.scenario import (
+from streams.offline.scenario import (
     INCIDENT_KINDS,
     PRESETS,
     Incident,

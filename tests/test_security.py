@@ -118,7 +118,7 @@ def test_invalid_values_are_located(over, where):
 def acl_redis(tmp_path_factory):
     import subprocess
 
-    from streams.embedded import _wait_port, free_port, redis_binary
+    from streams.live.embedded import _wait_port, free_port, redis_binary
 
     port, d = free_port(), tmp_path_factory.mktemp("acl-redis")
     log = d / "redis.log"
@@ -142,7 +142,7 @@ def acl_redis(tmp_path_factory):
 def test_redis_acl_user(acl_redis, user, password, ok):
     import asyncio
 
-    from streams.store import RedisStore, StoreError, redis_client
+    from streams.live.store import RedisStore, StoreError, redis_client
 
     s = Settings(redis_url=acl_redis, redis_username=user, redis_password=password)
 
@@ -177,7 +177,7 @@ def test_status_reads_redis_as_the_acl_user(acl_redis, monkeypatch, capsys):
 def test_the_faust_worker_gets_the_same_kafka_security(over, protocol, mechanism):
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-    from streams.app import faust_settings
+    from streams.live.app import faust_settings
 
     cfg = faust_settings(settings(**over))
     if protocol is None:
@@ -219,7 +219,7 @@ def tls_redis(tmp_path_factory):
     import shutil
     import subprocess
 
-    from streams.embedded import _wait_port, free_port
+    from streams.live.embedded import _wait_port, free_port
 
     binary = _tls_redis_binary()
     if binary is None or shutil.which("openssl") is None:
@@ -258,7 +258,7 @@ def test_redis_over_tls(tls_redis, ca, client_cert, password, refused):
 
     import asyncio
 
-    from streams.store import RedisStore, StoreError, redis_client
+    from streams.live.store import RedisStore, StoreError, redis_client
 
     url, d = tls_redis
     s = Settings(redis_url=url, redis_username="rollguard", redis_password=password,

@@ -6,8 +6,8 @@ import pytest
 from engine_kit import interactions, rules, traffic
 from rules.engine import Engine, EngineConfig
 from streams.demo import _status_line
-from streams.ops import render_status
-from streams.processor import summary_of
+from streams.live.ops import render_status
+from streams.live.status_summary import summary_of
 
 PACK = """
 version: 1

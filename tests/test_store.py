@@ -15,11 +15,11 @@ from rules.engine import Engine
 from rules.events import EventParser, Pseudonymizer
 from rules.loader import CATALOG, load_rules
 from rules.state import FeatureState
-from streams.processor import Message, Processor
-from streams.scenario import generate, scenario_from_args
+from streams.live.processor import Message, Processor
+from streams.offline.scenario import generate, scenario_from_args
 from streams.settings import Settings
-from streams.store import RedisStore, StoreError
-from streams.topics import Topics
+from streams.live.store import RedisStore, StoreError
+from streams.kafka.topics import Topics
 
 KEY = b"state-key-0123456789"
 RULESETS = load_rules([CATALOG])

@@ -17,12 +17,12 @@ from rules.engine import Engine
 from rules.events import EventParser, Pseudonymizer
 from rules.loader import CATALOG, load_rules
 from rules.state import BreakerState, FeatureState
-from streams.ops import read_status
-from streams.processor import Message, Processor
-from streams.scenario import generate, scenario_from_args
+from streams.live.ops import read_status
+from streams.live.processor import Message, Processor
+from streams.offline.scenario import generate, scenario_from_args
 from streams.settings import Settings
-from streams.store import FeatureWrite, RedisStore, StoreError, redis_client
-from streams.topics import Topics
+from streams.live.store import FeatureWrite, RedisStore, StoreError, redis_client
+from streams.kafka.topics import Topics
 
 KEY = b"state-key-0123456789"
 RULESETS = load_rules([CATALOG])

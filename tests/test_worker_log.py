@@ -12,7 +12,7 @@ import logging
 
 import faust
 
-from streams.live import faust_worker
+from streams.live.worker import faust_worker
 from streams.metrics_server import MetricsServer
 
 

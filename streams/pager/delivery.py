@@ -3,7 +3,7 @@
 ``Deliverer.deliver(page)`` returns when the receiver took the page (2xx) and raises
 :class:`~streams.pager.exceptions.DeliveryError` otherwise: *retryable* for no answer, a timeout, 408, 429 and 5xx
 (with the receiver's ``Retry-After`` when it sent one), not retryable for any other status. Retrying is the
-consumer's job (streams/committing_consumer.py), not this module's: a delivery is one attempt.
+consumer's job (streams/kafka/committing_consumer.py), not this module's: a delivery is one attempt.
 
 Credentials are ``SecretStr`` settings opened only here, when a request is built: the PagerDuty routing key goes in
 the event body (PagerDuty's API has no header for it), a bearer token or basic auth in the ``Authorization`` header

@@ -1,7 +1,7 @@
 """A page as it travels on the pages topic (PagerDuty Events v2 shape), validated once on the way in.
 
 Pages come from ``rules.outputs.page()``, the kill breaker (``rules.policy``) and the monitor-degraded page
-(``streams.processor``). :func:`parse_page` checks a record against the model and keeps only the modelled fields:
+(``streams.live.processor``). :func:`parse_page` checks a record against the model and keeps only the modelled fields:
 whatever else a record carries is dropped, so the pager never forwards anything it does not know.
 
 >>> p = parse_page(b'{"event_action": "trigger", "dedup_key": "rollguard-1", "payload": {"summary": "s", '

@@ -1,6 +1,6 @@
 """``rollguard pager``: the pages topic, delivered to Alertmanager, PagerDuty Events v2 or a webhook.
 
-A :class:`~streams.committing_consumer.CommittingConsumer` in group ``<app_id>-pager`` reads the pages topic; each
+A :class:`~streams.kafka.committing_consumer.CommittingConsumer` in group ``<app_id>-pager`` reads the pages topic; each
 record is validated (streams/pager/pages.py), turned into the receiver's request (receivers.py) and sent
 (delivery.py). Delivery is **at-least-once**; the offset is committed only after the page was delivered or
 deliberately skipped:
@@ -33,14 +33,14 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from rules.durations import parse_duration
-from streams.backoff import Backoff
-from streams.committing_consumer import CommittingConsumer
+from streams.kafka.backoff import Backoff
+from streams.kafka.committing_consumer import CommittingConsumer
 from streams.pager.delivery import Deliverer
 from streams.pager.exceptions import DeliveryError, InvalidPage
 from streams.pager.metrics import PagerMetrics
 from streams.pager.pages import parse_page
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.kafka.topics import Topics
 
 __all__ = ["Pager", "PagerStats", "group_id", "serve", "supervise"]
 

@@ -11,7 +11,7 @@ Grafana's own message, and whether the same request may succeed later (``retryab
 >>> check_url("grafana:3000")
 Traceback (most recent call last):
 ...
-streams.grafana_http.GrafanaError: invalid Grafana URL 'grafana:3000': use http(s)://host[:port][/sub-path]
+streams.grafana.api.GrafanaError: invalid Grafana URL 'grafana:3000': use http(s)://host[:port][/sub-path]
 """
 
 from __future__ import annotations

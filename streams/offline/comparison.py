@@ -2,7 +2,7 @@
 
 Pure functions over the records exactly as the replay writes them (CONTRACT §4). Records are matched by what a
 responder sees — feature, phase, rule id, segment group and transition (decisions) or action (commands) — never by
-rule set name, so renaming a rule set does not hide what changed. ``streams.report`` renders the result.
+rule set name, so renaming a rule set does not hide what changed. ``streams.offline.report`` renders the result.
 """
 
 from __future__ import annotations

@@ -22,9 +22,11 @@ from rules.engine import Engine, EngineConfig, Outputs
 from rules.events import EventParser, InvalidEvent, Pseudonymizer, redact
 from rules.model import RuleSet
 from rules.outputs import iso
-from streams.chart_series import CHART_MODES, SeriesCollector
-from streams.charts import CHARTS_DIR, ChartFile, charts_section, clear_charts, write_overlays, write_rule_charts
-from streams.report import ComparisonInput, ReplayStats, RulesetInfo, write_report
+from streams.offline.chart_series import CHART_MODES, SeriesCollector
+from streams.offline.charts import (
+    CHARTS_DIR, ChartFile, charts_section, clear_charts, write_overlays, write_rule_charts,
+)  # fmt: skip
+from streams.offline.report import ComparisonInput, ReplayStats, RulesetInfo, write_report
 
 __all__ = ["ReplayResult", "replay", "OUTPUT_FILES", "Source", "FileSource"]
 
@@ -169,12 +171,12 @@ def replay(
     until_ms: int | None = None,
     charts: str = "none",
 ) -> ReplayResult:
-    """Replay ``event_paths`` (JSONL files) or ``source`` (e.g. :class:`streams.kafka_source.KafkaSource`) into
+    """Replay ``event_paths`` (JSONL files) or ``source`` (e.g. :class:`streams.offline.kafka_source.KafkaSource`) into
     ``out_dir``. Events whose event time is outside [``since_ms``, ``until_ms``) (default: the source's own
     ``since_ms`` / ``until_ms`` attributes, if any) are skipped and counted in ``ReplayResult.outside_window``;
     invalid input is dead-lettered whatever its time. ``charts`` (``active``, ``all`` or ``none``, see
-    :mod:`streams.charts`) adds PNGs under ``out_dir/charts/`` and a Charts section to the report; the series are
-    collected by an engine observer, which decides nothing."""
+    :mod:`streams.offline.charts`) adds PNGs under ``out_dir/charts/`` and a Charts section to the report; the series
+    are collected by an engine observer, which decides nothing."""
     if (source is None) == (event_paths is None):
         raise ValueError("replay needs exactly one of event_paths and source")
     if charts not in CHART_MODES:

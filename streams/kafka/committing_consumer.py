@@ -13,7 +13,7 @@ Shared by the consumers that deliver rollguard's outputs somewhere else — ``ro
 
 A crash, a kill -9 or a rebalance between a delivery and its commit delivers that record again: receivers must
 de-duplicate (Alertmanager by labels, PagerDuty by ``dedup_key``, Grafana annotations by nothing — see
-streams/annotator.py).
+streams/grafana/annotator.py).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from streams.backoff import Backoff
+from streams.kafka.backoff import Backoff
 from streams.security import aiokafka_config
 from streams.settings import Settings
-from streams.topics import TopicsError
+from streams.kafka.topics import TopicsError
 
 __all__ = ["CommittingConsumer", "Handler"]
 

@@ -5,7 +5,8 @@ pending or firing at least once, ``all`` one per evaluated rule, ``none`` nothin
 per (rule, feature, phase) that fired in either rule set, matched by rule id like the comparison tables. Files go
 to ``OUT/charts/`` and ``OUT/charts/compare/``, named after what they show (sanitised, with a short hash of the
 unsanitised names so two names never collide), and :func:`charts_section` lists them for ``report.md`` by tier.
-The series come from :class:`streams.chart_series.SeriesCollector`; drawing is :mod:`streams.chart_render`.
+The series come from :class:`streams.offline.chart_series.SeriesCollector`; drawing is
+:mod:`streams.offline.chart_render`.
 
 >>> file_name("email-reply-2", "latency p95/high", "email-reply", "closed_beta")
 'email-reply-2__latency-p95-high__email-reply__closed_beta-c41cf812.png'
@@ -20,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.chart_series import CHART_MODES, ChartKey, RuleSeries, SeriesCollector
-from streams.report_format import plural
+from streams.offline.chart_series import CHART_MODES, ChartKey, RuleSeries, SeriesCollector
+from streams.offline.report_format import plural
 
 __all__ = ["CHARTS_DIR", "ChartFile", "file_name", "clear_charts", "write_rule_charts", "write_overlays",
            "overlay_keys", "charts_section"]  # fmt: skip
@@ -78,7 +79,7 @@ def write_rule_charts(out_dir: Path, collector: SeriesCollector, mode: str,
     keys = collector.selected(mode)
     if not keys:
         return []
-    from streams.chart_render import draw_rule  # matplotlib: imported only when something is drawn (~0.8 s)
+    from streams.offline.chart_render import draw_rule  # matplotlib: imported only when something is drawn (~0.8 s)
 
     written = []
     for key in keys:
@@ -126,7 +127,7 @@ def write_overlays(out_dir: Path, base: SeriesCollector, candidate: SeriesCollec
     keys = overlay_keys(base, candidate)
     if not keys:
         return []
-    from streams.chart_render import draw_overlay
+    from streams.offline.chart_render import draw_overlay
 
     sides = (_by_rule(base), _by_rule(candidate))
     written = []

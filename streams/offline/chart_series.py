@@ -76,7 +76,7 @@ class RuleInfo:
     @classmethod
     def of(cls, bound) -> RuleInfo:
         r = bound.rule
-        if r.drift is not None:  # what the detector's level is (streams.report_format.drift_evidence)
+        if r.drift is not None:  # what the detector's level is (streams.offline.report_format.drift_evidence)
             compared = "window mean (ADWIN)" if r.drift.detector == "adwin" else "mean since detector restart"
         elif r.baseline_ms is not None:
             compared = "change vs baseline"

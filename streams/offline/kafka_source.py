@@ -32,7 +32,7 @@ import orjson
 
 from rules.events import parse_ts
 from rules.exceptions import RollguardError
-from streams.topics import Topics
+from streams.kafka.topics import Topics
 
 __all__ = ["KafkaMessage", "KafkaSource", "KafkaSourceError", "add_from_kafka_args", "source_from_args", "time_arg"]
 

@@ -17,7 +17,7 @@ import orjson
 from rules.exceptions import RollguardError
 from streams.security import kafka_python_config, redis_kwargs
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.kafka.topics import Topics
 
 __all__ = ["add_ops_parsers", "read_status", "send_control", "resume_message", "render_status", "rule_state"]
 
@@ -47,7 +47,7 @@ def send_control(bootstrap: str, topics: Topics, key: str, msg: dict, timeout_s:
 
 
 async def read_status(redis_url: str, namespace: str, cluster: bool = False, **client: Any) -> list[dict]:
-    from streams.store import RedisStore, redis_client
+    from streams.live.store import RedisStore, redis_client
 
     r = redis_client(redis_url, cluster, **client)
     try:

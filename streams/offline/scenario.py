@@ -4,7 +4,7 @@ The default scenario is the email reply suggestion feature of a B2B SaaS app in 
 stream of interactions (60% desktop, 40% mobile; P95 latency ~650 ms; ~0.7% errors and timeouts; ~$0.002 a
 request) and the feedback a real product would emit later at its own event time: the suggestion outcome seconds
 later (~30% accepted or edited), thumbs minutes later, expert reviews on ~2% of outputs hours later, support tickets
-and csat / nps surveys. Incidents (:mod:`streams.scenario_incidents`) bend those distributions inside a window.
+and csat / nps surveys. Incidents (:mod:`streams.offline.scenario_incidents`) bend those distributions inside a window.
 
 Events come out as a generator, sorted by arrival time (event time plus a transport delay of at most
 ``max_arrival_jitter_ms``), so a little out-of-order arrival exists but no event is ever more than that older than
@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 
 from rules.durations import DurationError, parse_duration
-from streams.scenario_incidents import (
+from streams.offline.scenario_incidents import (
     INCIDENT_KINDS,
     PRESET_INCIDENTS,
     Incident,

@@ -1,8 +1,8 @@
 """Grafana commands: ``rollguard dashboards push`` and ``rollguard annotate``.
 
-``dashboards push`` uploads the dashboard JSON files (streams.dashboard_push); ``annotate`` consumes the decisions
-and commands topics and posts Grafana annotations (streams.annotator). Both take the Grafana root URL from
-``--url`` or ``GRAFANA_URL`` and a service account token from ``GRAFANA_TOKEN`` (or ``--token``, which ``ps``
+``dashboards push`` uploads the dashboard JSON files (streams.grafana.dashboard_push); ``annotate`` consumes the
+decisions and commands topics and posts Grafana annotations (streams.grafana.annotator). Both take the Grafana root URL
+from ``--url`` or ``GRAFANA_URL`` and a service account token from ``GRAFANA_TOKEN`` (or ``--token``, which ``ps``
 shows: prefer the variable). The token is never printed or logged. Grafana errors exit with code 2 and say the
 HTTP status, Grafana's message and what to check.
 """
@@ -48,8 +48,8 @@ def add_grafana_parsers(sub: argparse._SubParsersAction, dashboards_sub: argpars
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from streams.dashboard_push import folder_uid, load_dashboards, push
-    from streams.grafana_http import Grafana, GrafanaError, resolve_token, resolve_url
+    from streams.grafana.dashboard_push import folder_uid, load_dashboards, push
+    from streams.grafana.api import Grafana, GrafanaError, resolve_token, resolve_url
 
     url, token = resolve_url(args.url), resolve_token(args.token)
     uid = args.folder_uid or folder_uid(args.folder)
@@ -73,8 +73,9 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_annotate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from streams.cli import _fail, _settings
-    from streams.grafana_http import AsyncGrafana, GrafanaError, resolve_token, resolve_url
+    from streams.grafana.api import AsyncGrafana, GrafanaError, resolve_token, resolve_url
+    from streams.subcommand import fail as _fail
+    from streams.subcommand import settings_from_args as _settings
 
     url, token = resolve_url(args.url), resolve_token(args.token)
     if args.dashboard_uid is not None and not _UID.fullmatch(args.dashboard_uid):
@@ -92,9 +93,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 async def _annotate(settings, grafana, args: argparse.Namespace):
-    from streams.annotations import AnnotationPlanner
-    from streams.annotator import Annotator, grafana_poster
-    from streams.grafana_http import GrafanaError
+    from streams.grafana.annotations import AnnotationPlanner
+    from streams.grafana.annotator import Annotator, grafana_poster
+    from streams.grafana.api import GrafanaError
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """The Faust application: agents on the input topics, a control-topic reader, idle and rule-reload timers.
 
 ``create_app(settings)`` builds a worker; the module-level ``app`` (built from the environment on first access)
-is what ``faust -A streams.app worker`` needs. ``rollguard worker`` is the usual way to run it.
+is what ``faust -A streams.live.app worker`` needs. ``rollguard worker`` is the usual way to run it.
 
 One agent consumes the interaction and feedback topics together: Faust's assignor gives co-partitioned topics (same
 partition count) to the same worker, and producers key both by feature, so every event of one feature is processed
@@ -33,13 +33,13 @@ from rules.engine import Engine
 from rules.events import EventParser, Pseudonymizer
 from rules.loader import RulesInvalid, load_rules
 from streams.metrics_server import MetricsServer
-from streams.observability import WorkerMetrics
-from streams.processor import Message, Processor
+from streams.live.observability import WorkerMetrics
+from streams.live.processor import Message, Processor
 from streams.security import aiokafka_config, faust_credentials, redis_kwargs
 from streams.settings import Settings
-from streams.store import RedisStore
-from streams.store import redis_client as store_client
-from streams.topics import Topics
+from streams.live.store import RedisStore
+from streams.live.store import redis_client as store_client
+from streams.kafka.topics import Topics
 
 __all__ = ["create_app", "Worker", "rules_fingerprint", "faust_settings"]
 
@@ -317,7 +317,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
     return Worker(settings or Settings()).app
 
 
-def __getattr__(name: str) -> Any:  # the module-level ``app`` for ``faust -A streams.app``, built on first access
+def __getattr__(name: str) -> Any:  # the module-level ``app`` for ``faust -A streams.live.app``, built on first access
     if name == "app":
         return create_app()
     raise AttributeError(name)

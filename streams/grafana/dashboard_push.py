@@ -1,6 +1,6 @@
 """``rollguard dashboards push``: upload the committed dashboard JSON files to Grafana, idempotently.
 
-Three steps, each a grafana-client call behind :class:`streams.grafana_http.Grafana`:
+Three steps, each a grafana-client call behind :class:`streams.grafana.api.Grafana`:
 
 1. the folder: ``GET /api/folders/:uid``; when missing, ``POST /api/folders`` with a uid fixed by the title
    (:func:`folder_uid`), so every push of every environment lands in the same folder;
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-from streams.grafana_http import Grafana, GrafanaError
+from streams.grafana.api import Grafana, GrafanaError
 
 __all__ = ["LocalDashboard", "DashboardFilesInvalid", "load_dashboards", "folder_uid", "decide", "push"]
 

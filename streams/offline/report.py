@@ -19,7 +19,7 @@ from typing import Any
 
 from rules.model import TIER_ORDER, worst
 from rules.outputs import ACTIONS, SEVERITY, iso
-from streams.comparison import (
+from streams.offline.comparison import (
     _COMMAND_FIELDS,
     _DECISION_FIELDS,
     NOTABLE,
@@ -33,9 +33,9 @@ from streams.comparison import (
     _require,
     diff_outputs,
 )
-from streams.report_format import drift_evidence, readable_summary
-from streams.report_format import metric_value as _fmt_value
-from streams.report_format import number as _num
+from streams.offline.report_format import drift_evidence, readable_summary
+from streams.offline.report_format import metric_value as _fmt_value
+from streams.offline.report_format import number as _num
 
 __all__ = [
     "ReplayStats",
@@ -474,7 +474,7 @@ def write_report(path, stats: ReplayStats, decisions: Iterable[dict], commands: 
                  pages: Iterable[dict], compare: ComparisonInput | None = None, *, max_rows: int = DEFAULT_CAP,
                  appendix: Sequence[str] = ()) -> None:
     """Write ``report.md`` to ``path``: header, verdict, comparison (with ``compare``), timelines, then
-    ``appendix`` (markdown lines: the Charts section, rendered by ``streams.charts.charts_section``).
+    ``appendix`` (markdown lines: the Charts section, rendered by ``streams.offline.charts.charts_section``).
 
     Every iterable is read once. ``max_rows`` caps each table; the rest is counted and pointed to.
     """

@@ -1,6 +1,7 @@
 """The live batch processor: raw Kafka messages in, engine step, outputs published, state committed to Redis.
 
-Independent of Faust (the agent in ``streams.app`` only hands batches over), so the exactly-once logic is plain code:
+Independent of Faust (the agent in ``streams.live.app`` only hands batches over), so the exactly-once logic is plain
+code:
 
 1. parse every message (single event or batch envelope); invalid ones become dead letters with topic/partition/
    offset and a redacted payload;
@@ -25,23 +26,23 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
 from rules.engine import Engine
 from rules.events import EventParser, InvalidEvent, redact
-from rules.model import TIER_ORDER
 from rules.outputs import iso, stable_id
 from rules.policy import Outputs
 from rules.state import BreakerState, FeatureState
-from streams.store import FeatureWrite, RedisStore
-from streams.topics import Topics
+from streams.live.status_summary import summary_of
+from streams.live.store import FeatureWrite, RedisStore
+from streams.kafka.topics import Topics
 
 if TYPE_CHECKING:
-    from streams.observability import WorkerMetrics
+    from streams.live.observability import WorkerMetrics
 
-__all__ = ["Message", "Processor", "Publisher", "ProcessorStats", "summary_of"]
+__all__ = ["Message", "Processor", "Publisher", "ProcessorStats"]
 
 _NO_EVENTS = 1 << 62  # "since" of a write that applied no event: no bucket changed (expired ones are diffed)
 
@@ -426,35 +427,3 @@ class Processor:
             if writes:
                 await self._commit({f: {} for f in writes}, {f: None for f in writes}, {})
 
-
-def summary_of(engine: Engine, feature: str, fs: FeatureState) -> dict:
-    """What ``rollguard status`` shows for one feature: per phase the tier, latch and active rules."""
-    phases: dict[str, dict[str, Any]] = {}
-    for ph in sorted(fs.phases | set(fs.latches)):
-        phases[ph] = {"tier": "ok", "latch": fs.latches.get(ph), "rules": []}
-    for (rs, rid, ph, group), inst in sorted(fs.instances.items()):
-        if inst.state not in ("pending", "firing"):
-            continue
-        b = engine.plan.by_key.get((rs, rid))
-        tier = b.rule.tier if b else "investigate"
-        p = phases.setdefault(ph, {"tier": "ok", "latch": fs.latches.get(ph), "rules": []})
-        p["rules"].append({"ruleset": rs, "rule_id": rid, "tier": tier, "state": inst.state,
-                           "group": list(group), "since": iso(inst.pending_since or inst.incident or 0),
-                           "held": inst.held})  # fmt: skip
-        if b is not None and b.rule.mode == "shadow":
-            p["rules"][-1]["mode"] = "shadow"  # listed, but a shadow rule raises no tier: it enforces nothing
-            continue
-        if inst.state == "firing" and TIER_ORDER[tier] > TIER_ORDER.get(p["tier"], -1):
-            p["tier"] = tier
-    for p in phases.values():
-        if p["latch"] and TIER_ORDER[p["latch"]] > TIER_ORDER.get(p["tier"], -1):
-            p["tier"] = p["latch"]
-    return {
-        "feature": feature,
-        "watermark": iso(wm) if (wm := engine.watermark(feature)) is not None else None,
-        "plan_version": engine.plan.version,
-        "phases": phases,
-        # producer clocks (rules.clock): events quarantined as ts_outlier, events held, whether a skew page is open
-        "clock": {"outliers": dict(sorted(fs.outliers.items())), "held": sum(len(c.held) for c in fs.clocks.values()),
-                  "skew_paged": fs.skew is not None and fs.skew[2] is not None},
-    }

@@ -4,7 +4,7 @@
 
 * the engine observer (``Engine.observer = metrics.observe``): one call per rule evaluation — per evaluation instant,
   not per event — that keeps the latest :class:`~rules.engine.Observation` per (feature, phase, rule set, rule,
-  group) in plain dicts (:class:`~streams.rule_series.RuleSeries`, which also renders them and caps groups);
+  group) in plain dicts (:class:`~streams.live.rule_series.RuleSeries`, which also renders them and caps groups);
 * the processor, once per batch: duration, Redis round trips, what was published, the partition offsets reached;
 * the worker: rules (re)loaded, assigned partitions and the consumer's high watermarks (read at scrape time).
 
@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -46,8 +47,11 @@ from rules.engine import Engine
 from rules.model import TIER_ORDER
 from rules.plan import Plan
 from rules.policy import Outputs
-from streams.processor import ProcessorStats, summary_of
-from streams.rule_series import RuleSeries
+from streams.live.rule_series import RuleSeries
+from streams.live.status_summary import summary_of
+
+if TYPE_CHECKING:
+    from streams.live.processor import ProcessorStats
 
 __all__ = ["WorkerMetrics", "rollguard_version"]
 
@@ -160,7 +164,7 @@ class WorkerMetrics:
 
 class _Collector:
     """Builds the feature, counter and health families at scrape time, on the worker's event loop (engine state is
-    not locked). The rule series are rendered by :class:`~streams.rule_series.RuleSeries`."""
+    not locked). The rule series are rendered by :class:`~streams.live.rule_series.RuleSeries`."""
 
     def __init__(self, m: WorkerMetrics) -> None:
         self.m = m

@@ -25,8 +25,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from rules.events import parse_ts
-from streams.chart_series import RuleSeries
-from streams.report_format import metric_value as _fmt_value
+from streams.offline.chart_series import RuleSeries
+from streams.offline.report_format import metric_value as _fmt_value
 
 __all__ = ["MAX_LINES", "draw_rule", "draw_overlay", "top_groups"]
 
@@ -192,7 +192,7 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def draw_rule(path: Path, rs: RuleSeries, key, commands: Sequence[Mapping], window: tuple[int, int]) -> None:
-    """One rule on one feature / phase (``key`` a :class:`~streams.chart_series.ChartKey`) as a PNG at ``path``;
+    """One rule on one feature / phase (``key`` a :class:`~streams.offline.chart_series.ChartKey`) as a PNG at ``path``;
     ``window`` is the event-time range on the x axis (ms), the same for every chart of a replay."""
     with matplotlib.rc_context(_RC):
         fig, ax, _ = _new_figure(lanes=False)

@@ -1,8 +1,8 @@
 """``rollguard annotate``: decisions and commands from Kafka, posted to Grafana as annotations.
 
-An aiokafka consumer in group ``<app_id>-annotations`` (streams.committing_consumer, shared with ``rollguard
+An aiokafka consumer in group ``<app_id>-annotations`` (streams.kafka.committing_consumer, shared with ``rollguard
 pager``) reads the decisions and commands topics; each record goes through
-:class:`streams.annotations.AnnotationPlanner` (pure) and, when it is worth a mark, to Grafana's
+:class:`streams.grafana.annotations.AnnotationPlanner` (pure) and, when it is worth a mark, to Grafana's
 ``POST /api/annotations``.
 
 Delivery is **at-least-once**: a partition's offset is committed only after every record before it was posted
@@ -31,12 +31,12 @@ from dataclasses import dataclass
 
 import orjson
 
-from streams.annotations import AnnotationPlanner, InvalidRecord
-from streams.backoff import Backoff
-from streams.committing_consumer import CommittingConsumer
-from streams.grafana_http import AsyncGrafana, GrafanaError
+from streams.grafana.annotations import AnnotationPlanner, InvalidRecord
+from streams.kafka.backoff import Backoff
+from streams.kafka.committing_consumer import CommittingConsumer
+from streams.grafana.api import AsyncGrafana, GrafanaError
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.kafka.topics import Topics
 
 __all__ = ["AnnotateStats", "Annotator", "grafana_poster", "group_id"]
 
@@ -74,9 +74,9 @@ def grafana_poster(grafana: AsyncGrafana) -> Post:
 
 
 class Annotator:
-    """The consumer loop (a :class:`~streams.committing_consumer.CommittingConsumer`). ``post`` sends one annotation
-    body (raising :class:`GrafanaError`); ``once`` stops when every assigned partition is read to its end; ``stop``
-    (an ``asyncio.Event``) ends a running loop cleanly."""
+    """The consumer loop (a :class:`~streams.kafka.committing_consumer.CommittingConsumer`). ``post`` sends one
+    annotation body (raising :class:`GrafanaError`); ``once`` stops when every assigned partition is read to its end;
+    ``stop`` (an ``asyncio.Event``) ends a running loop cleanly."""
 
     def __init__(self, settings: Settings, post: Post, planner: AnnotationPlanner, *, once: bool = False,
                  backoff_s: float = 0.5, backoff_max_s: float = 30.0,

@@ -22,7 +22,7 @@ Records are validated here, once: identifiers must be tag-safe names, so a malfo
 >>> annotation_for(dict(cmd, action="resume"), "command")
 Traceback (most recent call last):
 ...
-streams.annotations.InvalidRecord: command: action must be one of pause_rollout, rollback
+streams.grafana.annotations.InvalidRecord: command: action must be one of pause_rollout, rollback
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import sys
 from typing import IO, Any
 
 from streams.settings import Settings
-from streams.topics import Topics, TopicsError, ensure_topics, input_partitions
+from streams.kafka.topics import Topics, TopicsError, ensure_topics, input_partitions
 
 __all__ = ["run_worker", "preflight", "faust_worker"]
 
@@ -17,7 +17,7 @@ def preflight(settings: Settings, create_topics: bool = True) -> Settings:
     """Fail fast with a clear message: Redis must not evict, the input topics must exist and be co-partitioned.
     Returns the settings with ``partitions`` set to the input topics' actual count."""
     from streams.security import kafka_python_config, redis_kwargs
-    from streams.store import RedisStore, StoreError, redis_client
+    from streams.live.store import RedisStore, StoreError, redis_client
 
     from kafka.errors import KafkaError
     from redis.exceptions import RedisError
@@ -46,7 +46,7 @@ def preflight(settings: Settings, create_topics: bool = True) -> Settings:
 
 
 def run_worker(settings: Settings, create_topics: bool = True, log_level: str = "warning") -> int:
-    from streams.app import Worker
+    from streams.live.app import Worker
 
     settings = preflight(settings, create_topics)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -2,7 +2,7 @@
 
 An :class:`Incident` is a kind, an event-time window ``[start, start + duration_ms)``, a magnitude and an optional
 segment restriction. :func:`incident_effects` turns the incidents overlapping one block of interactions into
-per-interaction multipliers and probabilities that :mod:`streams.scenario` applies. Effects never consume random
+per-interaction multipliers and probabilities that :mod:`streams.offline.scenario` applies. Effects never consume random
 numbers, so a scenario with an incident is *identical* to the clean one outside the incident's window: golden tests
 can attribute every difference to the incident.
 
