@@ -313,7 +313,7 @@ class Processor:
             summary=orjson.dumps(summary_of(eng, f, fs)),
             offsets=offsets,
             version=c.version,
-            changed={k: orjson.dumps(v) for k, v in changed.items()},
+            changed=changed,
             deleted=deleted,
         )
 

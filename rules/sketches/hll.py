@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from rules.sketches.exceptions import SketchError
+from rules.sketches.packing import Reader, pack_uints, put_uint
 
 __all__ = ["HyperLogLog", "SPARSE_LIMIT", "key_hash"]
 
@@ -267,6 +268,84 @@ class HyperLogLog:
             )
         hll._sparse = None
         hll._registers = registers
+        return hll
+
+    # binary state: precision, then one mode byte
+    _EXACT, _PAIRS, _DENSE = 0, 1, 2
+
+    def write_to(self, out: bytearray) -> None:
+        """Append the binary state: one byte of precision, one of mode, then
+
+        - exact (mode 0): the number of hashes, then the sorted hashes as little-endian uint64 (8 bytes each: 64
+          random bits do not compress);
+        - dense as pairs (mode 1): the number of non-zero registers, the varints of their indices (the first, then
+          each one's distance from the one before), then their ranks, one byte each — ~2 bytes per non-zero register;
+        - dense (mode 2): every register, one byte each (``2**precision`` bytes).
+
+        A dense sketch is written in whichever of modes 1 and 2 is shorter, a choice that depends on the registers
+        alone.
+
+        >>> u = HyperLogLog(4); u.add_hash(0); out = bytearray(); u.write_to(out); bytes(out).hex()  # p 4, exact, 1
+        '0400010000000000000000'
+        >>> HyperLogLog.read_from(Reader(bytes(out), "users")) == u
+        True
+        """
+        out.append(self.precision)
+        if self._sparse is not None:
+            out.append(self._EXACT)
+            put_uint(out, len(self._sparse))
+            out += np.array(sorted(self._sparse), dtype="<u8").tobytes()
+            return
+        registers = np.frombuffer(self._registers, dtype=np.uint8)
+        index = np.flatnonzero(registers)
+        steps = np.diff(index, prepend=0).astype(np.uint64)
+        packed = pack_uints(steps)
+        if len(packed) + 2 * len(index) < len(registers):  # count varint + ranks + varints beat the raw bytes
+            out.append(self._PAIRS)
+            put_uint(out, len(index))
+            out += packed
+            out += registers[index].tobytes()
+        else:
+            out.append(self._DENSE)
+            out += self._registers
+
+    @classmethod
+    def read_from(cls, r: Reader) -> HyperLogLog:
+        """Inverse of :meth:`write_to`, reading from ``r``; refuses a malformed state with ``SketchError``."""
+        try:
+            hll = cls(r.byte())
+        except SketchError as exc:
+            raise r.fail(f"HyperLogLog precision: {exc}") from None
+        mode = r.byte()
+        m = 1 << hll.precision
+        if mode == cls._EXACT:
+            n = r.uint()
+            if n > SPARSE_LIMIT:
+                raise r.fail(f"HyperLogLog holds {n} exact hashes, more than {SPARSE_LIMIT}")
+            hashes = np.frombuffer(r.take(8 * n), dtype="<u8")
+            if n > 1 and not (np.diff(hashes) > 0).all():
+                raise r.fail("HyperLogLog hashes must be strictly increasing")
+            hll._sparse = set(hashes.tolist())
+            return hll
+        if mode == cls._PAIRS:
+            n = r.uint()
+            if n > m:
+                raise r.fail(f"HyperLogLog claims {n} non-zero registers of {m}")
+            steps = r.uints(n)
+            index = np.cumsum(steps)
+            ranks = np.frombuffer(r.take(n), dtype=np.uint8)
+            if n and ((steps[1:] == 0).any() or index[-1] >= m or (ranks == 0).any()):
+                raise r.fail("HyperLogLog register pairs must have increasing indices below 2**precision, ranks >= 1")
+            registers = np.zeros(m, dtype=np.uint8)
+            registers[index.astype(np.int64)] = ranks
+        elif mode == cls._DENSE:
+            registers = np.frombuffer(r.take(m), dtype=np.uint8)
+        else:
+            raise r.fail(f"unknown HyperLogLog mode {mode}")
+        if registers.max() > hll._width + 1:
+            raise r.fail(f"HyperLogLog registers must be <= {hll._width + 1}")
+        hll._sparse = None
+        hll._registers = bytearray(registers.tobytes())
         return hll
 
     def __eq__(self, other: object) -> bool:
