@@ -14,6 +14,7 @@ is exact. An event's contribution is computed once (:func:`contributions`) and a
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import orjson
@@ -43,6 +44,8 @@ DDSKETCH_ACCURACY = 0.005  # half of the contract's 1 % budget, leaving room for
 #     value                   zigzag varint (any size)
 #   DDSketch.write_to         when flag bit 0
 #   HyperLogLog.write_to      when flag bit 1
+#   crc32                     4 bytes, little-endian: zlib.crc32 of every byte before (a flipped bit in Redis, an
+#                             edited or truncated value, is refused instead of read as another count)
 #
 # Names are only ever appended to the two tables (even and odd codes never collide, so either can grow): a reader
 # older than a writer refuses a code it does not know instead of misreading it. Any other layout change takes a new
@@ -162,8 +165,8 @@ class Bucket:
         """The binary state, format version :data:`BUCKET_FORMAT` (layout above); deterministic for equal buckets.
 
         >>> b = Bucket({"n": 3, "o:error": 1, "lat.s": -2}, None, None)
-        >>> b.to_bytes().hex()
-        '0100030403000601056572726f7202'
+        >>> b.to_bytes().hex()  # version 1, no sketches, 3 counters: lat.s -2, n 3, "o:" + "error" 1; crc32
+        '0100030403000601056572726f7202180c1f0e'
         >>> Bucket.decode(b.to_bytes()) == b == Bucket.decode(b'{"c": {"n": 3, "o:error": 1, "lat.s": -2}}')
         True
         """
@@ -185,6 +188,7 @@ class Bucket:
             self.lat.write_to(out)
         if self.users is not None:
             self.users.write_to(out)
+        out += zlib.crc32(out).to_bytes(4, "little")
         return bytes(out)
 
     @classmethod
@@ -204,8 +208,13 @@ class Bucket:
                 f"stored bucket has binary format version {version}, this rollguard reads version {BUCKET_FORMAT} and"
                 " JSON; it was written by a newer rollguard (upgrade this worker) or is corrupt"
             )
+        if len(value) < 7 or zlib.crc32(value[:-4]) != int.from_bytes(value[-4:], "little"):
+            raise StateFormatError(
+                f"stored bucket (binary format version {version}, {len(value)} bytes) fails its checksum: it is"
+                " corrupt or truncated; restore the state from a backup"
+            )
         try:
-            return cls._read_v1(Reader(value, "stored bucket", 1))
+            return cls._read_v1(Reader(value[:-4], "stored bucket", 1))
         except StateFormatError:
             raise
         except SketchError as exc:  # the reader's and the sketches' own checks

@@ -278,8 +278,11 @@ class HyperLogLog:
 
         - exact (mode 0): the number of hashes, then the sorted hashes as little-endian uint64 (8 bytes each: 64
           random bits do not compress);
-        - dense as pairs (mode 1): the number of non-zero registers, the varints of their indices (the first, then
-          each one's distance from the one before), then their ranks, one byte each — ~2 bytes per non-zero register;
+        - dense as pairs (mode 1): the number ``n`` of non-zero registers, then one byte per non-zero register,
+          in index order, ``gap << 3 | rank``: ``gap`` (1..31) its index minus the previous one's (the first's
+          index + 1), ``rank`` (1..7) its value, either 0 when it does not fit; then the gaps that did not fit, as
+          varints, and the ranks that did not fit, one byte each. Once dense, most gaps are below 32 and ranks below
+          8 (a rank is 1 + leading zeros: P(rank >= 8) = 1/128), so about one byte per non-zero register;
         - dense (mode 2): every register, one byte each (``2**precision`` bytes).
 
         A dense sketch is written in whichever of modes 1 and 2 is shorter, a choice that depends on the registers
@@ -289,6 +292,8 @@ class HyperLogLog:
         '0400010000000000000000'
         >>> HyperLogLog.read_from(Reader(bytes(out), "users")) == u
         True
+        >>> u._densify(); out = bytearray(); u.write_to(out); bytes(out).hex()  # p 4, pairs, 1: gap 1, rank 61 (0x3d)
+        '040101083d'
         """
         out.append(self.precision)
         if self._sparse is not None:
@@ -298,13 +303,18 @@ class HyperLogLog:
             return
         registers = np.frombuffer(self._registers, dtype=np.uint8)
         index = np.flatnonzero(registers)
-        steps = np.diff(index, prepend=0).astype(np.uint64)
-        packed = pack_uints(steps)
-        if len(packed) + 2 * len(index) < len(registers):  # count varint + ranks + varints beat the raw bytes
+        gaps = np.diff(index, prepend=-1)
+        ranks = registers[index]
+        big_gaps = gaps[gaps > 31].astype(np.uint64)
+        big_ranks = ranks[ranks > 7]
+        packed = pack_uints(big_gaps)
+        if 3 + len(index) + len(packed) + len(big_ranks) < len(registers):
+            codes = (np.where(gaps > 31, 0, gaps) << 3 | np.where(ranks > 7, 0, ranks)).astype(np.uint8)
             out.append(self._PAIRS)
             put_uint(out, len(index))
+            out += codes.tobytes()
             out += packed
-            out += registers[index].tobytes()
+            out += big_ranks.tobytes()
         else:
             out.append(self._DENSE)
             out += self._registers
@@ -331,13 +341,24 @@ class HyperLogLog:
             n = r.uint()
             if n > m:
                 raise r.fail(f"HyperLogLog claims {n} non-zero registers of {m}")
-            steps = r.uints(n)
-            index = np.cumsum(steps)
-            ranks = np.frombuffer(r.take(n), dtype=np.uint8)
-            if n and ((steps[1:] == 0).any() or index[-1] >= m or (ranks == 0).any()):
-                raise r.fail("HyperLogLog register pairs must have increasing indices below 2**precision, ranks >= 1")
+            codes = np.frombuffer(r.take(n), dtype=np.uint8)
+            gaps = (codes >> 3).astype(np.int64)
+            ranks = codes & 7
+            gap_escapes = gaps == 0
+            rank_escapes = ranks == 0
+            big_gaps = r.uints(int(gap_escapes.sum()))
+            big_ranks = np.frombuffer(r.take(int(rank_escapes.sum())), dtype=np.uint8)
+            if (big_gaps < 32).any() or (big_gaps >= m).any() or (big_ranks < 8).any():
+                raise r.fail("HyperLogLog register pairs: an escaped gap below 32 or beyond the registers, or an"
+                             " escaped rank below 8")  # fmt: skip
+            gaps[gap_escapes] = big_gaps.astype(np.int64)
+            ranks = ranks.copy()
+            ranks[rank_escapes] = big_ranks
+            index = np.cumsum(gaps) - 1
+            if n and index[-1] >= m:
+                raise r.fail("HyperLogLog register pairs run past the last register")
             registers = np.zeros(m, dtype=np.uint8)
-            registers[index.astype(np.int64)] = ranks
+            registers[index] = ranks
         elif mode == cls._DENSE:
             registers = np.frombuffer(r.take(m), dtype=np.uint8)
         else:
