@@ -8,10 +8,11 @@ catalogue, ``streams.live.store.RedisStore.commit`` — into a real ``redis-serv
 
 1. *features*: 1, 10 and 50 features with a few hours of traffic each, in one Redis: is the cost per feature
    constant (no hidden per-key or cross-feature overhead)?
-2. *rates*: one feature, one day of traffic, at several rates: what one window bucket of each store weighs. The
-   sketches saturate (a HyperLogLog is exact up to 1,024 users, then 16 kB of registers; a DDSketch has one bin
-   per 1 % of the latency range actually seen, at most ~1,100 for 1 ms .. 60 s), so a bucket grows ever more slowly
-   with the rate.
+2. *rates*: one feature, one day of traffic, at several rates: what one window bucket of each store weighs (in
+   the binary bucket format, ``rules.aggregate.Bucket.to_bytes``). The sketches saturate (a HyperLogLog is exact
+   up to 1,024 users at 8 bytes each, then ~1 byte per non-zero register, at most 16 KiB; a DDSketch has one bin
+   per 1 % of the latency range actually seen, at most ~1,100 for 1 ms .. 60 s, ~2 bytes each), so a bucket grows
+   ever more slowly with the rate.
 3. *steady state*: one feature for the catalogue's longest retention plus a day, measured; and the steady state
    projected for every rate of part 2 (measured bucket sizes × the number of buckets the retention keeps), whose
    error against the measured run is printed.

@@ -14,18 +14,53 @@ is exact. An event's contribution is computed once (:func:`contributions`) and a
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
-from rules.sketches.ddsketch import DDSketch
-from rules.sketches.hll import HyperLogLog
+import orjson
 
-__all__ = ["Bucket", "contributions", "LATENCY_SCALE", "COST_SCALE", "UNIT_SCALE", "SCORE_SCALE"]
+from rules.sketches.ddsketch import DDSketch
+from rules.sketches.exceptions import SketchError
+from rules.sketches.hll import HyperLogLog
+from rules.sketches.packing import Reader, put_int, put_uint
+
+__all__ = ["Bucket", "contributions", "LATENCY_SCALE", "COST_SCALE", "UNIT_SCALE", "SCORE_SCALE", "BUCKET_FORMAT",
+           "StateFormatError"]  # fmt: skip
 
 LATENCY_SCALE = 1_000  # ms -> µs
 COST_SCALE = 1_000_000_000  # USD -> nano-USD
 UNIT_SCALE = 1_000_000  # confidence in [0, 1] -> millionths
 SCORE_SCALE = 1_000  # review / survey scores -> thousandths
 DDSKETCH_ACCURACY = 0.005  # half of the contract's 1 % budget, leaving room for the index rounding
+
+# --- the binary bucket state ----------------------------------------------------------------------------------
+#
+# Version 1 (``Bucket.to_bytes``), every integer a varint (rules.sketches.packing), signed ones zigzagged:
+#
+#   0x01                      format version (a JSON state, the format before it, starts with "{" = 0x7b)
+#   flags                     one byte: bit 0 a latency sketch follows, bit 1 a distinct-users sketch; others 0
+#   n                         the number of counters, then per counter, in name order:
+#     code [len utf-8]        2*i: COUNTER_NAMES[i]; 2*j+1: COUNTER_PREFIXES[j] + the UTF-8 suffix that follows
+#     value                   zigzag varint (any size)
+#   DDSketch.write_to         when flag bit 0
+#   HyperLogLog.write_to      when flag bit 1
+#   crc32                     4 bytes, little-endian: zlib.crc32 of every byte before (a flipped bit in Redis, an
+#                             edited or truncated value, is refused instead of read as another count)
+#
+# Names are only ever appended to the two tables (even and odd codes never collide, so either can grow): a reader
+# older than a writer refuses a code it does not know instead of misreading it. Any other layout change takes a new
+# version byte, and readers refuse versions they do not know.
+BUCKET_FORMAT = 1
+COUNTER_NAMES = ("n", "lat.n", "lat.s", "cost.n", "cost.s", "tok.n", "tok.s", "conf.n", "conf.s", "sug", "th", "rev",
+                 "rs.n", "rs.s", "tk", "csat.n", "csat.s", "nps.n", "nps.p", "nps.d")  # fmt: skip
+COUNTER_PREFIXES = ("o:", "flag:", "sug:", "th:", "rev:", "tk:", "")  # "" last: any other name, spelled out
+_NAME_CODE = {name: 2 * i for i, name in enumerate(COUNTER_NAMES)}
+_LEGACY_JSON = 0x7B  # "{"
+
+
+class StateFormatError(SketchError):
+    """A stored bucket is neither a known binary version nor the JSON state written before it (corrupt, truncated,
+    or written by a newer rollguard): refused rather than misread."""
 
 
 def contributions(ev: Any) -> list[tuple[str, int]]:
@@ -125,6 +160,93 @@ class Bucket:
             DDSketch.from_state(d["lat"]) if "lat" in d else None,
             HyperLogLog.from_state(d["users"]) if "users" in d else None,
         )
+
+    def to_bytes(self) -> bytes:
+        """The binary state, format version :data:`BUCKET_FORMAT` (layout above); deterministic for equal buckets.
+
+        >>> b = Bucket({"n": 3, "o:error": 1, "lat.s": -2}, None, None)
+        >>> b.to_bytes().hex()  # version 1, no sketches, 3 counters: lat.s -2, n 3, "o:" + "error" 1; crc32
+        '0100030403000601056572726f7202180c1f0e'
+        >>> Bucket.decode(b.to_bytes()) == b == Bucket.decode(b'{"c": {"n": 3, "o:error": 1, "lat.s": -2}}')
+        True
+        """
+        out = bytearray((BUCKET_FORMAT, (self.lat is not None) | (self.users is not None) << 1))
+        c = self.c
+        put_uint(out, len(c))
+        for name in sorted(c):
+            code = _NAME_CODE.get(name)
+            if code is not None:
+                put_uint(out, code)
+            else:
+                j = next(j for j, p in enumerate(COUNTER_PREFIXES) if name.startswith(p))
+                suffix = name[len(COUNTER_PREFIXES[j]) :].encode()
+                put_uint(out, 2 * j + 1)
+                put_uint(out, len(suffix))
+                out += suffix
+            put_int(out, c[name])
+        if self.lat is not None:
+            self.lat.write_to(out)
+        if self.users is not None:
+            self.users.write_to(out)
+        out += zlib.crc32(out).to_bytes(4, "little")
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, value: bytes) -> Bucket:
+        """A stored bucket: the binary state of any known version, or the JSON state stored before binary states
+        existed (migrated on read); anything else raises :class:`StateFormatError` naming what was found."""
+        if not value:
+            raise StateFormatError("stored bucket is empty; the state is corrupt (restore it from a backup)")
+        version = value[0]
+        if version == _LEGACY_JSON:
+            try:
+                return cls.from_state(orjson.loads(value))
+            except (orjson.JSONDecodeError, KeyError, TypeError, SketchError) as exc:
+                raise StateFormatError(f"stored bucket looks like a JSON state but is not a valid one ({exc})") from None
+        if version != BUCKET_FORMAT:
+            raise StateFormatError(
+                f"stored bucket has binary format version {version}, this rollguard reads version {BUCKET_FORMAT} and"
+                " JSON; it was written by a newer rollguard (upgrade this worker) or is corrupt"
+            )
+        if len(value) < 7 or zlib.crc32(value[:-4]) != int.from_bytes(value[-4:], "little"):
+            raise StateFormatError(
+                f"stored bucket (binary format version {version}, {len(value)} bytes) fails its checksum: it is"
+                " corrupt or truncated; restore the state from a backup"
+            )
+        try:
+            return cls._read_v1(Reader(value[:-4], "stored bucket", 1))
+        except StateFormatError:
+            raise
+        except SketchError as exc:  # the reader's and the sketches' own checks
+            raise StateFormatError(str(exc)) from None
+
+    @classmethod
+    def _read_v1(cls, r: Reader) -> Bucket:
+        flags = r.byte()
+        if flags & ~3:
+            raise r.fail(f"unknown flags {flags:#x}")
+        c: dict[str, int] = {}
+        previous = None
+        for _ in range(r.uint()):
+            code = r.uint()
+            i, prefixed = divmod(code, 2)
+            table = COUNTER_PREFIXES if prefixed else COUNTER_NAMES
+            if i >= len(table):
+                raise r.fail(f"unknown counter code {code} (written by a newer rollguard?)")
+            name = table[i]
+            if prefixed:
+                try:
+                    name += r.take(r.uint()).decode()
+                except UnicodeDecodeError:
+                    raise r.fail("counter name is not UTF-8") from None
+            if previous is not None and name <= previous:
+                raise r.fail("counters must be in strictly increasing name order")
+            previous = name
+            c[name] = r.int()
+        lat = DDSketch.read_from(r) if flags & 1 else None
+        users = HyperLogLog.read_from(r) if flags & 2 else None
+        r.end()
+        return cls(c, lat, users)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Bucket) and self.to_state() == other.to_state()

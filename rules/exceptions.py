@@ -8,6 +8,7 @@
     ├── MetricNameError            a metric name is not one of CONTRACT §2 (rules.metric_names)
     ├── RulesInvalid               rule files failed validation; carries every error (rules.loader)
     ├── SketchError                a sketch got an impossible value or a corrupt state (rules.sketches)
+    │   └── StateFormatError       a stored bucket is corrupt or of an unknown format version (rules.aggregate)
     ├── ScenarioError              a generated scenario is inconsistent (streams.offline.scenario_incidents)
     └── ReportInputError           an output record given to the report lacks a field (streams.offline.report)
 

@@ -1,7 +1,10 @@
 """Engine state: everything decisions depend on, per feature, plus the global kill breaker.
 
 The state is plain data with a JSON-able ``to_state()`` (detector state travels as signed bytes, base64), so the
-live pipeline can keep it in Redis and a worker can resume exactly where another stopped.
+live pipeline can keep it in Redis and a worker can resume exactly where another stopped. For that, the state is
+split into a small JSON *core* and one field per window bucket in the versioned binary format of
+``rules.aggregate.Bucket.to_bytes`` (the buckets are nearly all of the bytes); buckets stored as JSON by earlier
+versions are still read.
 """
 
 from __future__ import annotations
@@ -97,12 +100,12 @@ class FeatureState:
             d["seen"] = {i: ts for i, ts in d["seen"].items() if ts >= floor}
         return d
 
-    def bucket_fields(self, plan: Any, since: int | None) -> tuple[dict[str, dict], set[str]]:
-        """``(changed, present)``: the state of every bucket that can hold an event at or after ``since`` (all when
-        None), and the field names of every bucket held. A field is the store's name (its ``every`` and segment
-        keys, stable across rule reloads; ``plan`` is a ``rules.plan.Plan``), phase, bucket start and segment
-        values, joined by ``US``."""
-        changed: dict[str, dict] = {}
+    def bucket_fields(self, plan: Any, since: int | None) -> tuple[dict[str, bytes], set[str]]:
+        """``(changed, present)``: the binary state (``Bucket.to_bytes``) of every bucket that can hold an event at
+        or after ``since`` (all when None), and the field names of every bucket held. A field is the store's name
+        (its ``every`` and segment keys, stable across rule reloads; ``plan`` is a ``rules.plan.Plan``), phase,
+        bucket start and segment values, joined by ``US``."""
+        changed: dict[str, bytes] = {}
         present: set[str] = set()
         names = plan.store_names
         for sid, series in self.stores.items():
@@ -113,13 +116,16 @@ class FeatureState:
                     f = US.join((sk, phase, str(start), *seg))
                     present.add(f)
                     if low is None or start > low:
-                        changed[f] = b.to_state()
+                        changed[f] = b.to_bytes()
         return changed, present
 
     @classmethod
-    def from_parts(cls, core: dict[str, Any], buckets: dict[str, dict], plan: Any, detector_key: bytes) -> FeatureState:
+    def from_parts(cls, core: dict[str, Any], buckets: dict[str, bytes | dict], plan: Any,
+                   detector_key: bytes) -> FeatureState:  # fmt: skip
         """Inverse of ``core_state`` + ``bucket_fields`` under ``plan`` (a ``rules.plan.Plan``): buckets of stores
-        it no longer has, or that lack a sketch its rules now need, are dropped."""
+        it no longer has, or that lack a sketch its rules now need, are dropped. A bucket is its stored value
+        (binary, or the JSON of earlier versions: ``Bucket.decode``, which refuses anything else with
+        ``StateFormatError``) or an already parsed JSON state."""
         from rules.aggregate import Bucket
 
         fs = cls.from_state(core, detector_key)
@@ -129,14 +135,15 @@ class FeatureState:
             if sid is None:
                 continue
             spec = plan.store_by_id[sid]
-            if (spec.needs_latency and "lat" not in st) or (spec.needs_users and "users" not in st):
+            b = Bucket.from_state(st) if isinstance(st, dict) else Bucket.decode(st)
+            if (spec.needs_latency and b.lat is None) or (spec.needs_users and b.users is None):
                 continue
             key = (phase, tuple(seg))
             series = fs.stores.setdefault(sid, {})
             s = series.get(key)
             if s is None:
                 s = series[key] = SeriesBuckets()
-            s.buckets[int(start)] = Bucket.from_state(st)
+            s.buckets[int(start)] = b
         return fs
 
     @classmethod

@@ -223,3 +223,36 @@ def test_the_breaker_round_trips_through_redis_with_its_resolved_hours(stack, re
 
     written, loaded = asyncio.run(go())
     assert loaded.to_state() == written.to_state() and loaded.open_hours() == [8]
+
+
+def test_buckets_stored_as_json_by_the_previous_version_load_and_migrate_to_the_binary_format(stack, redis_client):
+    """A Redis written before the binary format (bucket values were ``orjson.dumps(Bucket.to_state())``): a worker
+    loads it as the same state, continues exactly as an uninterrupted run, and its next write stores every bucket
+    in the binary format."""
+    from rules.aggregate import BUCKET_FORMAT, Bucket
+
+    async def go():
+        ref = processor(stack.redis_url, "mig-ref")
+        await run(ref, MSGS, 1000)
+        old = processor(stack.redis_url, "mig")
+        await run(old, MSGS[:5000], 1000)
+        r = aioredis.Redis.from_url(stack.redis_url)
+        key = old.store.buckets_key("email-reply")
+        stored = await r.hgetall(key)
+        from_binary = await stored_state(stack.redis_url, "mig", "email-reply")
+        await r.hset(key, mapping={k: orjson.dumps(Bucket.decode(v).to_state()) for k, v in stored.items()})
+        legacy = await r.hgetall(key)
+        assert legacy.keys() == stored.keys() and all(v[:1] == b"{" for v in legacy.values())
+        from_json = await stored_state(stack.redis_url, "mig", "email-reply")
+        new = processor(stack.redis_url, "mig")
+        await run(new, MSGS[5000:], 1000)
+        after = await r.hgetall(key)
+        await r.aclose()
+        return from_binary, from_json, after
+
+    from_binary, from_json, after = asyncio.run(go())
+    assert from_json == from_binary and from_json["stores"]
+    assert all(v[0] == BUCKET_FORMAT for v in after.values())
+    assert asyncio.run(stored_state(stack.redis_url, "mig", "email-reply")) == asyncio.run(
+        stored_state(stack.redis_url, "mig-ref", "email-reply")
+    )

@@ -27,10 +27,14 @@ True
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from rules.sketches.exceptions import SketchError
+from rules.sketches.packing import Reader, pack_uints, put_uint, unzigzag, zigzag
 
 __all__ = ["DDSketch"]
 
@@ -219,6 +223,55 @@ class DDSketch:
         sketch._zero = zero
         sketch._buckets = buckets
         sketch._count = zero + sum(buckets.values())
+        return sketch
+
+    def write_to(self, out: bytearray) -> None:
+        """Append the binary state: the accuracy (float64, little-endian), the zero count, the number of bins, then
+        the bins' varints — the first index zigzagged, each next one as its distance from the one before (>= 1),
+        then the counts. ~2-3 bytes per bin instead of ~12 in JSON.
+
+        >>> s = DDSketch(); s.add(0); s.add(1.0, 3); s.add(2.0)
+        >>> out = bytearray(); s.write_to(out); bytes(out[8:]).hex()  # zero 1, 2 bins: at 0 and 0 + 70, counts 3, 1
+        '010200460301'
+        >>> DDSketch.read_from(Reader(bytes(out), "latency")) == s
+        True
+        """
+        out += struct.pack("<d", self.relative_accuracy)
+        put_uint(out, self._zero)
+        keys = sorted(self._buckets)
+        put_uint(out, len(keys))
+        if not keys:
+            return
+        counts = [self._buckets[k] for k in keys]
+        if max(counts) >= 1 << 64:
+            raise SketchError("a DDSketch bin count reached 2**64, beyond what its binary state holds")
+        steps = [zigzag(keys[0])] + [b - a for a, b in zip(keys, keys[1:])]
+        out += pack_uints(np.array(steps + counts, dtype=np.uint64))
+
+    @classmethod
+    def read_from(cls, r: Reader) -> DDSketch:
+        """Inverse of :meth:`write_to`, reading from ``r``; refuses a malformed state with ``SketchError``."""
+        (accuracy,) = struct.unpack("<d", r.take(8))
+        try:
+            sketch = cls(accuracy)
+        except SketchError as exc:
+            raise r.fail(f"DDSketch accuracy: {exc}") from None
+        zero = r.uint()
+        n = r.uint()
+        if n > len(r.buf) - r.pos:  # every bin takes at least two bytes: refuse a length no value can back
+            raise r.fail(f"DDSketch claims {n} bins")
+        values = r.uints(2 * n).tolist()
+        steps, counts = values[:n], values[n:]
+        if n and (min(counts) < 1 or min(steps[1:], default=1) < 1):
+            raise r.fail("DDSketch bins must have counts >= 1 and strictly increasing indices")
+        keys = []
+        key = 0
+        for i, step in enumerate(steps):
+            key = unzigzag(step) if i == 0 else key + step
+            keys.append(key)
+        sketch._zero = zero
+        sketch._buckets = dict(zip(keys, counts))
+        sketch._count = zero + sum(counts)
         return sketch
 
     def _check_compatible(self, other: Any, action: str) -> None:

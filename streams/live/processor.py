@@ -264,6 +264,8 @@ class Processor:
             rec = records[f]
             if rec.core is not None:
                 self.engine.features[f] = FeatureState.from_parts(rec.core, rec.buckets, self.engine.plan, self.key)
+                if any(v[:1] == b"{" for v in rec.buckets.values()):  # JSON of an earlier version: migrate it all
+                    self.full_rewrite.add(f)
             else:
                 self.engine.features.pop(f, None)
             self.cache[f] = _Cached(dict(rec.offsets), set(rec.buckets), now, version=rec.version)
@@ -314,7 +316,7 @@ class Processor:
             summary=orjson.dumps(summary_of(eng, f, fs)),
             offsets=offsets,
             version=c.version,
-            changed={k: orjson.dumps(v) for k, v in changed.items()},
+            changed=changed,
             deleted=deleted,
         )
 

@@ -6,7 +6,9 @@ feature lives in one slot and one Lua script can update them together):
 * ``ns:{f:FEATURE}:core``    hash: ``state`` (the feature's core state, JSON), ``summary`` (for ``rollguard
   status``), ``off:TOPIC:PARTITION`` (highest input offset applied to this feature from that partition),
   ``updated_ms`` (wall clock of the write, for operators only);
-* ``ns:{f:FEATURE}:buckets`` hash: one field per window bucket (see ``FeatureState.bucket_fields``);
+* ``ns:{f:FEATURE}:buckets`` hash: one field per window bucket (see ``FeatureState.bucket_fields``), its value the
+  bucket's versioned binary state (``rules.aggregate.Bucket.to_bytes``; JSON values of earlier versions are still
+  read, and migrate as their buckets are next written);
 * ``ns:{tp:TOPIC:PARTITION}`` string: the partition's processed offset (a lower bound: features may be ahead);
 * ``ns:{breaker}``           hash: ``kill:HOUR:ID``, ``paged:HOUR`` and ``resolved:HOUR`` fields (the cross-feature kill breaker;
   set-like, so writing the same kill twice is harmless);
@@ -105,7 +107,7 @@ class FeatureRecord:
     """What Redis holds for one feature."""
 
     core: dict[str, Any] | None
-    buckets: dict[str, dict]
+    buckets: dict[str, bytes]  # field -> stored value, decoded by FeatureState.from_parts (Bucket.decode)
     offsets: dict[str, int]  # "topic:partition" -> highest offset applied
     version: int = 0  # incremented by every write; a write must name the version it read
 
@@ -211,7 +213,7 @@ class RedisStore:
             core, buckets = res[2 * i], res[2 * i + 1]
             offsets = {k[4:].decode(): int(v) for k, v in core.items() if k.startswith(b"off:")}
             state = orjson.loads(core[b"state"]) if b"state" in core else None
-            out[f] = FeatureRecord(state, {k.decode(): orjson.loads(v) for k, v in buckets.items()}, offsets,
+            out[f] = FeatureRecord(state, {k.decode(): v for k, v in buckets.items()}, offsets,
                                    int(core.get(b"ver", 0)))  # fmt: skip
         return out
 
