@@ -172,6 +172,7 @@ def test_user_pseudonyms_are_hmac_sha256_and_the_cache_stays_bounded():
         want = hmac.new(b"k", u.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
         assert pseudo(u) == want and pseudo(u) == want  # a miss, then a hit
         assert len(pseudo._cache) <= 3
+    assert list(pseudo._cache)[-1] == "\ud800"  # the newest stays when the older half goes
 
 
 # --- the typed decoder (rules.decode) never disagrees with the pydantic specification -------------------------------
