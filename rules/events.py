@@ -374,9 +374,14 @@ def _seen_labels(labels: tuple[str, ...]) -> bool:
 # parse_ts. Within this shape the minute (date, hour, minute, offset) carries all of fromisoformat's checks but the
 # second's, so its epoch ms is cached and the seconds are added: parse_ts floors microseconds to ms, which is the
 # first three fraction digits. A minute-aligned base in [0, _MAX_TS) plus < 60 s stays in range (the bound is
-# minute-aligned too), so the range check holds as well.
+# minute-aligned too), so the range check holds as well. A minute enters the cache only through the full pattern;
+# a string that finds its minute there needs only its seconds and fraction checked, by table look-ups.
 _RFC3339 = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}):([0-5][0-9])(?:\.([0-9]{1,6}))?"
                       r"(Z|[+-][0-9]{2}:[0-9]{2})\Z")  # fmt: skip
+_SECOND_MS = {f"{s:02d}": s * 1000 for s in range(60)}
+_FRACTION_MS = {"": 0} | {
+    "." + f"{i:0{n}d}": int(f"{i:0{n}d}".ljust(3, "0")) for n in (1, 2, 3) for i in range(10**n)
+}  # fmt: skip
 _minutes: dict[str, int] = {}
 _MINUTES_MAX = 4096
 
@@ -387,6 +392,18 @@ def rfc3339_ms(value: str) -> int:
     >>> rfc3339_ms("2026-11-02T12:00:59.2509+02:00") == parse_ts("2026-11-02T12:00:59.2509+02:00") == 1793613659250
     True
     """
+    n = len(value)
+    if 20 <= n <= 32:
+        end = n - 1 if value[-1] == "Z" else n - 6 if value[-6] in "+-" else 0
+        base = _minutes.get(value[:16] + value[end:]) if end else None
+        if base is not None and value[16] == ":":
+            sec = _SECOND_MS.get(value[17:19])
+            frac = value[19:end]
+            ms = _FRACTION_MS.get(frac[:4])
+            if sec is not None and ms is not None:
+                rest = frac[4:]
+                if not rest or (len(rest) <= 3 and rest.isascii() and rest.isdigit()):
+                    return base + sec + ms
     m = _RFC3339.match(value)
     if m is None:
         return parse_ts(value)

@@ -491,3 +491,25 @@ def test_rfc3339_ms_is_parse_ts(s):
         except ValueError:
             got = ValueError
         assert got == want, s
+
+
+@settings(max_examples=600, deadline=None)
+@given(ok_ts.filter(lambda t: type(t) is str),
+       st.sampled_from([":00", ":59", ":60", ":5", ":5x", ":00.", ":00.1234567", ":00,5", ":00.12a", ":00.123\u0664",
+                        ":00.1\u00b2", "", ":00:00", ":00.000", ":07.9", ":07.99", ":07.999999", "x00.5", ":٠٠"]))  # fmt: skip
+def test_rfc3339_ms_is_parse_ts_for_any_second_of_a_cached_minute(ts, tail):
+    end = len(ts) - 1 if ts.endswith("Z") else len(ts) - 6
+    try:
+        rfc3339_ms(ts[:16] + ":00" + ts[end:])  # puts the minute in the cache when it is valid
+    except ValueError:
+        pass
+    s = ts[:16] + tail + ts[end:]
+    try:
+        want = parse_ts(s)
+    except ValueError:
+        want = ValueError
+    try:
+        got = rfc3339_ms(s)
+    except ValueError:
+        got = ValueError
+    assert got == want, s
