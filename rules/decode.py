@@ -30,13 +30,17 @@ Where the two differ by construction, and why the Structs stay on the strict sid
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 import msgspec
 
-__all__ = ["Interaction", "Feedback", "ControlRecord", "MESSAGE", "DecodeFailed", "convert", "json_shaped"]
+from rules.timestamps import _MAX_TS
 
-_MAX_TS = 253_402_300_800_000  # = rules.events._MAX_TS (10000-01-01T00:00:00Z in ms); a test pins the two together
+__all__ = [
+    "Interaction", "Feedback", "ControlRecord", "MESSAGE", "DecodeFailed", "convert", "json_shaped", "names",
+    "seen_name", "seen_labels",
+]  # fmt: skip
+
 _FMAX = sys.float_info.max
 _I64 = 2**63 - 1  # msgspec bounds fit in int64; orjson keeps integers as int up to 2**64 - 1, the models decide above
 
@@ -171,4 +175,44 @@ def _unicode(s: str) -> bool:
         s.encode()
     except UnicodeEncodeError:
         return False
+    return True
+
+
+# Names and labels that matched their pattern (rules.events._NAME / _LABEL, the pydantic patterns: [A-Za-z0-9._-]
+# and [a-z0-9_], whose $ is the end of the text, so "f\n" does not match). A handful of distinct values in practice,
+# bounded all the same: an event that brings a new one pays one character-set check.
+names: set[str] = set()
+_labels: set[str] = set()
+_SEEN_MAX = 4096
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def seen_name(s: str) -> bool:
+    """Whether ``s`` (1..128 characters already) is a valid name; a valid one joins :data:`names`.
+
+    >>> seen_name("email-reply"), "email-reply" in names, seen_name("email reply"), seen_name("f\\n")
+    (True, True, False, False)
+    """
+    if not _NAME_CHARS.issuperset(s) or not 0 < len(s) <= 128:
+        return False
+    if len(names) >= _SEEN_MAX:
+        names.clear()
+    names.add(s)
+    return True
+
+
+def seen_labels(labels: tuple[str, ...]) -> bool:
+    """Whether every one of ``labels`` is a valid label (``[a-z0-9_]{1,64}``).
+
+    >>> seen_labels(("pii_leak", "up")), seen_labels(("PII",))
+    (True, False)
+    """
+    for s in labels:
+        if s not in _labels:
+            if not _LABEL_CHARS.issuperset(s) or not 0 < len(s) <= 64:
+                return False
+            if len(_labels) >= _SEEN_MAX:
+                _labels.clear()
+            _labels.add(s)
     return True

@@ -23,7 +23,6 @@ import hmac
 import math
 import re
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from itertools import islice
 from typing import Annotated, Any, Literal, Union
 
@@ -31,8 +30,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError, field_validator
 
 from rules.decode import MESSAGE, ControlRecord, DecodeFailed, Feedback, Interaction, convert, json_shaped
-from rules.decode import _FeedbackLax, _InteractionLax
+from rules.decode import _FeedbackLax, _InteractionLax, names, seen_labels, seen_name
 from rules.exceptions import InvalidEvent
+from rules.timestamps import _iso_ms, parse_ts, rfc3339_ms
 
 __all__ = [
     "Event",
@@ -47,44 +47,9 @@ __all__ = [
 
 _NAME = r"^[A-Za-z0-9._-]{1,128}$"
 _LABEL = r"^[a-z0-9_]{1,64}$"
-_MAX_TS = 253_402_300_800_000  # 10000-01-01T00:00:00Z in ms: beyond that RFC 3339 cannot express it
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SUGGESTION = frozenset({"accepted", "edited", "rejected", "ignored"})
 _THUMBS = frozenset({"up", "down"})
 _SURVEY = frozenset({"csat", "nps"})
-
-
-def parse_ts(value: Any) -> int:
-    """Normalise an event time to epoch milliseconds (UTC).
-
-    >>> parse_ts("2026-11-02T10:00:00+02:00")
-    1793606400000
-    >>> parse_ts(1793606400000)
-    1793606400000
-    """
-    if type(value) is int:
-        ms = value
-    elif isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError("must be RFC 3339 with an offset, e.g. 2026-11-02T10:00:00Z, or integer epoch ms") from None
-        if dt.tzinfo is None or len(value) < 20:
-            raise ValueError("RFC 3339 time needs a date, a time and an offset (Z or +hh:mm)")
-        ms = (dt - _EPOCH) // _MS
-    else:
-        raise ValueError("must be an RFC 3339 string or integer epoch milliseconds")
-    if not 0 <= ms < _MAX_TS:
-        raise ValueError("epoch milliseconds out of range (1970 .. 9999)")
-    return ms
-
-
-_MS = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc) - _EPOCH
-
-
-def _iso_ms(ms: int) -> str:
-    dt = _EPOCH + ms * _MS
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ms % 1000:03d}Z" if ms % 1000 else "Z")
 
 
 class Pseudonymizer:
@@ -326,7 +291,7 @@ def _located(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-# --- the typed decoder (rules.decode) and what it cannot express ----------------------------------------------
+# --- events from the typed decoder's records (rules.decode), checked for what msgspec cannot express ----------------
 
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 _COMMON_KEYS = ("type", "event_id", "ts", "feature", "phase", "segment", "user", "model_version", "prompt_version")
@@ -336,86 +301,8 @@ KNOWN_FIELDS = frozenset(
 )  # fmt: skip
 
 
-_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
-
-
 def _is_name(s: object) -> bool:
     return type(s) is str and 0 < len(s) <= 128 and _NAME_CHARS.issuperset(s)
-
-
-# Names and labels the typed decoder's records carried and that matched their pattern (_NAME / _LABEL: the pydantic
-# patterns, whose $ is the end of the text, as \Z is here). A handful of distinct values in practice; bounded.
-_names: set[str] = set()
-_labels: set[str] = set()
-_SEEN_MAX = 4096
-
-
-def _seen_name(s: str) -> bool:
-    if not (0 < len(s) <= 128 and _NAME_CHARS.issuperset(s)):
-        return False
-    if len(_names) >= _SEEN_MAX:
-        _names.clear()
-    _names.add(s)
-    return True
-
-
-def _seen_labels(labels: tuple[str, ...]) -> bool:
-    for s in labels:
-        if s not in _labels:
-            if not (0 < len(s) <= 64 and _LABEL_CHARS.issuperset(s)):
-                return False
-            if len(_labels) >= _SEEN_MAX:
-                _labels.clear()
-            _labels.add(s)
-    return True
-
-
-# The common RFC 3339 shapes: date, time to the second, 1-6 fraction digits, Z or ±hh:mm. Anything else goes to
-# parse_ts. Within this shape the minute (date, hour, minute, offset) carries all of fromisoformat's checks but the
-# second's, so its epoch ms is cached and the seconds are added: parse_ts floors microseconds to ms, which is the
-# first three fraction digits. A minute-aligned base in [0, _MAX_TS) plus < 60 s stays in range (the bound is
-# minute-aligned too), so the range check holds as well. A minute enters the cache only through the full pattern;
-# a string that finds its minute there needs only its seconds and fraction checked, by table look-ups.
-_RFC3339 = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}):([0-5][0-9])(?:\.([0-9]{1,6}))?"
-                      r"(Z|[+-][0-9]{2}:[0-9]{2})\Z")  # fmt: skip
-_SECOND_MS = {f"{s:02d}": s * 1000 for s in range(60)}
-_FRACTION_MS = {"": 0} | {
-    "." + f"{i:0{n}d}": int(f"{i:0{n}d}".ljust(3, "0")) for n in (1, 2, 3) for i in range(10**n)
-}  # fmt: skip
-_minutes: dict[str, int] = {}
-_MINUTES_MAX = 4096
-
-
-def rfc3339_ms(value: str) -> int:
-    """:func:`parse_ts` for a string, fast for the common shapes (a bounded cache of minutes); raises ValueError.
-
-    >>> rfc3339_ms("2026-11-02T12:00:59.2509+02:00") == parse_ts("2026-11-02T12:00:59.2509+02:00") == 1793613659250
-    True
-    """
-    n = len(value)
-    if 20 <= n <= 32:
-        end = n - 1 if value[-1] == "Z" else n - 6 if value[-6] in "+-" else 0
-        base = _minutes.get(value[:16] + value[end:]) if end else None
-        if base is not None and value[16] == ":":
-            sec = _SECOND_MS.get(value[17:19])
-            frac = value[19:end]
-            ms = _FRACTION_MS.get(frac[:4])
-            if sec is not None and ms is not None:
-                rest = frac[4:]
-                if not rest or (len(rest) <= 3 and rest.isascii() and rest.isdigit()):
-                    return base + sec + ms
-    m = _RFC3339.match(value)
-    if m is None:
-        return parse_ts(value)
-    minute, sec, frac, off = m.groups()
-    key = minute + off
-    base = _minutes.get(key)
-    if base is None:
-        base = parse_ts(f"{minute}:00{off}")
-        if len(_minutes) >= _MINUTES_MAX:
-            _minutes.clear()
-        _minutes[key] = base
-    return base + int(sec) * 1000 + (int((frac + "00")[:3]) if frac else 0)
 
 
 def _from_record(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymizer) -> Event | Control | None:
@@ -426,16 +313,15 @@ def _from_record(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymize
             ts = rfc3339_ms(ts)
         except ValueError:
             return None
-    names = _names
     feature, phase = r.feature, r.phase
-    if (feature not in names and not _seen_name(feature)) or (
-        phase not in names and phase is not None and not _seen_name(phase)
+    if (feature not in names and not seen_name(feature)) or (
+        phase not in names and phase is not None and not seen_name(phase)
     ):
         return None
     t = type(r)
     if t is Interaction or t is _InteractionLax:
         flags = r.flags
-        if flags and not _seen_labels(flags):
+        if flags and not seen_labels(flags):
             return None
         user = r.user
         if user is not None:
@@ -446,7 +332,7 @@ def _from_record(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymize
         )  # fmt: skip
     if t is Feedback or t is _FeedbackLax:
         label = r.label
-        if (label is not None and not _seen_labels((label,))) or _feedback_problem(r.kind, label, r.score):
+        if (label is not None and not seen_labels((label,))) or _feedback_problem(r.kind, label, r.score):
             return None
         user = r.user
         if user is not None:

@@ -474,10 +474,6 @@ def test_parse_obj_edge_cases_agree_with_the_specification(patch):
     assert got == want
 
 
-def test_decoder_and_models_share_the_time_range():
-    assert rules.decode._MAX_TS == rules.events._MAX_TS
-
-
 @settings(max_examples=1500, deadline=None)
 @given(st.one_of(ts_strings, st.text(max_size=30), st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{5,16}[Z+-][0-9:]{0,5}", fullmatch=True)))  # fmt: skip
 def test_rfc3339_ms_is_parse_ts(s):
