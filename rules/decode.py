@@ -4,7 +4,7 @@ The pydantic models in :mod:`rules.events` are the specification; these Structs 
 msgspec's decoder can check them while it parses. They may only ever be *stricter* than the models, never more
 lenient: whatever they reject, the models decide (and word the located error). Two things msgspec cannot express
 are checked afterwards by :class:`rules.events.EventParser`: an RFC 3339 string ``ts`` (parsed exactly as
-:func:`rules.events.parse_ts` does) and the cross-field feedback rules. One more is checked afterwards for speed:
+:func:`rules.timestamps.parse_ts` does) and the cross-field feedback rules. One more is checked afterwards for speed:
 the character sets of names (``feature``, ``phase``) and labels (``flags``, ``label``). msgspec checks a ``pattern``
 by calling Python's ``re`` for each value, which was 1.3 µs of an event's 3; afterwards a set of the few names
 already seen answers instead. A hypothesis test (tests/test_events.py) proves that the decoder and the models agree.
@@ -44,7 +44,7 @@ __all__ = [
 _FMAX = sys.float_info.max
 _I64 = 2**63 - 1  # msgspec bounds fit in int64; orjson keeps integers as int up to 2**64 - 1, the models decide above
 
-# names and labels: their character sets are checked afterwards (rules.events.EventParser), see the module docstring
+# names and labels: their character sets are checked afterwards (seen_name, seen_labels below), see the module docstring
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Short = Annotated[str, msgspec.Meta(max_length=128)]
@@ -55,7 +55,7 @@ Flags = Annotated[tuple[Label, ...], msgspec.Meta(max_length=64)]
 NonNeg = Annotated[float, msgspec.Meta(ge=0.0, le=_FMAX)]
 Finite = Annotated[float, msgspec.Meta(ge=-_FMAX, le=_FMAX)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=_I64)]
-# an RFC 3339 string is checked afterwards (rules.events.rfc3339_ms); an integer is epoch ms within 1970..9999
+# an RFC 3339 string is checked afterwards (rules.timestamps.rfc3339_ms); an integer is epoch ms within 1970..9999
 Ts = Union[Annotated[int, msgspec.Meta(ge=0, lt=_MAX_TS)], str]
 
 
