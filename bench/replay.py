@@ -55,7 +55,7 @@ def _scenario_file(min_events: int) -> Path:
 
 
 def _child(mode: str, path: str) -> None:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     if mode == "baseline":
         import orjson
@@ -83,9 +83,9 @@ def _child(mode: str, path: str) -> None:
             res = replay(rulesets, [path], out, config=s.engine_config(), user_key=b"bench", progress=False)
             n = res.events_read
             extra = dict(res.counts)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = {"events": n, "seconds": dt, "rss_mb": rss}
+    out = {"events": n, "seconds": dt, "cpu_seconds": cpu, "rss_mb": rss}
     if mode == "replay":
         out["outputs"] = extra
     print(json.dumps(out))
@@ -113,11 +113,15 @@ def main() -> None:
                            check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
         results[mode] = json.loads(r.stdout.strip().splitlines()[-1])
     base = results["baseline"]["events"] / results["baseline"]["seconds"]
-    print(f"{'stage':<10} {'events':>10} {'seconds':>8} {'events/s':>11} {'vs orjson':>9} {'peak RSS':>9}")
+    base_cpu = results["baseline"]["events"] / results["baseline"]["cpu_seconds"]
+    # on a shared machine wall time swings with the neighbours' load; CPU time much less (the last two columns)
+    print(f"{'stage':<10} {'events':>10} {'seconds':>8} {'events/s':>11} {'vs orjson':>9} {'peak RSS':>9} "
+          f"{'CPU s':>7} {'vs orjson (CPU)':>15}")  # fmt: skip
     for mode, r in results.items():
         rate = r["events"] / r["seconds"]
+        cpu_rate = r["events"] / r["cpu_seconds"]
         print(f"{mode:<10} {r['events']:>10,} {r['seconds']:>8.2f} {rate:>11,.0f} {rate / base:>9.3f} "
-              f"{r['rss_mb']:>7.0f} MB")  # fmt: skip
+              f"{r['rss_mb']:>7.0f} MB {r['cpu_seconds']:>7.2f} {cpu_rate / base_cpu:>15.3f}")  # fmt: skip
     if "replay" in results:
         print(f"replay outputs: {results['replay'].get('outputs')}")
         ratio = (results["replay"]["events"] / results["replay"]["seconds"]) / base

@@ -325,7 +325,7 @@ def _from_record(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymize
             return None
         user = r.user
         if user is not None:
-            user = pseudo(user)
+            user = pseudo._cache.get(user) or pseudo(user)  # a hit without the call
         return Event(
             "interaction", r.event_id, ts, feature, phase, r.segment, user, r.model_version, r.prompt_version,
             r.outcome, r.latency_ms, r.tokens_in, r.tokens_out, r.cost_usd, r.confidence, flags,
@@ -336,7 +336,7 @@ def _from_record(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymize
             return None
         user = r.user
         if user is not None:
-            user = pseudo(user)
+            user = pseudo._cache.get(user) or pseudo(user)  # a hit without the call
         return Event(
             "feedback", r.event_id, ts, feature, phase, r.segment, user, r.model_version, r.prompt_version,
             kind=r.kind, label=label, score=r.score, interaction_id=r.interaction_id,
