@@ -124,8 +124,10 @@ _LAX = Union[_InteractionLax, _FeedbackLax, _ControlLax]
 #: Decodes one message: an event object or a batch envelope (an array of them).
 MESSAGE = msgspec.json.Decoder(Union[Interaction, Feedback, ControlRecord, list[Record]])
 
-#: What msgspec raises when it refuses a message or a value (the caller then asks the models).
-DecodeFailed = (msgspec.ValidationError, msgspec.DecodeError)
+#: What msgspec raises when it refuses a message or a value (the caller then asks the models). UnicodeError: a
+#: ``str`` message with a lone surrogate cannot be encoded, and msgspec 0.19 raised UnicodeDecodeError, not
+#: DecodeError, for invalid UTF-8 in a string.
+DecodeFailed = (msgspec.ValidationError, msgspec.DecodeError, UnicodeError)
 
 
 def convert(obj: dict) -> Interaction | Feedback | ControlRecord:

@@ -425,6 +425,11 @@ def test_parse_obj_agrees_with_the_specification_on_python_values(obj, odd):
         ("envelope with one bad item", b'[{"type":"interaction","event_id":"a","ts":0,"feature":"f"},'
          b'{"type":"interaction","event_id":"b","ts":"2026-02-30T00:00:00Z","feature":"f"}]'),
         ("empty envelope", b"[]"),
+        ("a str message", '{"type":"interaction","event_id":"é","ts":0,"feature":"f"}'),
+        ("a str message with a lone surrogate", '{"type":"interaction","event_id":"\ud800","ts":0,"feature":"f"}'),
+        ("nothing but a lone surrogate", "\ud800"),
+        ("nested beyond any depth limit", b"[" * 5000 + b"]" * 5000),
+        ("empty", b""),
     ],
 )  # fmt: skip
 def test_typed_decoder_edge_cases_agree_with_the_specification(name, data):
