@@ -3,10 +3,11 @@
 Two validators share one definition of "valid":
 
 * the pydantic models below are the specification and produce the located error messages;
-* the msgspec Structs of :mod:`rules.decode` restate them for a decoder that validates while it parses, in C. Two
-  post-checks here cover what msgspec cannot express (an RFC 3339 ``ts``, the feedback cross-field rules). The
-  typed path only ever *accepts* what the models accept: on any refusal the models decide for that item, and a
-  hypothesis test checks that both give the same :class:`Event` whenever the typed path accepts.
+* the msgspec Structs of :mod:`rules.decode` restate them for a decoder that validates while it parses, in C.
+  Post-checks here cover what msgspec cannot express (an RFC 3339 ``ts``, the feedback cross-field rules) or
+  would check slowly (the character sets of names and labels). The typed path only ever *accepts* what the models
+  accept: on any refusal the models decide for that item, and hypothesis tests check that both give the same
+  :class:`Event` whenever the typed path accepts.
 
 Whatever path validates, ``user`` is re-keyed with HMAC-SHA256 before the event leaves this module, so no raw user id
 reaches windows, state or outputs.
