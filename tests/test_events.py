@@ -1,9 +1,19 @@
-"""Input event validation: located errors, normalisation, pseudonymisation, fast path == specification."""
+"""Input event validation: located errors, normalisation, pseudonymisation, typed decoder == specification."""
 
+import decimal
+import enum
+import hashlib
+import hmac
+import json
+
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+import rules.decode
+import rules.events
 from rules.events import (
     _ANY,
     Control,
@@ -11,10 +21,12 @@ from rules.events import (
     EventParser,
     InvalidEvent,
     Pseudonymizer,
-    _fast_event,
     _from_model,
+    _json_error_detail,
+    _located,
     parse_ts,
     redact,
+    rfc3339_ms,
 )
 
 P = Pseudonymizer(b"test-key")
@@ -153,40 +165,352 @@ def test_parse_ts_doc_example():
     assert parse_ts("2026-11-02T10:00:00+02:00") == 1793606400000
 
 
-# --- the fast path never disagrees with the pydantic specification ---------------------------------------------------
+def test_user_pseudonyms_are_hmac_sha256_and_the_cache_stays_bounded():
+    pseudo = Pseudonymizer(b"k", cache_max=3)
+    users = [f"u-{i}" for i in range(10)] + ["u-1", "\ud800"]  # a lone surrogate (Python input) must not crash
+    for u in users:
+        want = hmac.new(b"k", u.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+        assert pseudo(u) == want and pseudo(u) == want  # a miss, then a hit
+        assert len(pseudo._cache) <= 3
+    assert list(pseudo._cache)[-1] == "\ud800"  # the newest stays when the older half goes
 
-names = st.sampled_from(["email-reply", "f", "a.b_c-d", "bad name", "", "x" * 129])
-texts = st.one_of(st.none(), st.text(max_size=5), st.sampled_from(["x" * 128, "x" * 129]))
-numbers = st.one_of(
-    st.none(), st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.just("1")
+
+# --- the typed decoder (rules.decode) never disagrees with the pydantic specification -------------------------------
+#
+# The reference below is the specification alone: orjson, then the pydantic models item by item. The tests check
+# that (1) whenever the typed path accepts a whole message, the reference gives exactly the same events, and (2)
+# parse_message, whichever path it takes, yields exactly what the reference yields, errors and payloads included.
+
+
+def reference(data):
+    """parse_message as the specification alone would do it: orjson, then the pydantic models for every item."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        return [canon(("invalid_json", _json_error_detail(e), None))]
+    items = obj if type(obj) is list else [obj]
+    out = []
+    for i, item in enumerate(items):
+        where = f"[{i}] " if type(obj) is list else ""
+        if not isinstance(item, dict):
+            out.append(("not_an_object", f"{where}expected a JSON object, got {type(item).__name__}", item))
+            continue
+        try:
+            out.append(_from_model(_ANY.validate_python(item), P))
+        except ValidationError as e:
+            out.append(("schema", where + _located(e), item))
+    return [canon(x) for x in out]
+
+
+def canon(x):
+    """A comparable form that tells 5 from 5.0, -0.0 from 0.0 and a tuple from a list."""
+    if isinstance(x, Event):
+        return ("event", repr(x.as_tuple()), [type(v) for v in x.as_tuple()])
+    if isinstance(x, Control):
+        return ("control", repr([getattr(x, k) for k in Control.__slots__]))
+    if isinstance(x, InvalidEvent):
+        return (x.reason, x.detail, repr(getattr(x, "payload", None)))
+    reason, detail, payload = x
+    return (reason, detail, repr(payload))
+
+
+def check_agrees(data):
+    want = reference(data)
+    got = [canon(x) for x in PARSER.parse_message(data)]
+    assert got == want, data
+    typed = PARSER._typed(data)
+    if typed is not None:  # the typed path accepted the whole message: the specification accepts it identically
+        assert [canon(x) for x in typed] == want, data
+        assert all(w[0] in ("event", "control") for w in want), data
+    return typed is not None
+
+
+LONE = ["\ud800", "\udc00"]
+odd_text = st.sampled_from(["é", "😀", "\n", "\x00", "\x7f", "\u2028", "Ｆ", *LONE])
+texts = st.one_of(
+    st.none(), st.text(max_size=5), st.lists(odd_text, max_size=3).map("".join),
+    st.sampled_from(["x" * 128, "x" * 129, "😀" * 128, "😀" * 129, "é" * 129]),
+)  # fmt: skip
+names = st.one_of(
+    st.sampled_from(["email-reply", "f", "a.b_c-d", "A" * 128, "closed_beta"]),
+    st.sampled_from(["bad name", "", "x" * 129, "f\n", "é", "Ｆ", "f\u2028", 1, None]),
 )
+labels = st.sampled_from(["pii_leak", "up", "down", "ok", "csat", "nps", "accepted", "hallucination", "x" * 64,
+                          "BAD", "x" * 65, "ok\n", "", "é", 3])  # fmt: skip
+numbers = st.one_of(
+    st.none(), st.integers(-5, 10**6), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+    st.sampled_from(["1", 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**30, -(2**63) - 1, 1e308, -0.0, 0.5, 1.0, 5e-324]),
+)  # fmt: skip
+digits = st.integers(0, 99).map("{:02d}".format)
+ts_strings = st.builds(
+    lambda y, mo, d, sep, h, mi, sec, frac, off: f"{y:04d}-{mo}-{d}{sep}{h}:{mi}:{sec}{frac}{off}",
+    st.sampled_from([1, 1969, 1970, 2026, 9999, 0]), digits, digits, st.sampled_from(["T", " ", "t", "x"]),
+    digits, digits, digits, st.sampled_from(["", ".", ".1", ".25", ".999", ".9999", ".123456", ".1234567", ",5"]),
+    st.sampled_from(["Z", "z", "", "+00:00", "-00:00", "+02:00", "-05:30", "+23:59", "+24:00", "+02", "+0200",
+                     "+02:60", "+02:00:30"]),
+)  # fmt: skip
+timestamps = st.one_of(
+    st.integers(-1, 2 * 10**15), st.sampled_from([253_402_300_799_999, 253_402_300_800_000, 2**64, True, 1.5]),
+    ts_strings, st.sampled_from(["2026-11-02T10:00:00Z", "2026-11-02", "nope", "20261102T100000Z"]),
+)  # fmt: skip
+segments = st.one_of(
+    st.dictionaries(st.one_of(st.text(max_size=3), st.sampled_from(["platform", "k" * 64, "k" * 65])),
+                    st.one_of(texts, st.integers()), max_size=4),
+    st.just({f"k{i}": "v" for i in range(16)}), st.just({f"k{i}": "v" for i in range(17)}), st.none(), st.just([]),
+)  # fmt: skip
+extras = st.one_of(st.integers(), st.text(max_size=4), st.lists(st.integers(), max_size=2), st.just({"a": [1]}))
+common = {"event_id": st.one_of(st.sampled_from(["e", "", "x" * 128, "x" * 129, "😀" * 128]), texts),
+          "ts": timestamps, "feature": names}  # fmt: skip
+optional_common = {"phase": names, "segment": segments, "user": texts, "model_version": texts,
+                   "prompt_version": texts, "extra": extras, "prompt": st.text(max_size=8)}  # fmt: skip
 interaction = st.fixed_dictionaries(
-    {"type": st.just("interaction"), "event_id": st.sampled_from(["e", "", "x" * 129]),
-     "ts": st.one_of(st.integers(-1, 2 * 10**15), st.sampled_from(["2026-11-02T10:00:00Z", "2026-11-02", "nope"])),
-     "feature": names},
-    optional={"phase": names, "segment": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), texts, max_size=3)),
-              "user": texts, "outcome": st.sampled_from(["ok", "error", "timeout", "refused", "boom"]),
+    {"type": st.just("interaction"), **common},
+    optional={**optional_common, "outcome": st.sampled_from(["ok", "error", "timeout", "refused", "boom", 1, None]),
               "latency_ms": numbers, "tokens_in": numbers, "tokens_out": numbers, "cost_usd": numbers,
-              "confidence": numbers, "flags": st.lists(st.sampled_from(["pii_leak", "BAD", "x" * 65]), max_size=3),
-              "extra": st.integers()},
+              "confidence": numbers,
+              "flags": st.one_of(st.lists(labels, max_size=3), st.just(["a"] * 64), st.just(["a"] * 65), st.none())},
 )  # fmt: skip
 feedback = st.fixed_dictionaries(
-    {"type": st.just("feedback"), "event_id": st.just("e"), "ts": st.integers(0, 10**13), "feature": names,
+    {"type": st.just("feedback"), **common,
      "kind": st.sampled_from(["suggestion", "thumbs", "review", "ticket", "survey", "other"])},
-    optional={"label": st.sampled_from(["accepted", "edited", "up", "down", "ok", "hallucination", "csat", "nps",
-                                        "Bad", "billing"]),
-              "score": numbers, "interaction_id": texts},
+    optional={**optional_common, "label": st.one_of(st.none(), labels), "score": numbers, "interaction_id": texts},
 )  # fmt: skip
+control = st.fixed_dictionaries(
+    {"type": st.just("control"), **common, "action": st.sampled_from(["resume", "pause"]),
+     "reason": st.one_of(st.text(max_size=4), st.sampled_from(["x" * 500, "x" * 501]))},
+    optional={"phase": st.one_of(st.none(), names), "operator": texts, "extra": extras},
+)  # fmt: skip
+wrong_type = st.builds(lambda d, t: {**d, "type": t}, interaction, st.sampled_from(["click", "", 1, None]))
+
+# well-formed values (so that the typed path is exercised), with the variety it must normalise exactly
+ok_names = st.one_of(st.sampled_from(["email-reply", "closed_beta", "A" * 128]),
+                     st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True))  # fmt: skip
+ok_texts = st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["😀" * 128, "x" * 128]))
+ok_ts = st.one_of(
+    st.integers(0, 253_402_300_799_999),
+    st.builds(
+        lambda y, mo, d, h, mi, sec, frac, off: f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{sec:02d}{frac}{off}",
+        st.integers(1970, 9999), st.integers(1, 12), st.integers(1, 28), st.integers(0, 23), st.integers(0, 59),
+        st.integers(0, 59), st.one_of(st.just(""), st.from_regex(r"\.[0-9]{1,6}", fullmatch=True)),
+        st.one_of(st.just("Z"), st.builds("{}{:02d}:{:02d}".format, st.sampled_from("+-"), st.integers(0, 23),
+                                          st.integers(0, 59))),
+    ),
+)  # fmt: skip
+ok_amount = st.one_of(st.none(), st.integers(0, 2**64 - 1), st.floats(0, allow_infinity=False))
+ok_common = {"event_id": st.text(min_size=1, max_size=10), "ts": ok_ts, "feature": ok_names}
+ok_optional = {"phase": ok_names, "user": ok_texts, "model_version": ok_texts, "prompt_version": ok_texts,
+               "segment": st.dictionaries(st.text(min_size=1, max_size=6), st.text(max_size=6), max_size=4)}  # fmt: skip
+ok_interaction = st.fixed_dictionaries(
+    {"type": st.just("interaction"), **ok_common},
+    optional={**ok_optional, "outcome": st.sampled_from(["ok", "error", "timeout", "refused"]),
+              "latency_ms": ok_amount, "cost_usd": ok_amount, "confidence": st.one_of(st.none(), st.floats(0, 1), st.just(1)),
+              "tokens_in": st.one_of(st.none(), st.integers(0, 2**64 - 1)), "tokens_out": st.integers(0, 10**6),
+              "flags": st.lists(st.from_regex(r"[a-z0-9_]{1,8}", fullmatch=True), max_size=4)},
+)  # fmt: skip
+ok_feedback = st.builds(
+    lambda d, kls: {**d, **kls},
+    st.fixed_dictionaries({"type": st.just("feedback"), **ok_common},
+                          optional={**ok_optional, "interaction_id": ok_texts}),
+    st.one_of(
+        st.fixed_dictionaries({"kind": st.just("suggestion"),
+                               "label": st.sampled_from(["accepted", "edited", "rejected", "ignored"])}),
+        st.fixed_dictionaries({"kind": st.just("thumbs"), "label": st.sampled_from(["up", "down"])}),
+        st.fixed_dictionaries({"kind": st.just("review"), "label": st.sampled_from(["ok", "hallucination"])},
+                              optional={"score": st.one_of(st.integers(1, 5), st.floats(1, 5))}),
+        st.fixed_dictionaries({"kind": st.just("survey"), "label": st.just("nps"), "score": st.floats(0, 10)}),
+        st.fixed_dictionaries({"kind": st.just("ticket")}, optional={"score": st.floats(allow_nan=False, allow_infinity=False)}),
+    ),
+)  # fmt: skip
+ok_objects = st.one_of(ok_interaction, ok_interaction, ok_feedback)
+# near-valid: a well-formed event with one or two fields replaced by anything from the wide strategies above
+near_valid = st.builds(
+    lambda d, patch: {**d, **patch},
+    ok_objects,
+    st.dictionaries(st.sampled_from([*common, *optional_common, "latency_ms", "tokens_in", "flags", "score", "label"]),
+                    st.one_of(texts, numbers, timestamps, names, labels), min_size=1, max_size=2),
+)  # fmt: skip
+objects = st.one_of(ok_objects, near_valid, near_valid, interaction, feedback, control, wrong_type)
+
+
+def encode(value, ascii_only):
+    # json.dumps writes integers beyond 64 bits (orjson.dumps cannot) and, with ensure_ascii, \\u escapes; a lone
+    # surrogate becomes invalid UTF-8 or an unpaired escape, both of which must stay invalid_json
+    return json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=700, deadline=None)
+@given(objects, st.booleans())
+def test_typed_decoder_agrees_with_the_specification_on_single_events(obj, ascii_only):
+    check_agrees(encode(obj, ascii_only))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(objects, objects, objects, st.sampled_from([7, "x", None, [], [{}]])), max_size=4),
+       st.booleans())  # fmt: skip
+def test_typed_decoder_agrees_with_the_specification_on_envelopes(items, ascii_only):
+    check_agrees(encode(items, ascii_only))
+
+
+SPLICES = [b"\xff", b"\xed\xa0\x80", b"\\ud800", b"1e400", b"-1", b" ", b",", b"}", b"]", b"NaN", b'"', b"0", b".5",
+           b"\n", b"\\n", b'"x":1,', b'"type":"feedback",', b'"ts":"2026-11-02T10:00:00Z",', b"e9", b"\\u00e9"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(interaction, feedback, control, st.lists(interaction, min_size=1, max_size=3)),
+       st.lists(st.tuples(st.floats(0, 1), st.sampled_from(SPLICES), st.integers(0, 2)), min_size=1, max_size=3))
+def test_typed_decoder_agrees_with_the_specification_on_damaged_bytes(value, splices):
+    data = encode(value, False)
+    for where, piece, how in splices:  # insert, overwrite or delete at a relative position
+        i = int(where * len(data))
+        data = data[:i] + piece + data[i + len(piece) * (how == 1) :] if how < 2 else data[:i] + data[i + 1 :]
+    check_agrees(data)
+
+
+class Level(enum.IntEnum):
+    ONE = 1
+
+
+class Text(str):
+    pass
+
+
+non_json = st.sampled_from([("a",), {"a"}, decimal.Decimal("1.5"), Level.ONE, Text("f"), float("nan"),
+                            float("inf"), float("-inf"), 10**400, b"f", object()])  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(objects, st.dictionaries(st.sampled_from(["ts", "feature", "phase", "flags", "segment", "latency_ms",
+                                                 "tokens_in", "score", "label", "user", "kind", "outcome"]),
+                                non_json, max_size=2))  # fmt: skip
+def test_parse_obj_agrees_with_the_specification_on_python_values(obj, odd):
+    obj = {**obj, **odd}
+    if "flags" in odd and type(odd["flags"]) is not tuple:
+        obj["flags"] = [odd["flags"]]  # a non-JSON value inside the list
+    try:
+        want = canon(_from_model(_ANY.validate_python(obj), P))
+    except ValidationError as e:
+        want = ("schema", _located(e), "None")
+    except Exception:  # the specification itself fails on this Python value: parse_obj may not accept it either
+        want = None
+    try:
+        got = canon(PARSER.parse_obj(obj))
+    except InvalidEvent as e:
+        got = canon(e)
+    except Exception:
+        got = None
+    assert got == want, obj
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("name with a final newline", b'{"type":"interaction","event_id":"e","ts":0,"feature":"f\\n"}'),
+        ("flag with a final newline", b'{"type":"interaction","event_id":"e","ts":0,"feature":"f","flags":["a\\n"]}'),
+        ("tokens beyond int64", b'{"type":"interaction","event_id":"e","ts":0,"feature":"f","tokens_in":9223372036854775808}'),
+        ("tokens beyond 64 bits", b'{"type":"interaction","event_id":"e","ts":0,"feature":"f","tokens_in":18446744073709551616}'),
+        ("latency beyond 64 bits", b'{"type":"interaction","event_id":"e","ts":0,"feature":"f","latency_ms":18446744073709551616}'),
+        ("infinite number in an unknown field", b'{"type":"interaction","event_id":"e","ts":0,"feature":"f","x":1e400}'),
+        ("invalid UTF-8 in an unknown field", b'{"type":"interaction","event_id":"e","ts":0,"feature":"f","x":"\xff"}'),
+        ("unknown field", b'{"type":"interaction","event_id":"e","ts":0,"feature":"f","prompt":"hi"}'),
+        ("type given twice", b'{"type":"interaction","event_id":"e","ts":0,"feature":"f","type":"feedback","kind":"ticket"}'),
+        ("field given twice", b'{"type":"interaction","event_id":"e","ts":0,"feature":"f","latency_ms":-1,"latency_ms":2}'),
+        ("segment of 16 keys given as 17", b'{"type":"interaction","event_id":"e","ts":0,"feature":"f","segment":{'
+         + b",".join(b'"k%d":"v"' % i for i in range(16)) + b',"k0":"w"}}'),
+        ("seven fraction digits", b'{"type":"interaction","event_id":"e","ts":"2026-11-02T10:00:00.9999999Z","feature":"f"}'),
+        ("last ms of 9999", b'{"type":"interaction","event_id":"e","ts":"9999-12-31T23:59:59.999Z","feature":"f"}'),
+        ("offset pushing past 9999", b'{"type":"interaction","event_id":"e","ts":"9999-12-31T23:59:59-00:01","feature":"f"}'),
+        ("offset pulling before 1970", b'{"type":"interaction","event_id":"e","ts":"1970-01-01T00:00:59+00:01","feature":"f"}'),
+        ("lone surrogate escape", b'{"type":"interaction","event_id":"\\ud800","ts":0,"feature":"f"}'),
+        ("survey without a score", b'{"type":"feedback","event_id":"e","ts":0,"feature":"f","kind":"survey","label":"nps"}'),
+        ("envelope with one bad item", b'[{"type":"interaction","event_id":"a","ts":0,"feature":"f"},'
+         b'{"type":"interaction","event_id":"b","ts":"2026-02-30T00:00:00Z","feature":"f"}]'),
+        ("empty envelope", b"[]"),
+        ("a str message", '{"type":"interaction","event_id":"é","ts":0,"feature":"f"}'),
+        ("a str message with a lone surrogate", '{"type":"interaction","event_id":"\ud800","ts":0,"feature":"f"}'),
+        ("nothing but a lone surrogate", "\ud800"),
+        ("nested beyond any depth limit", b"[" * 5000 + b"]" * 5000),
+        ("empty", b""),
+    ],
+)  # fmt: skip
+def test_typed_decoder_edge_cases_agree_with_the_specification(name, data):
+    check_agrees(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"type":"interaction","event_id":"e","ts":1793613600000,"feature":"email-reply","phase":"beta",'
+        b'"segment":{"platform":"mobile"},"user":"u-1","outcome":"error","latency_ms":12,"tokens_in":3,'
+        b'"cost_usd":0.5,"confidence":1,"flags":["pii_leak"]}',
+        b'[{"type":"feedback","event_id":"f","ts":"2026-11-02T12:00:00.5+02:00","feature":"f","kind":"survey",'
+        b'"label":"nps","score":9},{"type":"control","event_id":"c","ts":5,"action":"resume","feature":"f","reason":"x"}]',
+    ],
+)
+def test_well_formed_messages_never_reach_the_models(data, monkeypatch):
+    want = reference(data)
+
+    class Refuse:
+        def validate_python(self, obj):
+            raise AssertionError("the typed path should have accepted this")
+
+    monkeypatch.setattr(rules.events, "_ANY", Refuse())
+    assert [canon(x) for x in PARSER.parse_message(data)] == want
+    assert [canon(PARSER.parse_obj(o)) for o in (lambda v: v if type(v) is list else [v])(orjson.loads(data))] == want
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [{"latency_ms": float("inf")}, {"cost_usd": float("nan")}, {"confidence": float("-inf")}, {"ts": float("nan")},
+     {"flags": ("pii_leak",)}, {"flags": ["pii_leak", Text("a")]}, {"latency_ms": decimal.Decimal("1")},
+     {"tokens_in": Level.ONE}, {"feature": Text("f")}, {"user": "\ud800"}, {"segment": {"k": "\udc00"}},
+     {"latency_ms": 10**400}, {"tokens_in": 2**64}, {"phase": b"p"}],
+    ids=repr,
+)  # fmt: skip
+def test_parse_obj_edge_cases_agree_with_the_specification(patch):
+    obj = {**BASE, "latency_ms": 3, "flags": ["pii_leak"], **patch}
+    try:
+        want = canon(_from_model(_ANY.validate_python(obj), P))
+    except ValidationError as e:
+        want = ("schema", _located(e), "None")
+    try:
+        got = canon(PARSER.parse_obj(obj))
+    except InvalidEvent as e:
+        got = canon(e)
+    assert got == want
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(ts_strings, st.text(max_size=30), st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{5,16}[Z+-][0-9:]{0,5}", fullmatch=True)))  # fmt: skip
+def test_rfc3339_ms_is_parse_ts(s):
+    try:
+        want = parse_ts(s)
+    except ValueError:
+        want = ValueError
+    for _ in range(2):  # a miss, then the cached minute
+        try:
+            got = rfc3339_ms(s)
+        except ValueError:
+            got = ValueError
+        assert got == want, s
 
 
 @settings(max_examples=600, deadline=None)
-@given(st.one_of(interaction, feedback))
-def test_fast_path_agrees_with_the_specification(obj):
-    fast = _fast_event(obj, P)
+@given(ok_ts.filter(lambda t: type(t) is str),
+       st.sampled_from([":00", ":59", ":60", ":5", ":5x", ":00.", ":00.1234567", ":00,5", ":00.12a", ":00.123\u0664",
+                        ":00.1\u00b2", "", ":00:00", ":00.000", ":07.9", ":07.99", ":07.999999", "x00.5", ":٠٠"]))  # fmt: skip
+def test_rfc3339_ms_is_parse_ts_for_any_second_of_a_cached_minute(ts, tail):
+    end = len(ts) - 1 if ts.endswith("Z") else len(ts) - 6
     try:
-        spec = _from_model(_ANY.validate_python(obj), P)
-    except Exception:
-        spec = None
-    if fast is not None:
-        assert spec is not None, obj
-        assert fast == spec, obj
+        rfc3339_ms(ts[:16] + ":00" + ts[end:])  # puts the minute in the cache when it is valid
+    except ValueError:
+        pass
+    s = ts[:16] + tail + ts[end:]
+    try:
+        want = parse_ts(s)
+    except ValueError:
+        want = ValueError
+    try:
+        got = rfc3339_ms(s)
+    except ValueError:
+        got = ValueError
+    assert got == want, s
