@@ -28,6 +28,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
+from rules.control_auth import check_signature
 from rules.durations import parse_duration
 from rules.engine import Engine
 from rules.events import EventParser, Pseudonymizer
@@ -110,7 +111,7 @@ class Worker:
         self.redis = redis_client or store_client(settings.redis_url, settings.redis_cluster, **redis_kwargs(settings))
         self.store = RedisStore(self.redis, settings.state_namespace)
         self.engine = Engine(self.rulesets, settings.engine_config())
-        self.parser = EventParser(Pseudonymizer(settings.user_key_bytes()))
+        self.parser = EventParser(Pseudonymizer(settings.user_key_bytes()), settings.operator_keys_map())
         self.registry = CollectorRegistry()  # this worker's own: no global registry
         self.metrics = self._build_metrics() if settings.metrics_port else None
         self.app = self._build_app()
@@ -279,11 +280,19 @@ class Worker:
             obj = orjson.loads(value)
         except orjson.JSONDecodeError:
             obj = None
-        if isinstance(obj, dict) and obj.get("action") == "reload":
-            if not historical:  # a reload before this worker started is already in the rules it loaded
-                await self.reload("control message")
-            return
         msg = Message(topic, partition, offset, value)
+        if isinstance(obj, dict) and obj.get("action") == "reload":
+            if historical:  # a reload before this worker started is already in the rules it loaded
+                return
+            keys = self.parser.operator_keys
+            reason, detail, _ = check_signature(obj, keys) if keys is not None else (None, "", None)
+            if reason is None:
+                await self.reload("control message")
+            else:
+                log.warning("reload control at %s:%d:%d refused: %s (%s)", topic, partition, offset, reason, detail)
+                if self.owns(""):  # one worker dead-letters what every worker reads
+                    await self.processor.refuse_control(msg, obj, reason, detail)
+            return
         try:
             await self.processor.process([msg], owns=self.owns, dead_letters=self.owns(""))
         except Exception:  # noqa: BLE001 - a control message must never stop the reader

@@ -264,8 +264,10 @@ def source_from_args(args: argparse.Namespace, default_prefix: str = "") -> Kafk
     topics = Topics(prefix=default_prefix if args.topic_prefix is None else args.topic_prefix)
     from streams.security import kafka_python_config
 
-    return KafkaSource(bootstrap, [*topics.inputs(), topics.control], since_ms=args.since, until_ms=args.until,
-                       consumer_config=kafka_python_config())  # fmt: skip
+    src = KafkaSource(bootstrap, [*topics.inputs(), topics.control], since_ms=args.since, until_ms=args.until,
+                      consumer_config=kafka_python_config())  # fmt: skip
+    src.control_topic = topics.control  # replay refuses controls read from any other topic, as the worker does
+    return src
 
 
 def _is_reload(value: bytes) -> bool:

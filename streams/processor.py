@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from rules.control_auth import is_control, misplaced
 from rules.engine import Engine
 from rules.events import EventParser, InvalidEvent, redact
 from rules.model import TIER_ORDER
@@ -158,13 +159,16 @@ class Processor:
         features: set[str] = set()
         for m in messages:
             items = []
+            on_input = m.topic != self.topics.control
             for item in self.parser.parse_message(m.value or b"null"):
+                if on_input and is_control(item):  # whoever writes an input topic must not un-kill anything
+                    item = misplaced(item)
                 if isinstance(item, InvalidEvent):
                     if dead_letters:
                         dead.append(self._dead_letter(m, item))
                 elif owns is None or owns(item.feature):
-                    if item.type != "control":  # a held event names its message if it is quarantined later
-                        item.origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset}
+                    # a held event names its message if it is quarantined later; a refused control its own
+                    item.origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset}
                     items.append(item)
                     features.add(item.feature)
             parsed.append((m, items))
@@ -415,6 +419,14 @@ class Processor:
             return len(touched)
 
     # --- control ------------------------------------------------------------------------------------------------
+
+    async def refuse_control(self, m: Message, payload: dict, reason: str, detail: str) -> None:
+        """Dead-letter a control the shell refused before the engine (a reload that is not signed as it must be)."""
+        err = InvalidEvent(reason, detail)
+        err.payload = payload  # type: ignore[attr-defined]  # redacted by _dead_letter
+        async with self.lock:
+            await self._publish(Outputs(), [self._dead_letter(m, err)])
+            self.stats.invalid[reason] = self.stats.invalid.get(reason, 0) + 1
 
     async def reload(self, rulesets: tuple) -> None:
         async with self.lock:

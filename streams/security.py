@@ -138,6 +138,10 @@ def production_problems(s: Settings) -> list[str]:
     if s.signing_key is None:
         problems.append("signing_key: commands would go out unsigned, so an actuator cannot tell them from forgeries "
                         "— set ROLLGUARD_SIGNING_KEY and ROLLGUARD_SIGNING_KEY_ID (see docs/security.md)")
+    if s.operator_keys_map() is None:
+        problems.append("operator_keys: controls (resume, reload) would be accepted unsigned, so anyone who can write "
+                        "the control topic could un-kill a feature — set ROLLGUARD_OPERATOR_KEYS=id:secret (and "
+                        "ROLLGUARD_OPERATOR_KEY / _KEY_ID where operators run rollguard resume; see docs/security.md)")
     from streams.settings import DEV_USER_KEY
 
     if s.user_key.get_secret_value() == DEV_USER_KEY:

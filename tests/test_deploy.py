@@ -192,7 +192,8 @@ def test_k8s_settings_with_the_secret_pass_the_production_profile(monkeypatch: p
     from streams.security import production_problems
 
     env = env_file(K8S / "settings.env")
-    secret = {k: f"value-of-{k.lower()}" for k in k8s("Secret", "secret.example.yaml")["stringData"]}
+    # id:secret, which every secret accepts and operator keys require
+    secret = {k: f"k1:value-of-{k.lower()}" for k in k8s("Secret", "secret.example.yaml")["stringData"]}
     s = settings_from_env(monkeypatch, {**env, **secret})
     assert s.profile == "production" and production_problems(s) == []
 
