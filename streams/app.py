@@ -48,12 +48,15 @@ log = logging.getLogger("rollguard.worker")
 
 
 class FaustPublisher:
+    carries_headers = True  # Kafka record headers: the processor adds signed emission times to commands
+
     def __init__(self, app: faust.App) -> None:
         self.app = app
 
-    async def publish(self, records) -> None:
+    async def publish(self, records, headers=None) -> None:
         producer = self.app.producer
-        futs = [await producer.send(t, k, v, None, None, None) for t, k, v in records]
+        hs = headers or [None] * len(records)
+        futs = [await producer.send(t, k, v, None, None, h) for (t, k, v), h in zip(records, hs)]
         await asyncio.gather(*futs)
 
 

@@ -51,6 +51,7 @@ class KafkaMessage(NamedTuple):
     offset: int
     timestamp_ms: int
     value: bytes
+    headers: tuple = ()  # [(name, bytes), ...]: e.g. a command's signed emission time (rules.verify)
 
 
 class KafkaSource:
@@ -184,7 +185,8 @@ class KafkaSource:
                     buf = buffers[tp]
                     for r in records:
                         if r.offset < stop:
-                            buf.append(KafkaMessage(r.topic, r.partition, r.offset, r.timestamp, r.value or b""))
+                            buf.append(KafkaMessage(r.topic, r.partition, r.offset, r.timestamp, r.value or b"",
+                                                    tuple(r.headers or ())))
                     got = got or bool(records)
                 for tp in list(starving):
                     if buffers[tp]:

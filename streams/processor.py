@@ -36,6 +36,7 @@ from rules.model import TIER_ORDER
 from rules.outputs import iso, stable_id
 from rules.policy import Outputs
 from rules.state import BreakerState, FeatureState
+from rules.verify import emission_headers
 from streams.store import FeatureWrite, RedisStore
 from streams.topics import Topics
 
@@ -76,7 +77,8 @@ class Message:
 
 class Publisher(Protocol):
     def publish(self, records: Sequence[tuple[str, bytes, bytes]]) -> Awaitable[None]:
-        """Send ``(topic, key, value)`` records in order; return once the broker acknowledged all of them."""
+        """Send ``(topic, key, value)`` records in order; return once the broker acknowledged all of them. A publisher
+        with ``carries_headers = True`` also takes ``headers=``: per record None or ``[(name, bytes), ...]``."""
 
 
 @dataclass
@@ -333,7 +335,19 @@ class Processor:
         # decisions: published again, identical, if a crash re-runs their batch
         recs += [(t.deadletter, _dead_key(d), orjson.dumps(d)) for d in dead + out.dead_letters]
         if recs:
-            await self.publisher.publish(recs)
+            key = self.engine.config.signing_key
+            if out.commands and key is not None and getattr(self.publisher, "carries_headers", False):
+                # the emission time, signed apart from the command (which replay reproduces byte for byte): lets an
+                # actuator tell a command decided late (backlog) from an old one re-sent (rules.verify)
+                now_ms = int(self.clock() * 1000)
+                first = len(out.decisions)
+                headers: list = [None] * len(recs)
+                for i, c in enumerate(out.commands):
+                    if "signature" in c:
+                        headers[first + i] = emission_headers(c, now_ms, key)
+                await self.publisher.publish(recs, headers=headers)
+            else:
+                await self.publisher.publish(recs)
             for topic, _, _ in recs:
                 self.stats.published[topic] = self.stats.published.get(topic, 0) + 1
             if self.metrics is not None:
