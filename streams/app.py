@@ -188,6 +188,14 @@ class Worker:
         async def on_assigned(app, assigned, **kw) -> None:  # noqa: ARG001
             self.assigned = {(tp.topic, tp.partition) for tp in assigned}
             self.verified.clear()
+            # a new epoch per assignment: a worker paused while its partitions moved keeps its older one and is
+            # fenced before it publishes (streams/store.py); taken before the next batch if Redis is slow now
+            try:
+                epoch = await asyncio.wait_for(self.store.new_epoch(), 2.0)
+            except Exception as e:  # noqa: BLE001
+                log.warning("cannot take a new epoch now (%s); the next batch takes one", e)
+                epoch = None
+            await self.processor.reassigned(epoch)
             if self.metrics is not None:
                 self.metrics.forget({f for f in self.metrics.features() if not self.owns(f)})
                 await self._load_positions()

@@ -59,6 +59,10 @@ def _source_tp(dead: dict) -> str:
     return f"{dead['source']['topic']}:{dead['source']['partition']}"
 
 
+class _Fenced(Exception):
+    """A feature of this batch is owned by a worker with a newer epoch: redo the batch without it."""
+
+
 class _EngineFailure(Exception):
     """The pure engine raised (a bug on some input), as opposed to Redis or Kafka being unavailable."""
 
@@ -89,7 +93,8 @@ class ProcessorStats:
     skipped_replayed: int = 0  # events already applied before a restart (fenced by stored offsets)
     batches: int = 0
     retries: int = 0
-    fenced: int = 0
+    fenced: int = 0  # features found owned by a newer worker (at load, before publishing, or at the state write)
+    skipped_fenced: int = 0  # events of such features this worker skipped
     published: dict[str, int] = field(default_factory=dict)
 
 
@@ -122,6 +127,37 @@ class Processor:
         self.degraded = False  # a "monitor degraded" page went out and was not resolved yet
         self.full_rewrite: set[str] = set()  # features whose buckets must all be rewritten (after a reload)
         self.metrics = metrics  # per batch only (durations, outputs, offsets); None: no metrics
+        # fencing before publishing (streams.store): this worker's epoch since its last partition assignment (0: no
+        # epoch fencing, e.g. in tests; None: take a new one before the next batch), and the features a worker
+        # with a newer epoch owns — their events are skipped and nothing is published for them until reassignment
+        self.epoch: int | None = 0
+        self.fenced: set[str] = set()
+
+    async def reassigned(self, epoch: int | None) -> None:
+        """A new partition assignment: a fresh epoch (None: taken from Redis before the next batch)."""
+        async with self.lock:
+            self.epoch = epoch
+            self.fenced.clear()
+
+    async def _ensure_epoch(self) -> int:
+        if self.epoch is None:
+            self.epoch = await self.store.new_epoch()
+        return self.epoch
+
+    async def _claim(self, features) -> list[str]:
+        """Claim the features whose outputs are about to be published (one round trip); the ones lost to a newer
+        worker are forgotten, remembered as fenced, and returned."""
+        versions = {f: self.cache[f].version for f in features if f in self.cache and f in self.engine.features}
+        if not versions or not self.epoch:
+            return []
+        with self._redis_timer("claim"):
+            owned = await self.store.claim(versions, self.epoch)
+        lost = sorted(f for f, ok in owned.items() if not ok)
+        if lost:
+            self.stats.fenced += len(lost)
+            self.fenced |= set(lost)
+            log.warning("features %s are owned by a newer worker; publishing nothing for them", lost)
+        return lost
 
     # --- batches ------------------------------------------------------------------------------------------------
 
@@ -135,6 +171,8 @@ class Processor:
                 try:
                     try:
                         await self._process_once(messages, owns, dead_letters)
+                    except _Fenced:
+                        continue  # redo at once without the fenced features (each round fences one more)
                     except _EngineFailure:
                         self.forget(set(self.cache))
                         await self._isolate(messages, owns, dead_letters)
@@ -156,6 +194,7 @@ class Processor:
 
     async def _process_once(self, messages: Sequence[Message], owns, dead_letters: bool) -> None:
         started = time.perf_counter()
+        await self._ensure_epoch()
         parsed: list[tuple[Message, list]] = []
         dead: list[dict] = []
         features: set[str] = set()
@@ -185,11 +224,16 @@ class Processor:
         arrived: set[tuple[str, str]] = set()  # (feature, source) with an event in this batch
         batch = []
         part_off: dict[str, int] = {}
+        skipped = False  # events of fenced features: the partition offsets must not claim them processed
         for m, items in parsed:
             tp = m.tp
             part_off[tp] = max(part_off.get(tp, -1), m.offset)
             for item in items:
                 f = item.feature
+                if f in self.fenced:
+                    self.stats.skipped_fenced += 1
+                    skipped = True
+                    continue
                 c = self.cache.get(f)
                 if c is not None and m.offset <= c.offsets.get(tp, -1):
                     self.stats.skipped_replayed += 1
@@ -209,6 +253,9 @@ class Processor:
             fs = eng.features.get(f)
             if fs is not None and fs.applied_min is not None:
                 min_ts[f] = fs.applied_min
+        if await self._claim(sorted(applied)):  # fenced before publishing: nothing of theirs goes out
+            self.forget(set(applied))
+            raise _Fenced()
         if dead:  # dead letters of messages a previous run already committed are not sent twice
             stored = await self.store.partition_offsets(sorted(part_off))
             dead = [d for d in dead if d["source"]["offset"] > (stored[_source_tp(d)] or -1)]
@@ -217,7 +264,7 @@ class Processor:
         for f, source in arrived:
             self.cache[f].src_arrival[source] = now
         # the partition offset marks dead letters as published: only the worker that publishes them may set it
-        await self._commit(applied, min_ts, part_off if dead_letters else {})
+        await self._commit(applied, min_ts, part_off if dead_letters and not skipped else {})
         self.stats.messages += len(messages)
         self.stats.events += len(batch) - sum(d["reason"] == "processing_error" for d in out.dead_letters)
         self.stats.batches += 1
@@ -232,7 +279,12 @@ class Processor:
         propagate to the caller's retry."""
         for m in messages:
             try:
-                await self._process_once([m], owns, dead_letters)
+                while True:
+                    try:
+                        await self._process_once([m], owns, dead_letters)
+                        break
+                    except _Fenced:
+                        continue
             except _EngineFailure as e:
                 self.forget(set(self.cache))
                 log.error("message %s@%d makes the engine fail (%s); dead-lettered", m.tp, m.offset, e.__cause__)
@@ -263,10 +315,15 @@ class Processor:
         if not missing:
             return
         with self._redis_timer("load"):
-            records = await self.store.load(missing)
+            records = await self.store.load(missing, self.epoch or None)
         now = self.clock()
         for f in missing:
             rec = records[f]
+            if not rec.claimed:  # a worker with a newer epoch owns it: this one lost its partition
+                self.stats.fenced += 1
+                self.fenced.add(f)
+                log.warning("state of %s is owned by a newer worker; skipping its events", f)
+                continue
             if rec.core is not None:
                 self.engine.features[f] = FeatureState.from_parts(rec.core, rec.buckets, self.engine.plan, self.key)
             else:
@@ -319,6 +376,7 @@ class Processor:
             summary=orjson.dumps(summary_of(eng, f, fs)),
             offsets=offsets,
             version=c.version,
+            epoch=self.epoch or 0,
             changed={k: orjson.dumps(v) for k, v in changed.items()},
             deleted=deleted,
         )
@@ -397,6 +455,8 @@ class Processor:
             now = self.clock()
             eng = self.engine
             out = Outputs()
+            if self.epoch is None:  # no epoch since the last assignment yet: the next batch takes one
+                return 0
             touched: dict[str, dict[str, int]] = {}
             for f, c in sorted(self.cache.items()):
                 fs = eng.features.get(f)
@@ -424,6 +484,9 @@ class Processor:
             # held events the advance made plausible were applied: their buckets changed
             since = {f: eng.features[f].applied_min for f in touched if eng.features[f].applied_min is not None}
             try:
+                if await self._claim(sorted(touched)):  # a zombie's idle timer: publish nothing, reload later
+                    self.forget(set(touched))
+                    return 0
                 await self._publish(out, [])
                 await self._commit(touched, since, {})
             except Exception as e:  # noqa: BLE001 - the next tick recomputes from Redis
@@ -444,6 +507,10 @@ class Processor:
 
     async def reload(self, rulesets: tuple) -> None:
         async with self.lock:
+            if self.epoch is None:
+                self.forget(set(self.cache))  # reloaded from Redis, under the new plan, by the next batch
+            elif lost := await self._claim(sorted(self.cache)):
+                self.forget(set(lost))
             out = self.engine.reload(rulesets)
             self.full_rewrite |= set(self.cache)
             if out:
