@@ -495,6 +495,11 @@ class EventParser:
             yield InvalidEvent("invalid_json", _json_error_detail(e))
             return
         items = obj if type(obj) is list else (obj,)
+        if not items:  # an envelope of nothing: say so, never let a message vanish uncounted
+            e = InvalidEvent("empty_envelope", "a batch envelope with no events ([])")
+            e.payload = obj  # type: ignore[attr-defined]
+            yield e
+            return
         for i, item in enumerate(items):
             try:
                 yield self.parse_obj(item)

@@ -148,3 +148,29 @@ def production_problems(s: Settings) -> list[str]:
         problems.append("user_key: the development pseudonymisation key is public — set ROLLGUARD_USER_KEY to a "
                         "secret of 32+ random bytes")  # fmt: skip
     return problems
+
+
+async def redis_default_user_open(s: Settings) -> bool:
+    """Whether Redis serves a connection that presents no credentials — its ``default`` user is enabled (the
+    out-of-the-box ``nopass``), so anyone who reaches the port can rewrite rollguard's state. Checked from outside,
+    with a PING on a connection without username and password (same host and TLS): it needs no ACL privileges."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import redis.asyncio as aioredis
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    url = urlsplit(s.redis_url or "")
+    bare = urlunsplit(url._replace(netloc=url.hostname + (f":{url.port}" if url.port else ""))) if url.hostname \
+        else s.redis_url  # fmt: skip
+    kw = {k: v for k, v in redis_kwargs(s).items() if k not in ("username", "password")}
+    r = aioredis.Redis.from_url(bare, **kw)
+    try:
+        await r.ping()
+        return True
+    except (AuthenticationError, ResponseError) as e:  # NOAUTH / WRONGPASS: the default user is off or has a password
+        if "NOAUTH" in str(e).upper() or "AUTH" in type(e).__name__.upper() or "WRONGPASS" in str(e).upper():
+            return False
+        raise
+    finally:
+        await r.aclose()
+

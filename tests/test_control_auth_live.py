@@ -109,6 +109,8 @@ def test_only_a_validly_signed_resume_on_the_control_topic_clears_a_kill(stack, 
         produce_each(stack, topics.interactions, f.encode(), [orjson.dumps(forged)])
         d = refused("control_on_input_topic")
         assert d["source"]["topic"] == topics.interactions
+        produce_each(stack, topics.interactions, f.encode(), [b"[]"])  # an empty envelope is counted too
+        dead.wait(lambda d: d["reason"] == "empty_envelope", worker, what="empty envelope dead letter")
         assert not [x for x in decisions.poll() if x.get("cause") == "operator_resume"]
 
         # 4. valid: signed with a rotated-in key on the control topic; the audit chain records the key id
@@ -143,6 +145,7 @@ def test_only_a_validly_signed_resume_on_the_control_topic_clears_a_kill(stack, 
         counts = invalid_counter(port)
         assert counts.get("control_unsigned") == 2 and counts.get("control_bad_signature") == 1, counts
         assert counts.get("control_on_input_topic") == 1 and counts.get("control_replayed") == 1, counts
+        assert counts.get("empty_envelope") == 1, counts
         assert worker.alive() and "Traceback" not in worker.log.read_text()
     finally:
         worker.stop()

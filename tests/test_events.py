@@ -1,5 +1,6 @@
 """Input event validation: located errors, normalisation, pseudonymisation, fast path == specification."""
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -190,3 +191,19 @@ def test_fast_path_agrees_with_the_specification(obj):
     if fast is not None:
         assert spec is not None, obj
         assert fast == spec, obj
+
+
+def test_an_empty_envelope_is_a_dead_letter_not_silence(tmp_path):
+    [item] = PARSER.parse_message(b"[]")
+    assert isinstance(item, InvalidEvent) and item.reason == "empty_envelope"
+    from rules.engine import EngineConfig
+    from rules.loader import load_rules_text
+    from streams.replay import replay
+
+    rules = load_rules_text("version: 1\nname: t\nfeatures: ['*']\nrules:\n  - {id: e, tier: investigate, "
+                            "metric: error_rate, op: '>', threshold: 0.5, window: 1m}\n", source="t.yaml")  # fmt: skip
+    (tmp_path / "in.jsonl").write_text('[]\n{"type": "interaction", "event_id": "a", "ts": 0, "feature": "f"}\n')
+    res = replay(rules, [str(tmp_path / "in.jsonl")], tmp_path / "out", config=EngineConfig(), user_key=b"k")
+    assert res.invalid == {"empty_envelope": 1}
+    [dead] = [orjson.loads(x) for x in (tmp_path / "out" / "deadletter.jsonl").read_bytes().splitlines()]
+    assert (dead["reason"], dead["source"]["line"]) == ("empty_envelope", 1)
