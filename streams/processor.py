@@ -213,7 +213,7 @@ class Processor:
                     items.append(item)
                     features.add(item.feature)
             parsed.append((m, items))
-        await self._ensure_loaded(sorted(features))
+        await self._ensure_loaded(sorted(features - self.fenced))
         with self._redis_timer("load"):
             breaker = await self.store.load_breaker()
         self.engine.breaker.merge(breaker)
