@@ -7,7 +7,10 @@ Independent of Faust (the agent in ``streams.app`` only hands batches over), so 
 2. load the state of features not cached yet from Redis (one round trip, with the kill breaker);
 3. skip events at or below the feature's stored offset for their partition (already applied before a crash);
 4. ``Engine.step`` — the same pure function replay uses;
-5. publish decisions, commands, pages and dead letters and wait for the broker's acknowledgement;
+5. claim the touched features (one round trip: no worker with a newer epoch owns them, their version is the one
+   held — see ``streams.store``); a feature lost to another worker is dropped and the batch redone without it, so a
+   zombie publishes nothing; then publish decisions, commands (with their signed emission time in record headers)
+   pages and dead letters and wait for the broker's acknowledgement;
 6. commit the touched features' state with their new offsets to Redis (atomic per feature), then the partition
    offsets.
 
@@ -15,6 +18,9 @@ A crash between 5 and 6 re-runs the batch from the old state: the same outputs w
 again (at-least-once delivery of deterministic records, never different content). Any Redis or Kafka failure in
 2, 5 or 6 drops the touched features from memory, backs off, pages "monitor degraded" once and retries from 1: the
 batch is never acknowledged before it is committed.
+
+(Over 500 lines because the ordering argument — load and claim, step, claim, publish, commit — is one sequence
+shared by batches, idle ticks and reloads; split across modules it could no longer be read in one place.)
 """
 
 from __future__ import annotations
