@@ -575,3 +575,12 @@ def test_docs_commands_match_the_files() -> None:
     assert len(shown) >= 5, f"docs/deploy.md shows {len(shown)} rollguard commands"
     for args in shown:  # every rollguard command the page shows parses
         build_parser().parse_args(shlex.split(args.split(" #")[0]))
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+def test_the_dead_letter_rate_alert_passes_its_promtool_unit_tests() -> None:
+    for cfg in ("prometheus.yml", "prometheus.compose.yml"):
+        assert "rules/*.yml" in load_yaml(DEPLOY / "prometheus" / cfg)[0]["rule_files"]
+    res = subprocess.run(["promtool", "test", "rules", "rollguard-alerts.test.yml"], cwd=DEPLOY / "prometheus",
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
