@@ -23,13 +23,14 @@ import hashlib
 import hmac
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from itertools import islice
 from typing import Annotated, Any, Literal, Union
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError, field_validator
 
+from rules.control_auth import check_signature
 from rules.decode import MESSAGE, ControlRecord, DecodeFailed, Feedback, Interaction, convert, json_shaped
 from rules.decode import _FeedbackLax, _InteractionLax, names, seen_labels, seen_name
 from rules.exceptions import InvalidEvent
@@ -173,15 +174,20 @@ class Control:
 
     ``{"type": "control", "action": "resume", "feature": "f", "phase": "p"|null, "ts": ..., "event_id": ...,
     "reason": "..."}`` clears the pause/kill latches of the feature (one phase, or all when ``phase`` is absent).
+
+    ``key_id`` is the operator key that signed it, when operator keys are configured and the signature was verified
+    (:mod:`rules.control_auth`); ``origin`` is where it was read (topic/partition/offset or file:line), for a dead
+    letter if it is refused.
     """
 
-    __slots__ = ("event_id", "ts", "action", "feature", "phase", "reason", "operator")
+    __slots__ = ("event_id", "ts", "action", "feature", "phase", "reason", "operator", "key_id", "origin")
     type = "control"
 
     def __init__(self, event_id: str, ts: int, action: str, feature: str, phase: str | None, reason: str,
-                 operator: str | None = None) -> None:  # fmt: skip
+                 operator: str | None = None, key_id: str | None = None) -> None:  # fmt: skip
         self.event_id, self.ts, self.action, self.feature = event_id, ts, action, feature
-        self.phase, self.reason, self.operator = phase, reason, operator
+        self.phase, self.reason, self.operator, self.key_id = phase, reason, operator, key_id
+        self.origin: dict | None = None
 
 
 # --- the specification: pydantic models -----------------------------------------------------------------------------
@@ -367,8 +373,10 @@ class EventParser:
     accept the item or name what is wrong with it.
     """
 
-    def __init__(self, pseudonymizer: Pseudonymizer) -> None:
+    def __init__(self, pseudonymizer: Pseudonymizer, operator_keys: Mapping[str, bytes] | None = None) -> None:
         self.pseudo = pseudonymizer
+        # with operator keys every control must carry a valid signature (rules.control_auth); without, none is checked
+        self.operator_keys = dict(operator_keys) if operator_keys else None
 
     def parse_obj(self, obj: Any) -> Event | Control:
         """Validate one decoded JSON value; raises :class:`InvalidEvent`."""
@@ -378,14 +386,20 @@ class EventParser:
                     ev = _from_record(convert(obj), self.pseudo)
                 except DecodeFailed:
                     ev = None
-                if ev is not None:
-                    return ev
+                if ev is not None and (ev.type != "control" or self.operator_keys is None):
+                    return ev  # a control to authenticate goes the long way, below
         elif not isinstance(obj, dict):
             raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
         try:
-            return _from_model(_ANY.validate_python(obj), self.pseudo)
+            item = _from_model(_ANY.validate_python(obj), self.pseudo)
         except ValidationError as e:
             raise InvalidEvent("schema", _located(e)) from None
+        if item.type == "control" and self.operator_keys is not None:
+            reason, detail, key_id = check_signature(obj, self.operator_keys)
+            if reason is not None:
+                raise InvalidEvent(reason, detail)
+            item.key_id = key_id
+        return item
 
     def parse_message(self, data: bytes | str) -> Iterator[Event | Control | InvalidEvent]:
         """Yield each event of a message; invalid ones are yielded as :class:`InvalidEvent` (never raised)."""
@@ -402,13 +416,16 @@ class EventParser:
         except DecodeFailed:
             return None
         pseudo = self.pseudo
+        checked = self.operator_keys is not None  # controls then need their signature checked: the long way
         if type(decoded) is not list:
             ev = _from_record(decoded, pseudo)
-            return None if ev is None else [ev]
+            return None if ev is None or (checked and ev.type == "control") else [ev]
+        if not decoded:
+            return None  # an empty envelope is a dead letter: the long way names it
         out = []
         for r in decoded:
             ev = _from_record(r, pseudo)
-            if ev is None:
+            if ev is None or (checked and ev.type == "control"):
                 return None
             out.append(ev)
         return out
@@ -420,6 +437,11 @@ class EventParser:
             yield InvalidEvent("invalid_json", _json_error_detail(e))
             return
         items = obj if type(obj) is list else (obj,)
+        if not items:  # an envelope of nothing: say so, never let a message vanish uncounted
+            e = InvalidEvent("empty_envelope", "a batch envelope with no events ([])")
+            e.payload = obj  # type: ignore[attr-defined]
+            yield e
+            return
         for i, item in enumerate(items):
             try:
                 yield self.parse_obj(item)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rules.control_auth import freshness, refusal
 from rules.lifecycle import Instance, reset
 from rules.outputs import command, decision, iso, page, stable_id
 from rules.state import BreakerState, FeatureState
@@ -159,11 +160,18 @@ class Policy:
     def resume(self, out: Outputs, fs: FeatureState, plan, control, breaker: BreakerState | None = None) -> None:
         """Operator resume: clear latches and reset latching instances of the feature (one phase or all). Re-arming
         a held kill is the human decision the breaker page asked for: it resolves the open breaker pages."""
-        phases = {control.phase} if control.phase else set(fs.latches) | fs.phases
         t = control.ts
         extra = {"cause": "operator_resume", "resume_id": control.event_id, "reason": control.reason}
         if control.operator:
             extra["operator"] = control.operator
+        if control.key_id is not None:  # signed and verified (rules.control_auth): applied once, never stale
+            why = freshness(t, fs.control_ts, fs.max_ts)
+            if why is not None:
+                out.dead_letters.append(refusal(why, control, fs.control_ts, fs.max_ts))
+                return
+            fs.control_ts = t
+            extra["key_id"] = control.key_id
+        phases = {control.phase} if control.phase else set(fs.latches) | fs.phases
         for key in sorted(k for k in fs.instances if k[2] in phases):
             bound = plan.by_key.get((key[0], key[1]))
             inst = fs.instances[key]

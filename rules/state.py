@@ -28,7 +28,7 @@ class FeatureState:
 
     __slots__ = ("max_ts", "src_max", "src_first", "seen", "stores", "next_eval", "instances", "detectors",
                  "drift_pending", "drift_last", "latches", "phases", "chain", "command_seq", "clocks", "outliers",
-                 "skew", "applied_min")  # fmt: skip
+                 "skew", "applied_min", "control_ts")  # fmt: skip
 
     def __init__(self) -> None:
         self.max_ts: int | None = None  # highest event time of any source
@@ -54,6 +54,7 @@ class FeatureState:
         self.outliers: dict[str, int] = {}  # "ahead" | "behind" -> ts_outlier dead letters
         self.skew: list | None = None  # [hour, outliers in it, hour paged or None, worst offset ms]
         self.applied_min: int | None = None  # in memory: earliest event time applied since the shell last looked
+        self.control_ts: int | None = None  # time of the last signed control accepted (rules.control_auth)
 
     def to_state(self, detector_key: bytes, with_stores: bool = True) -> dict[str, Any]:
         def ik(k: InstanceKey) -> str:
@@ -86,6 +87,8 @@ class FeatureState:
             "clocks": {src: c.to_state() for src, c in sorted(self.clocks.items()) if c},
             "outliers": dict(sorted(self.outliers.items())),
             "skew": self.skew,
+            # only once a signed control was accepted: states of unsigned deployments are unchanged
+            **({"control_ts": self.control_ts} if self.control_ts is not None else {}),
         }
 
     # --- split form for incremental persistence: a small "core" plus one entry per window bucket --------------
@@ -180,6 +183,7 @@ class FeatureState:
         fs.clocks = {src: StreamClock.from_state(c) for src, c in d.get("clocks", {}).items()}
         fs.outliers = dict(d.get("outliers", {}))
         fs.skew = d.get("skew")
+        fs.control_ts = d.get("control_ts")
         return fs
 
 

@@ -5,15 +5,21 @@ Standard library only, so a feature-flag service can vendor this one file. A com
 1. it is signed (``signature``) with a key id (``key_id``) the verifier holds — several keys may be held at once,
    which is how keys rotate;
 2. the HMAC-SHA256 over :func:`signing_bytes` (the command without ``signature`` and ``hash``) matches;
-3. it is fresh: issued (``issued_at``, epoch ms of the decision's event time) at most ``max_age_ms`` ago and not
-   more than ``max_future_ms`` ahead of the verifier's clock;
+3. it is fresh: *emitted* at most ``max_age_ms`` ago and not more than ``max_future_ms`` ahead of the verifier's
+   clock. The emission time is the wall clock of the worker that published the command, carried in two Kafka record
+   headers (``rollguard-emitted-at``, ``rollguard-emit-signature``: an HMAC under the same key over the command's
+   id, key id, signature and that time), so a kill decided late — after a backlog, when ``issued_at``, the event
+   time, is long past — is still fresh, while the same record re-sent later is not. Without the headers (a command
+   read from a file, or an older worker) freshness falls back to ``issued_at``; ``require_emission=True`` refuses
+   such a command (``missing_emission``);
 4. its ``command_id`` was not accepted before (replay), and
 5. its ``seq`` is greater than the last one accepted for its feature (rollguard numbers each feature's commands
    1, 2, 3, … and never reuses a number).
 
 Checks 4 and 5 need memory: :class:`VerifierState`, which serialises to JSON so the actuator can keep it across
 restarts. Verdict reasons, in the order checked: ``malformed``, ``missing_signature``, ``unknown_key``,
-``bad_signature``, ``stale``, ``future``, ``duplicate`` (this very command was accepted already: a re-delivery, safe
+``bad_signature``, ``missing_emission``, ``bad_emission`` (the emission headers do not match the command),
+``stale``, ``future``, ``duplicate`` (this very command was accepted already: a re-delivery, safe
 to drop), ``replayed`` (an accepted ``command_id`` with other content), ``sequence``.
 
 >>> keys = {"k2": b"new-secret"}
@@ -40,11 +46,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Verdict", "VerifierState", "verify_command", "signing_bytes", "sign", "parse_keys", "UNSIGNED_FIELDS",
-           "REASONS"]  # fmt: skip
+           "REASONS", "EMITTED_AT_HEADER", "EMIT_SIGNATURE_HEADER", "emission_bytes", "emission_headers",
+           "emission_from_headers"]  # fmt: skip
 
 UNSIGNED_FIELDS = ("signature", "hash")  # the signature cannot cover itself, nor the chain hash computed after it
-REASONS = ("malformed", "missing_signature", "unknown_key", "bad_signature", "stale", "future", "duplicate",
-           "replayed", "sequence")  # fmt: skip
+REASONS = ("malformed", "missing_signature", "unknown_key", "bad_signature", "missing_emission", "bad_emission",
+           "stale", "future", "duplicate", "replayed", "sequence")  # fmt: skip
+EMITTED_AT_HEADER = "rollguard-emitted-at"  # Kafka record header: epoch ms (decimal ASCII) the worker published at
+EMIT_SIGNATURE_HEADER = "rollguard-emit-signature"  # hex HMAC-SHA256 of emission_bytes under the command's key
 _REQUIRED = {"command_id": str, "feature": str, "seq": int, "issued_at": int}
 
 
@@ -62,6 +71,43 @@ def signing_bytes(cmd: Mapping[str, Any]) -> bytes:
 def sign(cmd: Mapping[str, Any], key: bytes) -> str:
     """The hex HMAC-SHA256 of :func:`signing_bytes` under ``key``."""
     return hmac.new(key, signing_bytes(cmd), hashlib.sha256).hexdigest()
+
+
+def emission_bytes(cmd: Mapping[str, Any], emitted_at: int) -> bytes:
+    """What the emission signature covers: the command's id, key id and signature (so, through the signature, all of
+    its content) and the emission time, as canonical JSON.
+
+    >>> emission_bytes({"command_id": "c1", "key_id": "k2", "signature": "ab", "seq": 1}, 1_793_613_600_000)
+    b'{"command_id":"c1","emitted_at":1793613600000,"key_id":"k2","signature":"ab"}'
+    """
+    body = {"command_id": cmd.get("command_id"), "key_id": cmd.get("key_id"), "signature": cmd.get("signature"),
+            "emitted_at": emitted_at}  # fmt: skip
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def emission_headers(cmd: Mapping[str, Any], emitted_at: int, key: bytes) -> list[tuple[str, bytes]]:
+    """The Kafka record headers a worker publishes a signed command with."""
+    sig = hmac.new(key, emission_bytes(cmd, emitted_at), hashlib.sha256).hexdigest()
+    return [(EMITTED_AT_HEADER, str(emitted_at).encode()), (EMIT_SIGNATURE_HEADER, sig.encode())]
+
+
+def emission_from_headers(headers: Any) -> tuple[Any, Any] | None:
+    """``(emitted_at, signature)`` from a Kafka record's headers (``[(name, bytes), ...]``, as kafka-python and
+    aiokafka give them), or None when the record carries no emission headers. Values are returned undecoded when
+    they are not what a worker writes; :func:`verify_command` then refuses them as ``bad_emission``."""
+    found = {}
+    for name, value in headers or ():
+        if name in (EMITTED_AT_HEADER, EMIT_SIGNATURE_HEADER):
+            found[name] = value
+    if not found:
+        return None
+    at, sig = found.get(EMITTED_AT_HEADER), found.get(EMIT_SIGNATURE_HEADER)
+    try:
+        at = int(at.decode("ascii")) if isinstance(at, bytes) and at.isdigit() else at
+        sig = sig.decode("ascii") if isinstance(sig, bytes) else sig
+    except UnicodeDecodeError:
+        pass
+    return at, sig
 
 
 @dataclass(frozen=True)
@@ -86,7 +132,7 @@ class VerifierState:
     True
     """
 
-    seen: dict[str, list] = field(default_factory=dict)  # command_id -> [issued_at, signature]
+    seen: dict[str, list] = field(default_factory=dict)  # command_id -> [emitted_at (else issued_at), signature]
     last_seq: dict[str, int] = field(default_factory=dict)  # feature -> highest accepted seq
 
     def to_json(self) -> str:
@@ -104,22 +150,26 @@ class VerifierState:
             raise ValueError(f"corrupt rollguard verifier state: {e}") from None
 
     def prune(self, now_ms: int, max_age_ms: int) -> int:
-        """Forget accepted ids older than ``max_age_ms``: such a command is rejected as stale before its id is looked
-        up, so remembering it changes nothing. ``last_seq`` is never pruned. Returns how many were dropped."""
+        """Forget accepted ids emitted (else issued) more than ``max_age_ms`` ago: such a command is rejected as stale
+        before its id is looked up, so remembering it changes nothing. ``last_seq`` is never pruned. Returns how many
+        were dropped."""
         old = [i for i, (issued, _) in self.seen.items() if now_ms - issued > max_age_ms]
         for i in old:
             del self.seen[i]
         return len(old)
 
-    def accept(self, cmd: Mapping[str, Any]) -> None:
-        """Record ``cmd`` as acted upon (``verify_command`` does this itself unless ``record=False``)."""
-        self.seen[cmd["command_id"]] = [cmd["issued_at"], cmd["signature"]]
+    def accept(self, cmd: Mapping[str, Any], emitted_at: int | None = None) -> None:
+        """Record ``cmd`` as acted upon (``verify_command`` does this itself unless ``record=False``); pass the
+        emission time it was verified with, if any."""
+        self.seen[cmd["command_id"]] = [cmd["issued_at"] if emitted_at is None else emitted_at, cmd["signature"]]
         self.last_seq[cmd["feature"]] = max(self.last_seq.get(cmd["feature"], 0), cmd["seq"])
 
 
 def verify_command(cmd: Any, keys: Mapping[str, bytes], *, now_ms: int, max_age_ms: int | None,
-                   state: VerifierState, max_future_ms: int = 60_000, record: bool = True) -> Verdict:  # fmt: skip
+                   state: VerifierState, max_future_ms: int = 60_000, record: bool = True,
+                   emission: tuple[Any, Any] | None = None, require_emission: bool = False) -> Verdict:  # fmt: skip
     """Check ``cmd`` (a parsed command) against ``keys`` (key id -> secret) and ``state``; see the module docstring.
+    ``emission``: ``(emitted_at, signature)`` from the record's headers (:func:`emission_from_headers`).
 
     ``now_ms`` is the verifier's wall clock in epoch milliseconds. ``max_age_ms`` None skips the freshness checks:
     only for auditing stored commands, never in an actuator. On acceptance ``state`` records the command, unless
@@ -142,12 +192,22 @@ def verify_command(cmd: Any, keys: Mapping[str, bytes], *, now_ms: int, max_age_
         return Verdict(False, "malformed", str(e))
     if not hmac.compare_digest(sig, expected):
         return Verdict(False, "bad_signature", f"signature does not match the content under key {key_id!r}")
-    issued = cmd["issued_at"]
+    issued, what = cmd["issued_at"], "issued"
+    if emission is not None:
+        at, esig = emission
+        if not isinstance(at, int) or isinstance(at, bool) or not isinstance(esig, str):
+            return Verdict(False, "bad_emission", "emission headers present but not an epoch-ms time and a signature")
+        expected = hmac.new(key, emission_bytes(cmd, at), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(esig, expected):
+            return Verdict(False, "bad_emission", "the emission signature does not match this command and time")
+        issued, what = at, "emitted"
+    elif require_emission:
+        return Verdict(False, "missing_emission", "no emission headers: cannot tell a fresh command from an old one")
     if max_age_ms is not None:
         if now_ms - issued > max_age_ms:
-            return Verdict(False, "stale", f"issued {(now_ms - issued) / 1000:.0f}s ago (max {max_age_ms / 1000:.0f}s)")
+            return Verdict(False, "stale", f"{what} {(now_ms - issued) / 1000:.0f}s ago (max {max_age_ms / 1000:.0f}s)")
         if issued - now_ms > max_future_ms:
-            return Verdict(False, "future", f"issued {(issued - now_ms) / 1000:.0f}s in the future (clock skew?)")
+            return Verdict(False, "future", f"{what} {(issued - now_ms) / 1000:.0f}s in the future (clock skew?)")
     prior = state.seen.get(cmd["command_id"])
     if prior is not None:
         if hmac.compare_digest(str(prior[1]), sig):
@@ -157,7 +217,7 @@ def verify_command(cmd: Any, keys: Mapping[str, bytes], *, now_ms: int, max_age_
     if cmd["seq"] <= last:
         return Verdict(False, "sequence", f"seq {cmd['seq']} is not above {last}, the last accepted for the feature")
     if record:
-        state.accept(cmd)
+        state.accept(cmd, issued if emission is not None else None)
     return Verdict(True)
 
 

@@ -24,7 +24,7 @@ from rules.audit import STREAMS, AuditReport, verify_chain
 from rules.durations import parse_duration
 from rules.exceptions import RollguardError
 from rules.seal import DEFAULT_KEY_ID
-from rules.verify import VerifierState, parse_keys, verify_command
+from rules.verify import VerifierState, emission_from_headers, parse_keys, verify_command
 from streams.offline.kafka_source import KafkaSource, time_arg
 from streams.settings import Settings
 from streams.kafka.topics import Topics
@@ -44,11 +44,18 @@ class AuditCliError(RollguardError):
 def read_records(files: list[str], bootstrap: str | None, topics: list[str]) -> Iterator[tuple[str, Any]]:
     """``(origin, record)`` of every JSON line of ``files`` (origin ``file:line``) or every message of ``topics``
     (a snapshot read, origin ``topic/partition@offset``); a record that is not a JSON object is ``_NOT_JSON``."""
+    for origin, rec, _ in read_records_with_headers(files, bootstrap, topics):
+        yield origin, rec
+
+
+def read_records_with_headers(files: list[str], bootstrap: str | None,
+                              topics: list[str]) -> Iterator[tuple[str, Any, list]]:  # fmt: skip
+    """:func:`read_records` with each Kafka record's headers (``[]`` for file lines)."""
     if bootstrap:
         from streams.security import kafka_python_config
 
         for m in KafkaSource(bootstrap, topics, consumer_config=kafka_python_config()).messages():
-            yield f"{m.topic}/{m.partition}@{m.offset}", _decode(m.value)
+            yield f"{m.topic}/{m.partition}@{m.offset}", _decode(m.value), list(getattr(m, "headers", None) or [])
         return
     for path in files:
         try:
@@ -58,7 +65,7 @@ def read_records(files: list[str], bootstrap: str | None, topics: list[str]) -> 
         with f:
             for n, line in enumerate(f, 1):
                 if line.strip():
-                    yield f"{path}:{n}", _decode(line)
+                    yield f"{path}:{n}", _decode(line), []
 
 
 def _decode(raw: bytes) -> Any:
@@ -122,13 +129,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except ValueError as e:  # json.JSONDecodeError included
             raise AuditCliError(f"cannot use the state file {state_path}: {e}") from None
     counts = {"accepted": 0, "rejected": 0, "duplicate": 0}
-    records = read_records(args.files, args.from_kafka, _topic_names(args, ("commands",)) if args.from_kafka else [])
-    for origin, cmd in records:
+    records = read_records_with_headers(args.files, args.from_kafka,
+                                        _topic_names(args, ("commands",)) if args.from_kafka else [])  # fmt: skip
+    for origin, cmd, headers in records:
         if cmd is _NOT_JSON:
             print(f"REJECTED {origin}: malformed (not a JSON object)")
             counts["rejected"] += 1
             continue
-        v = verify_command(cmd, keys, now_ms=now, max_age_ms=max_age, max_future_ms=max_future, state=state)
+        v = verify_command(cmd, keys, now_ms=now, max_age_ms=max_age, max_future_ms=max_future, state=state,
+                           emission=emission_from_headers(headers), require_emission=args.require_emission)
         if v.ok:
             counts["accepted"] += 1
             continue
@@ -266,7 +275,10 @@ def add_audit_parsers(sub: Any) -> None:
     v.add_argument("--keys", default="env", metavar="FILE|env",
                    help="id:secret entries (default env: ROLLGUARD_VERIFY_KEYS, else the signing key)")  # fmt: skip
     v.add_argument("--max-age", default="5m", metavar="DURATION",
-                   help="reject commands issued longer ago (default 5m; 'off' for an audit of stored commands)")
+                   help="reject commands emitted (without emission headers: issued) longer ago (default 5m; 'off' "
+                   "for an audit of stored commands)")
+    v.add_argument("--require-emission", action="store_true",
+                   help="reject commands without the worker's signed emission time (Kafka headers; files have none)")
     v.add_argument("--max-future", default="1m", metavar="DURATION", help="tolerated clock skew (default 1m)")
     v.add_argument("--state", metavar="FILE", help="verifier state (accepted ids, last seq per feature), updated")
     v.add_argument("--now", type=time_arg, metavar="TIME", help="verify as of this time (default: the wall clock)")

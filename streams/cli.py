@@ -79,6 +79,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         progress=args.progress,
         allowed_lateness=args.allowed_lateness,
         charts=args.charts,
+        operator_keys=settings.operator_keys_map(),
     )
     _print_summary(res)
     return 0

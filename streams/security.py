@@ -138,9 +138,39 @@ def production_problems(s: Settings) -> list[str]:
     if s.signing_key is None:
         problems.append("signing_key: commands would go out unsigned, so an actuator cannot tell them from forgeries "
                         "— set ROLLGUARD_SIGNING_KEY and ROLLGUARD_SIGNING_KEY_ID (see docs/security.md)")
+    if s.operator_keys_map() is None:
+        problems.append("operator_keys: controls (resume, reload) would be accepted unsigned, so anyone who can write "
+                        "the control topic could un-kill a feature — set ROLLGUARD_OPERATOR_KEYS=id:secret (and "
+                        "ROLLGUARD_OPERATOR_KEY / _KEY_ID where operators run rollguard resume; see docs/security.md)")
     from streams.settings import DEV_USER_KEY
 
     if s.user_key.get_secret_value() == DEV_USER_KEY:
         problems.append("user_key: the development pseudonymisation key is public — set ROLLGUARD_USER_KEY to a "
                         "secret of 32+ random bytes")  # fmt: skip
     return problems
+
+
+async def redis_default_user_open(s: Settings) -> bool:
+    """Whether Redis serves a connection that presents no credentials — its ``default`` user is enabled (the
+    out-of-the-box ``nopass``), so anyone who reaches the port can rewrite rollguard's state. Checked from outside,
+    with a PING on a connection without username and password (same host and TLS): it needs no ACL privileges."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import redis.asyncio as aioredis
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    url = urlsplit(s.redis_url or "")
+    bare = urlunsplit(url._replace(netloc=url.hostname + (f":{url.port}" if url.port else ""))) if url.hostname \
+        else s.redis_url  # fmt: skip
+    kw = {k: v for k, v in redis_kwargs(s).items() if k not in ("username", "password")}
+    r = aioredis.Redis.from_url(bare, **kw)
+    try:
+        await r.ping()
+        return True
+    except (AuthenticationError, ResponseError) as e:  # NOAUTH / WRONGPASS: the default user is off or has a password
+        if "NOAUTH" in str(e).upper() or "AUTH" in type(e).__name__.upper() or "WRONGPASS" in str(e).upper():
+            return False
+        raise
+    finally:
+        await r.aclose()
+

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     verify_keys: SecretStr | None = Field(
         None, description="keys `rollguard verify` accepts, id1:secret1,id2:secret2 (default: the signing key)"
     )
+    operator_keys: SecretStr | None = Field(
+        None, description="operator keys the worker and replay verify controls with, id1:secret1,id2:secret2 "
+        "(unset: controls are accepted unsigned; the production profile requires them)")
+    operator_key: SecretStr | None = Field(None, description="operator key `rollguard resume` / `rules reload` sign with")
+    operator_key_id: str = Field("default", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+                                 description="identifier of the operator key, sent with each control")
     allowed_lateness: str = Field("30s", description="events older than watermark = max ts - this are late")
     max_kills_per_hour: int = Field(5, ge=0, description="kill breaker: rollbacks per event-time hour")
     max_clock_skew: str = Field(
@@ -177,6 +183,24 @@ class Settings(BaseSettings):
             return None
         _check_duration(v)
         return v
+
+    @field_validator("operator_keys")
+    @classmethod
+    def _operator_keys(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            from rules.verify import parse_keys
+
+            if not parse_keys(v.get_secret_value()):  # raises ValueError (named by pydantic) on a bad entry
+                return None
+        return v
+
+    def operator_keys_map(self) -> dict[str, bytes] | None:
+        """The operator keys (id -> secret) controls are verified with; None: controls are not checked."""
+        if self.operator_keys is None:
+            return None
+        from rules.verify import parse_keys
+
+        return parse_keys(self.operator_keys.get_secret_value()) or None
 
     def state_key_bytes(self) -> bytes:
         if self.state_key is not None:

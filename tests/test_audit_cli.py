@@ -13,7 +13,7 @@ import pytest
 from engine_kit import MIN, T0, resume, rules, run, traffic
 from rules.engine import EngineConfig
 from rules.outputs import iso
-from rules.verify import sign
+from rules.verify import emission_headers, sign
 from streams.cli import main
 
 RULES = rules("""
@@ -221,9 +221,12 @@ def test_the_actuator_example_in_the_docs_runs(files, tmp_path, monkeypatch):
            "ruleset": "t", "rule_id": "errors", "decision_id": "d9", "reason": "errors", "seq": 1, "issued_at": now,
            "key_id": "k2", "prev_hash": "0" * 64}  # fmt: skip
     cmd["signature"] = sign(cmd, b"new-secret")
+    headers = emission_headers(cmd, now, b"new-secret")
     flags = Flags()
     on_command = namespace["on_command"]
-    assert on_command(orjson.dumps(cmd), flags) is True
-    assert on_command(orjson.dumps(cmd), flags) is False  # re-delivered
-    assert on_command(orjson.dumps(dict(cmd, command_id="c10", seq=2, phase="eu")), flags) is False  # forged
+    assert on_command(orjson.dumps(cmd), headers, flags) is True
+    assert on_command(orjson.dumps(cmd), headers, flags) is False  # re-delivered
+    forged = dict(cmd, command_id="c10", seq=2, phase="eu")
+    assert on_command(orjson.dumps(forged), emission_headers(forged, now, b"new-secret"), flags) is False
+    assert on_command(orjson.dumps(dict(cmd, command_id="c11", seq=3)), [], flags) is False  # no emission time
     assert flags.calls == [("disable", "email-reply", "ga")]

@@ -45,7 +45,9 @@ def messages() -> list[Message]:
     out.append({"type": "control", "action": "resume", "event_id": "resume-1", "ts": T0 + 10 * MIN, "feature": "f",
                 "phase": "p", "reason": "fixed", "operator": "oncall"})  # fmt: skip
     out.sort(key=lambda e: (e["ts"], e["event_id"]))
-    return [Message("in", 0, n, orjson.dumps(e)) for n, e in enumerate(out)]
+    # controls are accepted only from the control topic (issue 12); the events from an input topic
+    return [Message(Topics().control if e["type"] == "control" else "in", 0, n, orjson.dumps(e))
+            for n, e in enumerate(out)]  # fmt: skip
 
 
 class ListPublisher:

@@ -192,7 +192,8 @@ def test_k8s_settings_with_the_secret_pass_the_production_profile(monkeypatch: p
     from streams.security import production_problems
 
     env = env_file(K8S / "settings.env")
-    secret = {k: f"value-of-{k.lower()}" for k in k8s("Secret", "secret.example.yaml")["stringData"]}
+    # id:secret, which every secret accepts and operator keys require
+    secret = {k: f"k1:value-of-{k.lower()}" for k in k8s("Secret", "secret.example.yaml")["stringData"]}
     s = settings_from_env(monkeypatch, {**env, **secret})
     assert s.profile == "production" and production_problems(s) == []
 
@@ -574,3 +575,12 @@ def test_docs_commands_match_the_files() -> None:
     assert len(shown) >= 5, f"docs/deploy.md shows {len(shown)} rollguard commands"
     for args in shown:  # every rollguard command the page shows parses
         build_parser().parse_args(shlex.split(args.split(" #")[0]))
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+def test_the_dead_letter_rate_alert_passes_its_promtool_unit_tests() -> None:
+    for cfg in ("prometheus.yml", "prometheus.compose.yml"):
+        assert "rules/*.yml" in load_yaml(DEPLOY / "prometheus" / cfg)[0]["rule_files"]
+    res = subprocess.run(["promtool", "test", "rules", "rollguard-alerts.test.yml"], cwd=DEPLOY / "prometheus",
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr

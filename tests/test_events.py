@@ -514,3 +514,19 @@ def test_rfc3339_ms_is_parse_ts_for_any_second_of_a_cached_minute(ts, tail):
     except ValueError:
         got = ValueError
     assert got == want, s
+
+
+def test_an_empty_envelope_is_a_dead_letter_not_silence(tmp_path):
+    [item] = PARSER.parse_message(b"[]")
+    assert isinstance(item, InvalidEvent) and item.reason == "empty_envelope"
+    from rules.engine import EngineConfig
+    from rules.loader import load_rules_text
+    from streams.offline.replay import replay
+
+    rules = load_rules_text("version: 1\nname: t\nfeatures: ['*']\nrules:\n  - {id: e, tier: investigate, "
+                            "metric: error_rate, op: '>', threshold: 0.5, window: 1m}\n", source="t.yaml")  # fmt: skip
+    (tmp_path / "in.jsonl").write_text('[]\n{"type": "interaction", "event_id": "a", "ts": 0, "feature": "f"}\n')
+    res = replay(rules, [str(tmp_path / "in.jsonl")], tmp_path / "out", config=EngineConfig(), user_key=b"k")
+    assert res.invalid == {"empty_envelope": 1}
+    [dead] = [orjson.loads(x) for x in (tmp_path / "out" / "deadletter.jsonl").read_bytes().splitlines()]
+    assert (dead["reason"], dead["source"]["line"]) == ("empty_envelope", 1)

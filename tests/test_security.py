@@ -15,7 +15,7 @@ SECURE = dict(
     profile="production", kafka_bootstrap="kafka:9093", kafka_security_protocol="SASL_SSL",
     kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="rollguard", kafka_sasl_password="kpw-secret",
     redis_url="rediss://redis:6380/0", redis_username="rollguard", redis_password="rpw-secret",
-    signing_key="sk-secret", signing_key_id="k1", user_key="uk-secret",
+    signing_key="sk-secret", signing_key_id="k1", user_key="uk-secret", operator_keys="op-1:ok-secret",
 )  # fmt: skip
 
 
@@ -44,6 +44,7 @@ INSECURE = [
     ("redis without auth", dict(redis_username=None, redis_password=None), "redis_password", "ACL"),
     ("unsigned commands", dict(signing_key=None), "signing_key", "ROLLGUARD_SIGNING_KEY"),
     ("development user key", dict(user_key=None), "user_key", "ROLLGUARD_USER_KEY"),
+    ("unsigned controls", dict(operator_keys=None), "operator_keys", "ROLLGUARD_OPERATOR_KEYS"),
 ]
 
 
@@ -70,14 +71,14 @@ def test_worker_refuses_to_start(name, over, setting, fix, monkeypatch, capsys):
     assert main(["worker"]) == 2
     err = capsys.readouterr().err
     assert "production profile" in err and setting in err
-    for secret in ("kpw-secret", "rpw-secret", "sk-secret", "uk-secret"):
+    for secret in ("kpw-secret", "rpw-secret", "sk-secret", "uk-secret", "ok-secret"):
         assert secret not in err
 
 
 def test_secrets_never_print():
     s = settings(kafka_ssl_key_password="kp-secret")
     text = repr(s) + str(s) + str(s.model_dump()) + s.model_dump_json()
-    for secret in ("kpw-secret", "rpw-secret", "sk-secret", "uk-secret", "kp-secret"):
+    for secret in ("kpw-secret", "rpw-secret", "sk-secret", "uk-secret", "kp-secret", "ok-secret"):
         assert secret not in text
 
 

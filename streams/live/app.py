@@ -28,6 +28,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
+from rules.control_auth import check_signature
 from rules.durations import parse_duration
 from rules.engine import Engine
 from rules.events import EventParser, Pseudonymizer
@@ -47,12 +48,15 @@ log = logging.getLogger("rollguard.worker")
 
 
 class FaustPublisher:
+    carries_headers = True  # Kafka record headers: the processor adds signed emission times to commands
+
     def __init__(self, app: faust.App) -> None:
         self.app = app
 
-    async def publish(self, records) -> None:
+    async def publish(self, records, headers=None) -> None:
         producer = self.app.producer
-        futs = [await producer.send(t, k, v, None, None, None) for t, k, v in records]
+        hs = headers or [None] * len(records)
+        futs = [await producer.send(t, k, v, None, None, h) for (t, k, v), h in zip(records, hs)]
         await asyncio.gather(*futs)
 
 
@@ -110,7 +114,7 @@ class Worker:
         self.redis = redis_client or store_client(settings.redis_url, settings.redis_cluster, **redis_kwargs(settings))
         self.store = RedisStore(self.redis, settings.state_namespace)
         self.engine = Engine(self.rulesets, settings.engine_config())
-        self.parser = EventParser(Pseudonymizer(settings.user_key_bytes()))
+        self.parser = EventParser(Pseudonymizer(settings.user_key_bytes()), settings.operator_keys_map())
         self.registry = CollectorRegistry()  # this worker's own: no global registry
         self.metrics = self._build_metrics() if settings.metrics_port else None
         self.app = self._build_app()
@@ -184,6 +188,14 @@ class Worker:
         async def on_assigned(app, assigned, **kw) -> None:  # noqa: ARG001
             self.assigned = {(tp.topic, tp.partition) for tp in assigned}
             self.verified.clear()
+            # a new epoch per assignment: a worker paused while its partitions moved keeps its older one and is
+            # fenced before it publishes (streams/store.py); taken before the next batch if Redis is slow now
+            try:
+                epoch = await asyncio.wait_for(self.store.new_epoch(), 2.0)
+            except Exception as e:  # noqa: BLE001
+                log.warning("cannot take a new epoch now (%s); the next batch takes one", e)
+                epoch = None
+            await self.processor.reassigned(epoch)
             if self.metrics is not None:
                 self.metrics.forget({f for f in self.metrics.features() if not self.owns(f)})
                 await self._load_positions()
@@ -279,11 +291,19 @@ class Worker:
             obj = orjson.loads(value)
         except orjson.JSONDecodeError:
             obj = None
-        if isinstance(obj, dict) and obj.get("action") == "reload":
-            if not historical:  # a reload before this worker started is already in the rules it loaded
-                await self.reload("control message")
-            return
         msg = Message(topic, partition, offset, value)
+        if isinstance(obj, dict) and obj.get("action") == "reload":
+            if historical:  # a reload before this worker started is already in the rules it loaded
+                return
+            keys = self.parser.operator_keys
+            reason, detail, _ = check_signature(obj, keys) if keys is not None else (None, "", None)
+            if reason is None:
+                await self.reload("control message")
+            else:
+                log.warning("reload control at %s:%d:%d refused: %s (%s)", topic, partition, offset, reason, detail)
+                if self.owns(""):  # one worker dead-letters what every worker reads
+                    await self.processor.refuse_control(msg, obj, reason, detail)
+            return
         try:
             await self.processor.process([msg], owns=self.owns, dead_letters=self.owns(""))
         except Exception:  # noqa: BLE001 - a control message must never stop the reader

@@ -140,6 +140,10 @@ class EmbeddedStack:
         """Stop Redis abruptly (tests of the degraded path); ``start_redis()`` brings it back on the same port."""
         self._stop_one("redis", signal.SIGKILL)
 
+    def signal_kafka(self, sig: int) -> None:
+        """Send ``sig`` to the broker process (fault tests: ``SIGSTOP`` pauses it, ``SIGCONT`` resumes it)."""
+        self._procs["kafka"].send_signal(sig)
+
     def stop(self) -> None:
         for name in list(self._procs):
             self._stop_one(name, signal.SIGTERM)

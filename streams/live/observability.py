@@ -96,7 +96,7 @@ class WorkerMetrics:
         self.rules_version = engine.plan.version[:12]
         self.rules_loaded_at = clock()
         self.batch_duration = _Histogram(_BATCH_BUCKETS)
-        self.redis_duration = {op: _Histogram(_REDIS_BUCKETS) for op in ("load", "commit")}
+        self.redis_duration = {op: _Histogram(_REDIS_BUCKETS) for op in ("load", "claim", "commit")}
         registry.register(_Collector(self))
 
     def exposition(self) -> bytes:
@@ -248,7 +248,7 @@ class _Collector:
         batch.add_metric([], *m.batch_duration.export())
         yield batch
         redis = HistogramMetricFamily("rollguard_redis_duration_seconds", "Redis round trips of the processor: state "
-                                      "load (features, kill breaker) and commit", labels=["op"])  # fmt: skip
+                                      "load (features, kill breaker), ownership claim before publishing, and commit", labels=["op"])  # fmt: skip
         for op, h in m.redis_duration.items():
             redis.add_metric([op], *h.export())
         yield redis

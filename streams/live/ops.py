@@ -19,7 +19,13 @@ from streams.security import kafka_python_config, redis_kwargs
 from streams.settings import Settings
 from streams.kafka.topics import Topics
 
-__all__ = ["add_ops_parsers", "read_status", "send_control", "resume_message", "render_status", "rule_state"]
+__all__ = ["add_ops_parsers", "read_status", "send_control", "resume_message", "reload_message", "signed",
+           "render_status", "rule_state"]
+
+
+def reload_message(now_ms: int) -> dict:
+    """A reload control; ``event_id`` and ``ts`` make each signed reload distinct (its signature covers them)."""
+    return {"type": "control", "action": "reload", "event_id": f"reload-{uuid.uuid4().hex}", "ts": now_ms}
 
 
 def resume_message(feature: str, phase: str | None, reason: str, operator: str | None, now_ms: int) -> dict:
@@ -30,6 +36,15 @@ def resume_message(feature: str, phase: str | None, reason: str, operator: str |
     if operator:
         msg["operator"] = operator
     return msg
+
+
+def signed(msg: dict, s: Settings) -> dict:
+    """``msg`` signed with the operator key (``ROLLGUARD_OPERATOR_KEY`` under ``_KEY_ID``), or as is without one."""
+    if s.operator_key is None:
+        return msg
+    from rules.control_auth import sign_control
+
+    return sign_control(msg, s.operator_key_id, s.operator_key.get_secret_value().encode())
 
 
 def send_control(bootstrap: str, topics: Topics, key: str, msg: dict, timeout_s: float = 15.0,
@@ -154,11 +169,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"rollguard: error: invalid resume: {e}", file=sys.stderr)
         return 2
     bootstrap, topics, client = target
+    msg = signed(msg, _settings())
     md = send_control(bootstrap, topics, args.feature, msg, **client)
     where = f"phase {args.phase}" if args.phase else "all phases"
     print(f"resume of {args.feature} ({where}) sent as {msg['event_id']} to {md.topic}@{md.offset}; "
-          "the owning worker clears the latches and records it")  # fmt: skip
+          "the owning worker clears the latches and records it" + _signed_note(msg))  # fmt: skip
     return 0
+
+
+def _signed_note(msg: dict) -> str:
+    if "signature" in msg:
+        return f" (signed with operator key {msg['key_id']})"
+    return " (unsigned: workers with ROLLGUARD_OPERATOR_KEYS refuse it; set ROLLGUARD_OPERATOR_KEY)"
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -166,8 +188,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
     if target is None:
         return 2
     bootstrap, topics, client = target
-    md = send_control(bootstrap, topics, "reload", {"type": "control", "action": "reload"}, **client)
-    print(f"reload requested on {md.topic}@{md.offset}; every worker re-reads its rules folder")
+    msg = signed(reload_message(int(time.time() * 1000)), _settings())
+    md = send_control(bootstrap, topics, "reload", msg, **client)
+    print(f"reload requested on {md.topic}@{md.offset}; every worker re-reads its rules folder" + _signed_note(msg))
     return 0
 
 

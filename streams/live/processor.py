@@ -8,7 +8,10 @@ code:
 2. load the state of features not cached yet from Redis (one round trip, with the kill breaker);
 3. skip events at or below the feature's stored offset for their partition (already applied before a crash);
 4. ``Engine.step`` — the same pure function replay uses;
-5. publish decisions, commands, pages and dead letters and wait for the broker's acknowledgement;
+5. claim the touched features (one round trip: no worker with a newer epoch owns them, their version is the one
+   held — see ``streams.live.store``); a feature lost to another worker is dropped and the batch redone without it, so a
+   zombie publishes nothing; then publish decisions, commands (with their signed emission time in record headers)
+   pages and dead letters and wait for the broker's acknowledgement;
 6. commit the touched features' state with their new offsets to Redis (atomic per feature), then the partition
    offsets.
 
@@ -16,6 +19,9 @@ A crash between 5 and 6 re-runs the batch from the old state: the same outputs w
 again (at-least-once delivery of deterministic records, never different content). Any Redis or Kafka failure in
 2, 5 or 6 drops the touched features from memory, backs off, pages "monitor degraded" once and retries from 1: the
 batch is never acknowledged before it is committed.
+
+(Over 500 lines because the ordering argument — load and claim, step, claim, publish, commit — is one sequence
+shared by batches, idle ticks and reloads; split across modules it could no longer be read in one place.)
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
+from rules.control_auth import is_control, misplaced
 from rules.engine import Engine
 from rules.events import EventParser, InvalidEvent, redact
 from rules.outputs import iso, stable_id
 from rules.policy import Outputs
 from rules.state import BreakerState, FeatureState
+from rules.verify import emission_headers
 from streams.live.status_summary import summary_of
 from streams.live.store import FeatureWrite, RedisStore
 from streams.kafka.topics import Topics
@@ -58,6 +66,10 @@ def _source_tp(dead: dict) -> str:
     return f"{dead['source']['topic']}:{dead['source']['partition']}"
 
 
+class _Fenced(Exception):
+    """A feature of this batch is owned by a worker with a newer epoch: redo the batch without it."""
+
+
 class _EngineFailure(Exception):
     """The pure engine raised (a bug on some input), as opposed to Redis or Kafka being unavailable."""
 
@@ -76,7 +88,8 @@ class Message:
 
 class Publisher(Protocol):
     def publish(self, records: Sequence[tuple[str, bytes, bytes]]) -> Awaitable[None]:
-        """Send ``(topic, key, value)`` records in order; return once the broker acknowledged all of them."""
+        """Send ``(topic, key, value)`` records in order; return once the broker acknowledged all of them. A publisher
+        with ``carries_headers = True`` also takes ``headers=``: per record None or ``[(name, bytes), ...]``."""
 
 
 @dataclass
@@ -87,7 +100,8 @@ class ProcessorStats:
     skipped_replayed: int = 0  # events already applied before a restart (fenced by stored offsets)
     batches: int = 0
     retries: int = 0
-    fenced: int = 0
+    fenced: int = 0  # features found owned by a newer worker (at load, before publishing, or at the state write)
+    skipped_fenced: int = 0  # events of such features this worker skipped
     published: dict[str, int] = field(default_factory=dict)
 
 
@@ -120,6 +134,37 @@ class Processor:
         self.degraded = False  # a "monitor degraded" page went out and was not resolved yet
         self.full_rewrite: set[str] = set()  # features whose buckets must all be rewritten (after a reload)
         self.metrics = metrics  # per batch only (durations, outputs, offsets); None: no metrics
+        # fencing before publishing (streams.live.store): this worker's epoch since its last partition assignment (0: no
+        # epoch fencing, e.g. in tests; None: take a new one before the next batch), and the features a worker
+        # with a newer epoch owns — their events are skipped and nothing is published for them until reassignment
+        self.epoch: int | None = 0
+        self.fenced: set[str] = set()
+
+    async def reassigned(self, epoch: int | None) -> None:
+        """A new partition assignment: a fresh epoch (None: taken from Redis before the next batch)."""
+        async with self.lock:
+            self.epoch = epoch
+            self.fenced.clear()
+
+    async def _ensure_epoch(self) -> int:
+        if self.epoch is None:
+            self.epoch = await self.store.new_epoch()
+        return self.epoch
+
+    async def _claim(self, features) -> list[str]:
+        """Claim the features whose outputs are about to be published (one round trip); the ones lost to a newer
+        worker are forgotten, remembered as fenced, and returned."""
+        versions = {f: self.cache[f].version for f in features if f in self.cache and f in self.engine.features}
+        if not versions or not self.epoch:
+            return []
+        with self._redis_timer("claim"):
+            owned = await self.store.claim(versions, self.epoch)
+        lost = sorted(f for f, ok in owned.items() if not ok)
+        if lost:
+            self.stats.fenced += len(lost)
+            self.fenced |= set(lost)
+            log.warning("features %s are owned by a newer worker; publishing nothing for them", lost)
+        return lost
 
     # --- batches ------------------------------------------------------------------------------------------------
 
@@ -133,6 +178,8 @@ class Processor:
                 try:
                     try:
                         await self._process_once(messages, owns, dead_letters)
+                    except _Fenced:
+                        continue  # redo at once without the fenced features (each round fences one more)
                     except _EngineFailure:
                         self.forget(set(self.cache))
                         await self._isolate(messages, owns, dead_letters)
@@ -154,22 +201,26 @@ class Processor:
 
     async def _process_once(self, messages: Sequence[Message], owns, dead_letters: bool) -> None:
         started = time.perf_counter()
+        await self._ensure_epoch()
         parsed: list[tuple[Message, list]] = []
         dead: list[dict] = []
         features: set[str] = set()
         for m in messages:
             items = []
+            on_input = m.topic != self.topics.control
             for item in self.parser.parse_message(m.value or b"null"):
+                if on_input and is_control(item):  # whoever writes an input topic must not un-kill anything
+                    item = misplaced(item)
                 if isinstance(item, InvalidEvent):
                     if dead_letters:
                         dead.append(self._dead_letter(m, item))
                 elif owns is None or owns(item.feature):
-                    if item.type != "control":  # a held event names its message if it is quarantined later
-                        item.origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset}
+                    # a held event names its message if it is quarantined later; a refused control its own
+                    item.origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset}
                     items.append(item)
                     features.add(item.feature)
             parsed.append((m, items))
-        await self._ensure_loaded(sorted(features))
+        await self._ensure_loaded(sorted(features - self.fenced))
         with self._redis_timer("load"):
             breaker = await self.store.load_breaker()
         self.engine.breaker.merge(breaker)
@@ -180,11 +231,16 @@ class Processor:
         arrived: set[tuple[str, str]] = set()  # (feature, source) with an event in this batch
         batch = []
         part_off: dict[str, int] = {}
+        skipped = False  # events of fenced features: the partition offsets must not claim them processed
         for m, items in parsed:
             tp = m.tp
             part_off[tp] = max(part_off.get(tp, -1), m.offset)
             for item in items:
                 f = item.feature
+                if f in self.fenced:
+                    self.stats.skipped_fenced += 1
+                    skipped = True
+                    continue
                 c = self.cache.get(f)
                 if c is not None and m.offset <= c.offsets.get(tp, -1):
                     self.stats.skipped_replayed += 1
@@ -204,6 +260,9 @@ class Processor:
             fs = eng.features.get(f)
             if fs is not None and fs.applied_min is not None:
                 min_ts[f] = fs.applied_min
+        if await self._claim(sorted(applied)):  # fenced before publishing: nothing of theirs goes out
+            self.forget(set(applied))
+            raise _Fenced()
         if dead:  # dead letters of messages a previous run already committed are not sent twice
             stored = await self.store.partition_offsets(sorted(part_off))
             dead = [d for d in dead if d["source"]["offset"] > (stored[_source_tp(d)] or -1)]
@@ -212,7 +271,7 @@ class Processor:
         for f, source in arrived:
             self.cache[f].src_arrival[source] = now
         # the partition offset marks dead letters as published: only the worker that publishes them may set it
-        await self._commit(applied, min_ts, part_off if dead_letters else {})
+        await self._commit(applied, min_ts, part_off if dead_letters and not skipped else {})
         self.stats.messages += len(messages)
         self.stats.events += len(batch) - sum(d["reason"] == "processing_error" for d in out.dead_letters)
         self.stats.batches += 1
@@ -227,7 +286,12 @@ class Processor:
         propagate to the caller's retry."""
         for m in messages:
             try:
-                await self._process_once([m], owns, dead_letters)
+                while True:
+                    try:
+                        await self._process_once([m], owns, dead_letters)
+                        break
+                    except _Fenced:
+                        continue
             except _EngineFailure as e:
                 self.forget(set(self.cache))
                 log.error("message %s@%d makes the engine fail (%s); dead-lettered", m.tp, m.offset, e.__cause__)
@@ -258,10 +322,15 @@ class Processor:
         if not missing:
             return
         with self._redis_timer("load"):
-            records = await self.store.load(missing)
+            records = await self.store.load(missing, self.epoch or None)
         now = self.clock()
         for f in missing:
             rec = records[f]
+            if not rec.claimed:  # a worker with a newer epoch owns it: this one lost its partition
+                self.stats.fenced += 1
+                self.fenced.add(f)
+                log.warning("state of %s is owned by a newer worker; skipping its events", f)
+                continue
             if rec.core is not None:
                 self.engine.features[f] = FeatureState.from_parts(rec.core, rec.buckets, self.engine.plan, self.key)
                 if any(v[:1] == b"{" for v in rec.buckets.values()):  # JSON of an earlier version: migrate it all
@@ -316,6 +385,7 @@ class Processor:
             summary=orjson.dumps(summary_of(eng, f, fs)),
             offsets=offsets,
             version=c.version,
+            epoch=self.epoch or 0,
             changed=changed,
             deleted=deleted,
         )
@@ -332,7 +402,19 @@ class Processor:
         # decisions: published again, identical, if a crash re-runs their batch
         recs += [(t.deadletter, _dead_key(d), orjson.dumps(d)) for d in dead + out.dead_letters]
         if recs:
-            await self.publisher.publish(recs)
+            key = self.engine.config.signing_key
+            if out.commands and key is not None and getattr(self.publisher, "carries_headers", False):
+                # the emission time, signed apart from the command (which replay reproduces byte for byte): lets an
+                # actuator tell a command decided late (backlog) from an old one re-sent (rules.verify)
+                now_ms = int(self.clock() * 1000)
+                first = len(out.decisions)
+                headers: list = [None] * len(recs)
+                for i, c in enumerate(out.commands):
+                    if "signature" in c:
+                        headers[first + i] = emission_headers(c, now_ms, key)
+                await self.publisher.publish(recs, headers=headers)
+            else:
+                await self.publisher.publish(recs)
             for topic, _, _ in recs:
                 self.stats.published[topic] = self.stats.published.get(topic, 0) + 1
             if self.metrics is not None:
@@ -382,6 +464,8 @@ class Processor:
             now = self.clock()
             eng = self.engine
             out = Outputs()
+            if self.epoch is None:  # no epoch since the last assignment yet: the next batch takes one
+                return 0
             touched: dict[str, dict[str, int]] = {}
             for f, c in sorted(self.cache.items()):
                 fs = eng.features.get(f)
@@ -409,6 +493,9 @@ class Processor:
             # held events the advance made plausible were applied: their buckets changed
             since = {f: eng.features[f].applied_min for f in touched if eng.features[f].applied_min is not None}
             try:
+                if await self._claim(sorted(touched)):  # a zombie's idle timer: publish nothing, reload later
+                    self.forget(set(touched))
+                    return 0
                 await self._publish(out, [])
                 await self._commit(touched, since, {})
             except Exception as e:  # noqa: BLE001 - the next tick recomputes from Redis
@@ -419,8 +506,20 @@ class Processor:
 
     # --- control ------------------------------------------------------------------------------------------------
 
+    async def refuse_control(self, m: Message, payload: dict, reason: str, detail: str) -> None:
+        """Dead-letter a control the shell refused before the engine (a reload that is not signed as it must be)."""
+        err = InvalidEvent(reason, detail)
+        err.payload = payload  # type: ignore[attr-defined]  # redacted by _dead_letter
+        async with self.lock:
+            await self._publish(Outputs(), [self._dead_letter(m, err)])
+            self.stats.invalid[reason] = self.stats.invalid.get(reason, 0) + 1
+
     async def reload(self, rulesets: tuple) -> None:
         async with self.lock:
+            if self.epoch is None:
+                self.forget(set(self.cache))  # reloaded from Redis, under the new plan, by the next batch
+            elif lost := await self._claim(sorted(self.cache)):
+                self.forget(set(lost))
             out = self.engine.reload(rulesets)
             self.full_rewrite |= set(self.cache)
             if out:

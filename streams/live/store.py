@@ -16,8 +16,15 @@ feature lives in one slot and one Lua script can update them together):
 
 A batch's write has three steps, in this order: the breaker fields (and the features set); a Lua script per touched
 feature that writes core, changed buckets, deleted buckets and offsets, refusing the write unless the feature's
-stored version (``ver``, +1 per write) is the one this worker loaded or last wrote — a worker that lost the feature
-to another is fenced, whatever it writes (events, idle advances, reloads); then the partition offsets. The order makes every
+stored version (``ver``, +1 per write) is the one this worker loaded or last wrote and no worker with a newer
+epoch (``owner``) claimed it — a worker that lost the feature to another is fenced, whatever it writes (events,
+idle advances, reloads); then the partition offsets.
+
+Before that write, and before publishing anything, the processor *claims* the features whose outputs it is about
+to publish (``claim``: the same version and epoch checks, one round trip, ``_CLAIM``), and it claims each feature
+when it loads it. A worker takes a new epoch (``INCR ns:epoch``) at every partition assignment, so a worker that
+was paused while its partitions moved (a zombie) holds an older epoch than their new owner and publishes nothing
+for them when it wakes. ``ns:{f:FEATURE}:core`` has the field ``owner`` (the epoch of the last claim). The order makes every
 prefix of the write safe: a kill recorded in the breaker is recognised by its id when the batch is re-processed, and
 the partition offsets (a lower bound) come last. Recovery after a crash anywhere is exact: events at or below a
 feature's stored offset are skipped, the rest are applied once.
@@ -45,14 +52,19 @@ __all__ = ["RedisStore", "StoreError", "FeatureRecord", "FeatureWrite", "EVICTIO
 
 EVICTION_SAFE = ("noeviction",)
 
-# KEYS: core, buckets.  ARGV: expected version, n_offsets, (field, offset)*, state, summary, updated_ms,
+# KEYS: core, buckets.  ARGV: expected version, epoch, n_offsets, (field, offset)*, state, summary, updated_ms,
 # n_set, (field, value)*, n_del, field*.  Returns 1 when written, 0 when fenced: the stored version is not the one
-# this worker loaded or last wrote, i.e. another worker wrote the feature since (this one is stale).
+# this worker loaded or last wrote, i.e. another worker wrote the feature since (this one is stale), or a worker
+# with a newer epoch (a later partition assignment) claimed the feature.
 _COMMIT = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'ver') or '0')
 if cur ~= tonumber(ARGV[1]) then return 0 end
-local i = 3
-local n = tonumber(ARGV[2])
+local owner = tonumber(redis.call('HGET', KEYS[1], 'owner') or '0')
+local e = tonumber(ARGV[2])
+if owner > e then return 0 end
+if owner < e then redis.call('HSET', KEYS[1], 'owner', e) end
+local i = 4
+local n = tonumber(ARGV[3])
 for _ = 1, n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -71,6 +83,24 @@ for _ = 1, ndel do
   redis.call('HDEL', KEYS[2], ARGV[i])
   i = i + 1
 end
+return 1
+"""
+
+
+# The claim before publishing. KEYS: core.  ARGV: epoch, expected version ('' at load: no version yet).  Returns 1
+# when this worker may go on with the feature — no newer epoch owns it and (unless '') its version is the one this
+# worker holds — and records the epoch as the owner; 0 when fenced. At load a feature without state is not
+# created (its first publish claims it).
+_CLAIM = """
+if ARGV[2] == '' and redis.call('EXISTS', KEYS[1]) == 0 then return 1 end
+local owner = tonumber(redis.call('HGET', KEYS[1], 'owner') or '0')
+local e = tonumber(ARGV[1])
+if owner > e then return 0 end
+if ARGV[2] ~= '' then
+  local cur = tonumber(redis.call('HGET', KEYS[1], 'ver') or '0')
+  if cur ~= tonumber(ARGV[2]) then return 0 end
+end
+if owner < e then redis.call('HSET', KEYS[1], 'owner', e) end
 return 1
 """
 
@@ -110,6 +140,7 @@ class FeatureRecord:
     buckets: dict[str, bytes]  # field -> stored value, decoded by FeatureState.from_parts (Bucket.decode)
     offsets: dict[str, int]  # "topic:partition" -> highest offset applied
     version: int = 0  # incremented by every write; a write must name the version it read
+    claimed: bool = True  # False: a worker with a newer epoch owns the feature (``load(..., epoch=)``)
 
 
 @dataclass
@@ -119,6 +150,7 @@ class FeatureWrite:
     summary: bytes
     offsets: dict[str, int]
     version: int = 0  # the stored version this worker loaded or last wrote (the fence)
+    epoch: int = 0  # the writer's epoch (``RedisStore.new_epoch``); 0: no epoch fencing
     changed: dict[str, bytes] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
 
@@ -133,6 +165,7 @@ class RedisStore:
         self.cluster = _is_cluster(client)
         # cluster pipelines refuse EVALSHA (no script preloading per node): they send the script with EVAL
         self._commit = None if self.cluster else client.register_script(_COMMIT)
+        self._claim = None if self.cluster else client.register_script(_CLAIM)
 
     # --- keys ---------------------------------------------------------------------------------------------------
 
@@ -152,6 +185,10 @@ class RedisStore:
     @property
     def features_key(self) -> str:
         return f"{self.ns}:features"
+
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.ns}:epoch"
 
     # --- checks -------------------------------------------------------------------------------------------------
 
@@ -201,21 +238,48 @@ class RedisStore:
 
     # --- reads --------------------------------------------------------------------------------------------------
 
-    async def load(self, features: list[str]) -> dict[str, FeatureRecord]:
-        """The stored records of ``features``, in one round trip (the breaker: ``load_breaker``)."""
+    async def load(self, features: list[str], epoch: int | None = None) -> dict[str, FeatureRecord]:
+        """The stored records of ``features``, in one round trip (the breaker: ``load_breaker``). With ``epoch``
+        each feature is claimed first, in the same round trip (``FeatureRecord.claimed``)."""
         pipe = self.r.pipeline(transaction=False)
+        per = 2 if epoch is None else 3
         for f in features:
+            if epoch is not None:
+                await self._queue_claim(pipe, f, epoch, "")
             pipe.hgetall(self.core_key(f))
             pipe.hgetall(self.buckets_key(f))
         res = await pipe.execute()
         out: dict[str, FeatureRecord] = {}
         for i, f in enumerate(features):
-            core, buckets = res[2 * i], res[2 * i + 1]
+            core, buckets = res[per * i + per - 2], res[per * i + per - 1]
             offsets = {k[4:].decode(): int(v) for k, v in core.items() if k.startswith(b"off:")}
             state = orjson.loads(core[b"state"]) if b"state" in core else None
             out[f] = FeatureRecord(state, {k.decode(): v for k, v in buckets.items()}, offsets,
-                                   int(core.get(b"ver", 0)))  # fmt: skip
+                                   int(core.get(b"ver", 0)), claimed=epoch is None or bool(res[per * i]))  # fmt: skip
         return out
+
+    async def new_epoch(self) -> int:
+        """A number greater than every epoch handed out before: a worker takes one per partition assignment, so a
+        worker that lost its partitions (a zombie) holds an older one than their new owner."""
+        return int(await self.r.incr(self.epoch_key))
+
+    async def claim(self, versions: dict[str, int], epoch: int) -> dict[str, bool]:
+        """Claim ``features`` (feature -> the version this worker holds) for ``epoch`` before publishing their
+        outputs, in one round trip: feature -> True when this worker still owns it (see ``_CLAIM``)."""
+        if not versions:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        names = sorted(versions)
+        for f in names:
+            await self._queue_claim(pipe, f, epoch, str(versions[f]))
+        return {f: bool(r) for f, r in zip(names, await pipe.execute())}
+
+    async def _queue_claim(self, pipe: Any, feature: str, epoch: int, version: str) -> None:
+        keys, args = [self.core_key(feature)], [epoch, version]
+        if self._claim is None:
+            pipe.eval(_CLAIM, 1, *keys, *args)
+        else:
+            await self._claim(keys=keys, args=args, client=pipe)
 
     async def load_breaker(self) -> BreakerState:
         return self._breaker(await self.r.hgetall(self.breaker_key))
@@ -295,7 +359,7 @@ class RedisStore:
 
     @staticmethod
     def _commit_args(w: FeatureWrite, now: str) -> list[Any]:
-        args: list[Any] = [w.version, len(w.offsets)]
+        args: list[Any] = [w.version, w.epoch, len(w.offsets)]
         for tp, off in sorted(w.offsets.items()):
             args += [f"off:{tp}", off]
         args += [w.core, w.summary, now, len(w.changed)]

@@ -14,9 +14,10 @@ __all__ = ["run_worker", "preflight", "faust_worker"]
 
 
 def preflight(settings: Settings, create_topics: bool = True) -> Settings:
-    """Fail fast with a clear message: Redis must not evict, the input topics must exist and be co-partitioned.
+    """Fail fast with a clear message: Redis must not evict (nor, in the production profile, serve connections without
+    credentials), the input topics must exist and be co-partitioned.
     Returns the settings with ``partitions`` set to the input topics' actual count."""
-    from streams.security import kafka_python_config, redis_kwargs
+    from streams.security import kafka_python_config, redis_default_user_open, redis_kwargs
     from streams.live.store import RedisStore, StoreError, redis_client
 
     from kafka.errors import KafkaError
@@ -28,6 +29,11 @@ def preflight(settings: Settings, create_topics: bool = True) -> Settings:
             await RedisStore(r, settings.state_namespace).check()
         finally:
             await r.aclose()
+        if settings.profile == "production" and await redis_default_user_open(settings):
+            raise StoreError("the production profile refuses a Redis that serves unauthenticated connections (its "
+                             "'default' user is enabled): anyone who reaches it could rewrite rollguard's state and "
+                             "latches — run ACL SETUSER default off (after creating rollguard's own ACL user; see "
+                             "docs/deploy.md)")  # fmt: skip
 
     try:
         asyncio.run(check())

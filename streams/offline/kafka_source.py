@@ -51,6 +51,7 @@ class KafkaMessage(NamedTuple):
     offset: int
     timestamp_ms: int
     value: bytes
+    headers: tuple = ()  # [(name, bytes), ...]: e.g. a command's signed emission time (rules.verify)
 
 
 class KafkaSource:
@@ -184,7 +185,8 @@ class KafkaSource:
                     buf = buffers[tp]
                     for r in records:
                         if r.offset < stop:
-                            buf.append(KafkaMessage(r.topic, r.partition, r.offset, r.timestamp, r.value or b""))
+                            buf.append(KafkaMessage(r.topic, r.partition, r.offset, r.timestamp, r.value or b"",
+                                                    tuple(r.headers or ())))
                     got = got or bool(records)
                 for tp in list(starving):
                     if buffers[tp]:
@@ -264,8 +266,10 @@ def source_from_args(args: argparse.Namespace, default_prefix: str = "") -> Kafk
     topics = Topics(prefix=default_prefix if args.topic_prefix is None else args.topic_prefix)
     from streams.security import kafka_python_config
 
-    return KafkaSource(bootstrap, [*topics.inputs(), topics.control], since_ms=args.since, until_ms=args.until,
-                       consumer_config=kafka_python_config())  # fmt: skip
+    src = KafkaSource(bootstrap, [*topics.inputs(), topics.control], since_ms=args.since, until_ms=args.until,
+                      consumer_config=kafka_python_config())  # fmt: skip
+    src.control_topic = topics.control  # replay refuses controls read from any other topic, as the worker does
+    return src
 
 
 def _is_reload(value: bytes) -> bool:

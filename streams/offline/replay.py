@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, Protocol
 
 import orjson
 
+from rules.control_auth import CONTROL_REASONS, is_control, misplaced
 from rules.engine import Engine, EngineConfig, Outputs
 from rules.events import EventParser, InvalidEvent, Pseudonymizer, redact
 from rules.model import RuleSet
@@ -170,13 +171,16 @@ def replay(
     since_ms: int | None = None,
     until_ms: int | None = None,
     charts: str = "none",
+    operator_keys: dict[str, bytes] | None = None,
 ) -> ReplayResult:
     """Replay ``event_paths`` (JSONL files) or ``source`` (e.g. :class:`streams.offline.kafka_source.KafkaSource`) into
     ``out_dir``. Events whose event time is outside [``since_ms``, ``until_ms``) (default: the source's own
     ``since_ms`` / ``until_ms`` attributes, if any) are skipped and counted in ``ReplayResult.outside_window``;
     invalid input is dead-lettered whatever its time. ``charts`` (``active``, ``all`` or ``none``, see
     :mod:`streams.offline.charts`) adds PNGs under ``out_dir/charts/`` and a Charts section to the report; the series
-    are collected by an engine observer, which decides nothing."""
+    are collected by an engine observer, which decides nothing. ``operator_keys`` (``ROLLGUARD_OPERATOR_KEYS``):
+    controls must be signed by one of them, as live (:mod:`rules.control_auth`); None accepts every control
+    unchecked."""
     if (source is None) == (event_paths is None):
         raise ValueError("replay needs exactly one of event_paths and source")
     if charts not in CHART_MODES:
@@ -188,7 +192,8 @@ def replay(
     lo = -1 if since_ms is None else since_ms  # event times are >= 0 (parse_ts)
     hi = _NO_END if until_ms is None else until_ms
     out = Path(out_dir)
-    parser = EventParser(Pseudonymizer(user_key))
+    parser = EventParser(Pseudonymizer(user_key), operator_keys)
+    control_topic = getattr(src, "control_topic", None)  # --from-kafka: controls only from the control topic
     sides = (rulesets,) + ((compare,) if compare is not None else ())
     collectors = [SeriesCollector() for _ in sides] if charts != "none" else []
     engines = [Engine(rs, config, observer=collectors[i] if collectors else None) for i, rs in enumerate(sides)]
@@ -200,6 +205,10 @@ def replay(
 
     def emit(i: int, outputs: Outputs) -> None:
         sinks[i].outputs(outputs)
+        if i == 0:  # controls the engine refused (rules.control_auth: replayed, stale) count as invalid input
+            for d in outputs.dead_letters:
+                if d["reason"] in CONTROL_REASONS:
+                    result.invalid[d["reason"]] = result.invalid.get(d["reason"], 0) + 1
         if collectors:  # what each firing became (inhibited, held): the charts' list says so
             collectors[i].note_decisions(outputs.decisions)
 
@@ -212,7 +221,10 @@ def replay(
 
     try:
         for origin, payload in src:
+            misplaced = control_topic is not None and origin.get("topic") != control_topic
             for item in parser.parse_message(payload):
+                if misplaced and is_control(item):
+                    item = misplaced(item)
                 if isinstance(item, InvalidEvent):
                     result.events_read += 1
                     result.invalid[item.reason] = result.invalid.get(item.reason, 0) + 1
@@ -228,8 +240,7 @@ def replay(
                     )
                 elif lo <= item.ts < hi:
                     result.events_read += 1
-                    if item.type != "control":  # a held event names its line if it is quarantined later
-                        item.origin = origin
+                    item.origin = origin  # a held event or a refused control names its line
                     batch.append(item)
                 else:
                     result.outside_window += 1
