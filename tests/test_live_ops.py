@@ -330,8 +330,6 @@ def test_rules_reload_control_message(stack, topic_prefix, tmp_path, cli):
 def test_dead_letters_are_located_redacted_and_do_not_stop_valid_events(stack, topic_prefix, tmp_path, cli):
     topics = setup_topics(stack, topic_prefix)
     rules = rules_dir(tmp_path, rule_yaml())
-    # producer clocks are not judged here (tests/test_clock*.py do): two events in one envelope cannot confirm a
-    # feature's first event time, and this test is about dead letters next to valid events being applied
     worker = LiveWorker(stack, topics, tmp_path / "worker.log", rules=json.dumps([str(rules)]))
     f = "dead-letters"
     secret = "please summarise my divorce papers"
