@@ -13,6 +13,7 @@ kafka_security_protocol
 redis_url
 redis_password
 signing_key
+operator_keys
 user_key
 """
 

@@ -189,6 +189,8 @@ def reference(data):
     except orjson.JSONDecodeError as e:
         return [canon(("invalid_json", _json_error_detail(e), None))]
     items = obj if type(obj) is list else [obj]
+    if not items:  # an envelope of nothing is said, never silent (issue 12)
+        return [canon(("empty_envelope", "a batch envelope with no events ([])", obj))]
     out = []
     for i, item in enumerate(items):
         where = f"[{i}] " if type(obj) is list else ""

@@ -265,14 +265,30 @@ class RedisStore:
 
     async def claim(self, versions: dict[str, int], epoch: int) -> dict[str, bool]:
         """Claim ``features`` (feature -> the version this worker holds) for ``epoch`` before publishing their
-        outputs, in one round trip: feature -> True when this worker still owns it (see ``_CLAIM``)."""
+        outputs: feature -> True when this worker still owns it (see ``_CLAIM``). One round trip (a read) for the
+        features this epoch already owns, one more (the script) for the others."""
         if not versions:
             return {}
-        pipe = self.r.pipeline(transaction=False)
         names = sorted(versions)
+        # a feature this epoch already owns needs no write to stay claimed: reading owner and version is the same
+        # check (and, unlike any script, still answers while Redis refuses writes: the batch is published and
+        # waits at its state write, as before fencing). Only a first claim in this epoch runs the writing script.
+        pipe = self.r.pipeline(transaction=False)
         for f in names:
-            await self._queue_claim(pipe, f, epoch, str(versions[f]))
-        return {f: bool(r) for f, r in zip(names, await pipe.execute())}
+            pipe.hmget(self.core_key(f), "owner", "ver")
+        out: dict[str, bool] = {}
+        first: list[str] = []
+        for f, (owner, ver) in zip(names, await pipe.execute()):
+            if owner is not None and int(owner) == epoch:
+                out[f] = int(ver or 0) == versions[f]
+            else:
+                first.append(f)
+        if first:
+            pipe = self.r.pipeline(transaction=False)
+            for f in first:
+                await self._queue_claim(pipe, f, epoch, str(versions[f]))
+            out.update({f: bool(r) for f, r in zip(first, await pipe.execute())})
+        return out
 
     async def _queue_claim(self, pipe: Any, feature: str, epoch: int, version: str) -> None:
         keys, args = [self.core_key(feature)], [epoch, version]
