@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -42,16 +43,17 @@ class StartupTimeout(RollguardError):
 
 
 def retry_until(attempt: Callable[[], T], timeout_s: float, backoff: Backoff | None = None,
-                sleep: Callable[[float], None] = time.sleep,
-                clock: Callable[[], float] = time.monotonic) -> T:  # fmt: skip
+                sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                on_first_wait: Callable[[], None] | None = None) -> T:  # fmt: skip
     """``attempt()`` until it returns, retrying ``KafkaUnavailable``/``RedisUnavailable`` with ``backoff`` for at
-    most ``timeout_s`` seconds (0: for ever); any other exception propagates at once.
+    most ``timeout_s`` seconds (0: for ever); any other exception propagates at once. ``on_first_wait`` runs once,
+    before the first wait (a start-up that finds everything up does nothing more than one attempt).
 
     >>> calls = []
     >>> def flaky():
     ...     calls.append(1)
     ...     if len(calls) < 3:
-    ...         raise KafkaUnavailable("cannot use Kafka at k:9092: NoBrokersAvailable")
+    ...         raise KafkaUnavailable("cannot use Kafka at k:9092: KafkaTimeoutError")
     ...     return "ok"
     >>> waits = []
     >>> retry_until(flaky, 60, Backoff(0.5, 4.0), sleep=waits.append), waits
@@ -75,6 +77,8 @@ def retry_until(attempt: Callable[[], T], timeout_s: float, backoff: Backoff | N
                 delay = max(0.0, min(delay, timeout_s - waited))
             log.warning("start-up attempt %d: %s; retrying in %.1fs (waited %.0fs%s)", n, e, delay, waited,
                         f" of {timeout_s:g}s" if timeout_s else ", no limit")  # fmt: skip
+            if n == 1 and on_first_wait is not None:
+                on_first_wait()
             sleep(delay)
             continue
         if n > 1:
@@ -83,28 +87,62 @@ def retry_until(attempt: Callable[[], T], timeout_s: float, backoff: Backoff | N
 
 
 def wait_for_dependencies(settings: Settings, attempt: Callable[[], T]) -> T:
-    """``retry_until(attempt, ROLLGUARD_STARTUP_TIMEOUT)`` with the probes served meanwhile (``/healthz`` alive,
-    ``/ready`` not ready) when the worker has a metrics port."""
+    """``retry_until(attempt, ROLLGUARD_STARTUP_TIMEOUT)``, serving the probes (``/healthz`` alive, ``/ready`` not
+    ready) from the first failed attempt until the last, when the worker has a metrics port."""
     timeout_s = parse_duration(settings.startup_timeout) / 1000
-    if not settings.metrics_port:
-        return retry_until(attempt, timeout_s)
-    return asyncio.run(_with_probes(settings, lambda: retry_until(attempt, timeout_s)))
-
-
-async def _with_probes(settings: Settings, work: Callable[[], T]) -> T:
-    from aiohttp import web
-
-    from streams.metrics_server import metrics_app
-
-    runner = web.AppRunner(metrics_app(lambda: b"", lambda: False), access_log=None)
-    await runner.setup()
+    probes = _Probes(settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
     try:
-        try:
-            await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
-        except OSError as e:  # as the worker's own endpoint: the monitor matters more than its probes
-            log.error("start-up probes disabled: cannot listen on %s:%d (%s)", settings.metrics_host,
-                      settings.metrics_port, e)  # fmt: skip
-        # the checks block (kafka-python, their own event loop): a thread, so this loop keeps answering the probes
-        return await asyncio.get_running_loop().run_in_executor(None, work)
+        return retry_until(attempt, timeout_s, on_first_wait=probes.start if probes else None)
     finally:
-        await runner.cleanup()
+        if probes is not None:
+            probes.stop()
+
+
+class _Probes:
+    """``/healthz`` 200, ``/ready`` 503 and an empty ``/metrics`` on the worker's port, from a thread of its own
+    (the checks block); stopped before the Faust app binds the same port for the real endpoint."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(started,), name="rollguard-startup-probes",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+        started.wait(10)
+
+    def _run(self, started: threading.Event) -> None:
+        from aiohttp import web
+
+        from streams.metrics_server import metrics_app
+
+        loop = self._loop = asyncio.new_event_loop()
+        runner = web.AppRunner(metrics_app(lambda: b"", lambda: False), access_log=None)
+        try:
+            loop.run_until_complete(runner.setup())
+            try:
+                loop.run_until_complete(web.TCPSite(runner, self.host, self.port).start())
+                log.info("start-up probes on %s:%d: /healthz alive, /ready not ready", self.host, self.port)
+            except OSError as e:  # as the worker's own endpoint: the monitor matters more than its probes
+                log.error("start-up probes disabled: cannot listen on %s:%d (%s)", self.host, self.port, e)
+            started.set()
+            loop.run_forever()  # until stop()
+            loop.run_until_complete(runner.cleanup())
+        finally:
+            started.set()
+            loop.close()
+            self._stopped.set()
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        except RuntimeError:  # the loop already closed (it failed to set up)
+            pass
+        self._stopped.wait(10)
+        self._thread.join(10)
