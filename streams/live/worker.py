@@ -24,6 +24,8 @@ def preflight(settings: Settings, create_topics: bool = True) -> Settings:
 
     from kafka.errors import KafkaConnectionError, KafkaError
     from redis.exceptions import AuthenticationError, RedisError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     async def check() -> None:
         r = redis_client(settings.redis_url, settings.redis_cluster, **redis_kwargs(settings))
@@ -41,8 +43,10 @@ def preflight(settings: Settings, create_topics: bool = True) -> Settings:
         asyncio.run(check())
     except AuthenticationError as e:  # a RedisError (a ConnectionError even), but a configuration error
         raise StoreError(f"Redis at {redacted_url(settings.redis_url)} refused rollguard's credentials: {e}") from e
-    except (RedisError, OSError) as e:
+    except (RedisConnectionError, RedisTimeoutError, OSError) as e:
         raise RedisUnavailable(f"cannot reach Redis at {redacted_url(settings.redis_url)}: {e}") from e
+    except RedisError as e:  # an answer, not an outage (e.g. a command the ACL user may not run)
+        raise StoreError(f"Redis at {redacted_url(settings.redis_url)} refused a start-up check: {e}") from e
     topics = Topics(settings.topic_prefix)
     try:
         if create_topics:
