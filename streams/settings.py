@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     idle_after: str | None = Field("2m", description="advance an idle feature's watermark after this wall time")
     session_timeout_s: float = Field(10.0, gt=1, le=300, description="Kafka group session/rebalance timeout")
     rules_poll: str = Field("5s", description="how often the rules folder is checked for changes")
+    startup_timeout: str = Field(
+        "5m", description="how long the worker waits for an unreachable Kafka or Redis at start-up before it gives "
+        "up (exit 2); 0 = wait for ever")
 
     # --- transport security (see streams/security.py, docs/security.md) --------------------------------------
     profile: Literal["dev", "production"] = Field(
@@ -119,7 +122,7 @@ class Settings(BaseSettings):
     pager_in_worker: bool = Field(False, description="run the pager inside each worker process instead")
 
     @field_validator("allowed_lateness", "batch_within", "rules_poll", "pager_backoff", "pager_backoff_max",
-                     "pager_alert_ttl")
+                     "pager_alert_ttl", "startup_timeout")
     @classmethod
     def _duration(cls, v: str) -> str:
         _check_duration(v)

@@ -13,6 +13,8 @@ NOWHERE = "127.0.0.1:1"
 def env(monkeypatch):
     for k in ("KAFKA_BOOTSTRAP", "REDIS_URL", "TOPIC_PREFIX", "RULES"):
         monkeypatch.delenv(f"ROLLGUARD_{k}", raising=False)
+    monkeypatch.setenv("ROLLGUARD_STARTUP_TIMEOUT", "1s")  # an unreachable broker or Redis: give up soon
+    monkeypatch.setenv("ROLLGUARD_METRICS_PORT", "0")
     return monkeypatch
 
 

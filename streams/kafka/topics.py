@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from rules.exceptions import RollguardError
 
-__all__ = ["Topics", "ensure_topics", "input_partitions", "TopicsError"]
+__all__ = ["Topics", "ensure_topics", "input_partitions", "TopicsError", "KafkaUnavailable"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +107,7 @@ def input_partitions(bootstrap: str, topics: Topics, **client: object) -> int:
 
 class TopicsError(RollguardError):
     """The Kafka topics are missing or inconsistent."""
+
+
+class KafkaUnavailable(TopicsError):
+    """The broker cannot be reached (an outage, not a configuration error: the worker waits for it at start-up)."""

@@ -48,7 +48,8 @@ import orjson
 from rules.exceptions import RollguardError
 from rules.state import BreakerState
 
-__all__ = ["RedisStore", "StoreError", "FeatureRecord", "FeatureWrite", "EVICTION_SAFE", "redis_client"]
+__all__ = ["RedisStore", "StoreError", "FeatureRecord", "FeatureWrite", "EVICTION_SAFE", "redis_client",
+           "RedisUnavailable"]
 
 EVICTION_SAFE = ("noeviction",)
 
@@ -107,6 +108,10 @@ return 1
 
 class StoreError(RollguardError):
     """Redis is unusable for rollguard state (e.g. it may evict keys)."""
+
+
+class RedisUnavailable(StoreError):
+    """Redis cannot be reached (an outage, not a configuration error: the worker waits for it at start-up)."""
 
 
 def redis_client(url: str, cluster: bool = False, **kwargs: Any) -> Any:
@@ -195,6 +200,7 @@ class RedisStore:
     async def check(self) -> None:
         """Refuse a Redis that may evict keys: losing state silently would lose or double-count events. On a
         cluster every node is checked (any of them may hold, or after a failover serve, a feature's keys)."""
+        from redis.exceptions import AuthenticationError
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -203,7 +209,7 @@ class RedisStore:
             try:
                 await self.r.initialize()
             except Exception as e:  # noqa: BLE001 - RedisClusterException is no RedisError
-                raise StoreError(f"cannot reach the Redis cluster: {e}") from e
+                raise RedisUnavailable(f"cannot reach the Redis cluster: {e}") from e
             nodes = self.r.get_nodes()
         for node in nodes:
             where = "Redis" if node is None else f"Redis node {node.name}"
@@ -211,8 +217,10 @@ class RedisStore:
                 cfg = await (self.r.config_get("maxmemory-policy") if node is None
                              else self.r.config_get("maxmemory-policy", target_nodes=node))  # fmt: skip
                 policy = {_str(k): _str(v) for k, v in cfg.items()}.get("maxmemory-policy", "")
+            except AuthenticationError as e:  # a ConnectionError, but a configuration error: not waited for
+                raise StoreError(f"{where} refused rollguard's credentials: {e}") from e
             except (RedisConnectionError, RedisTimeoutError) as e:
-                raise StoreError(f"cannot reach {where}: {e}") from e
+                raise RedisUnavailable(f"cannot reach {where}: {e}") from e
             except Exception as e:  # noqa: BLE001 - managed Redis may forbid CONFIG; say what to do
                 raise StoreError(
                     f"cannot read {where} maxmemory-policy ({e}); rollguard needs 'noeviction' — set it, or allow "
