@@ -27,13 +27,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from detectors import make_detector
-from rules.aggregate import contributions
+from rules.batch import apply_pending, finest_every
 from rules.clock import ClockConfig, ClockGuard, StreamClock, approx_duration
 from rules.evaluation import Evaluation, WindowCache, evaluate_metric
 from rules.events import Control, Event
 from rules.lifecycle import Instance, advance
-from rules.metrics import signal_value
 from rules.model import RuleSet
 from rules.outputs import SEVERITY, iso, stable_id
 from rules.plan import BoundRule, FeaturePlan, Plan
@@ -41,7 +39,6 @@ from rules.policy import HOUR_MS, Outputs, Policy
 from rules.reload import migrate
 from rules.seal import Sealer
 from rules.state import BreakerState, FeatureState
-from rules.windows import SeriesBuckets
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "Observation", "Outputs"]
 
@@ -124,6 +121,9 @@ class Engine:
         self.breaker = BreakerState()
         self.stats = EngineStats()
         skew = self.config.max_clock_skew_ms
+        # events applied to windows and detectors in runs (rules.batch), per feature, before anything reads them
+        self._pending: dict[str, list] = {}
+        self._fine = finest_every(self.plan)
         self.guard = None if skew is None else ClockGuard(
             ClockConfig(skew, self.config.clock_quorum, self.config.clock_min_span_ms))
 
@@ -158,7 +158,18 @@ class Engine:
                 guard.admit(sc, ev, *self._clock_hooks(out, fs, ev.feature, ev.type, ev))
             if fs.clocks:
                 self._settle_clocks(out, fs, ev.feature)
+        self._flush_all()
         return self.sealer.seal(out, features)
+
+    def _flush(self, feature: str) -> None:
+        """Apply the feature's pending events to its windows and detectors (rules.batch)."""
+        pending = self._pending.pop(feature, None)
+        if pending:
+            apply_pending(self.plan, self._fine, feature, self.features[feature], pending)
+
+    def _flush_all(self) -> None:
+        for feature in list(self._pending):
+            self._flush(feature)
 
     def _settle_clocks(self, out: Outputs, fs: FeatureState, feature: str) -> None:
         """The feature's time may have moved: release what any of its streams held and can now trust; forget
@@ -170,8 +181,11 @@ class Engine:
         for src in [s for s, sc in fs.clocks.items() if not sc]:
             del fs.clocks[src]
 
-    def _ingest(self, out: Outputs, fs: FeatureState, ev: Event) -> None:
-        """Apply one event whose time is trusted: late and duplicate checks, windows, detectors, watermark."""
+    def _ingest(self, out: Outputs, fs: FeatureState, ev: Event, defer: bool = True) -> None:
+        """Apply one event whose time is trusted: late and duplicate checks, windows, detectors, watermark.
+
+        Windows and detectors get the event in a run with the feature's other pending events (rules.batch), unless
+        ``defer`` is False: then at once, so that an error in applying it is raised here."""
         stats = self.stats
         ts = ev.ts
         src = ev.type
@@ -198,10 +212,13 @@ class Engine:
             self._start_clocks(fs, ev.feature)
         if not fp.metric_rules and not fp.drift_rules:
             stats.unmatched += 1
-        if fp.stores:
-            self._add(fs, fp, ev)
-        if fp.drift_rules:
-            self._update_detectors(fs, fp, ev)
+        if fp.stores or fp.drift_rules:
+            pending = self._pending.get(ev.feature)
+            if pending is None:
+                pending = self._pending[ev.feature] = []
+            pending.append((fp, ev))
+            if not defer:
+                self._flush(ev.feature)
         if fs.max_ts is None or ts > fs.max_ts:
             fs.max_ts = ts
             if fs.skew is not None and ts // HOUR_MS != fs.skew[0]:
@@ -222,8 +239,9 @@ class Engine:
             if e is current:
                 self._ingest(out, fs, e)  # a failure is its message's: the shell isolates and dead-letters it
                 return
+            self._flush(feature)
             try:  # an event held since an earlier message: that message is long acknowledged, so dead-letter here
-                self._ingest(out, fs, e)
+                self._ingest(out, fs, e, defer=False)
             except Exception as exc:  # noqa: BLE001 - a bug on one event must not stick in the held state
                 out.dead_letters.append({"reason": "processing_error",
                                          "detail": f"{type(exc).__name__} while applying this event (held since it came)",
@@ -355,6 +373,7 @@ class Engine:
 
     def finish(self) -> Outputs:
         """End of a finite input: evaluate every instant up to each feature's last event time."""
+        self._flush_all()
         out = Outputs()
         for feature in sorted(self.features):
             fs = self.features[feature]
@@ -369,6 +388,7 @@ class Engine:
             if fs.max_ts is not None:
                 self._start_clocks(fs, feature, force=True)
                 self._evaluate_until(out, feature, fs, fs.max_ts)
+        self._flush_all()
         return self.sealer.seal(out, self.features)
 
     def advance_idle(self, feature: str, source: str, ts: int) -> Outputs:
@@ -393,15 +413,18 @@ class Engine:
         mark = iso(wm) if wm is not None else None
         for d in out.decisions:
             d["idle_watermark"] = mark
+        self._flush_all()
         return self.sealer.seal(out, self.features)
 
     def reload(self, rulesets: tuple[RuleSet, ...]) -> Outputs:
         """Swap in new rule sets, keeping the state that still means the same thing (see ``rules.reload``)."""
+        self._flush_all()
         old, new = self.plan, Plan(tuple(rulesets))
         out = Outputs()
         for feature in sorted(self.features):
             migrate(self.features[feature], feature, old, new, out)
         self.plan = new
+        self._fine = finest_every(new)
         return self.sealer.seal(out, self.features)
 
     # --- ingest ------------------------------------------------------------------------------------------------
@@ -424,49 +447,6 @@ class Engine:
         for every in prof.everys:
             fs.next_eval[every] = origin - origin % every + every
 
-    @staticmethod
-    def _add(fs: FeatureState, fp: FeaturePlan, ev: Event) -> None:
-        contrib = contributions(ev)
-        seg = ev.segment
-        for spec in fp.stores:
-            series = fs.stores.get(spec.id)
-            if series is None:
-                series = fs.stores[spec.id] = {}
-            key = (ev.phase, tuple(seg.get(k, "") for k in spec.keys) if spec.keys else ())
-            s = series.get(key)
-            if s is None:
-                s = series[key] = SeriesBuckets()
-            s.bucket(ev.ts, spec.every_ms, spec.needs_latency, spec.needs_users).add(contrib, ev)
-
-    def _update_detectors(self, fs: FeatureState, fp: FeaturePlan, ev: Event) -> None:
-        for b in fp.drift_rules:
-            x = signal_value(b.rule.drift.signal, ev)
-            if x is None:
-                continue
-            group = b.group_of(ev.segment)
-            key = (b.ruleset.name, b.rule.id, ev.phase, group)
-            det = fs.detectors.get(key)
-            if det is None:
-                det = fs.detectors[key] = make_detector(
-                    b.rule.drift.detector, dict(b.rule.drift.params), b.detector_seed(ev.feature, ev.phase, group)
-                )
-            flagged = det.update(x)
-            # attributed to the instant that first covers its event time: per (detector, instant) the number of
-            # flags and the estimation after the latest update (n_updates grows with arrival order)
-            every = b.rule.every_ms
-            start = ev.ts - ev.ts % every
-            pend = fs.drift_pending.get(key)
-            if pend is None:
-                pend = fs.drift_pending[key] = {}
-            slot = pend.get(start)
-            if slot is None:
-                pend[start] = [1 if flagged else 0, det.estimation, det.n_updates]
-            else:
-                if flagged:
-                    slot[0] += 1
-                slot[1] = det.estimation
-                slot[2] = det.n_updates
-
     # --- evaluation --------------------------------------------------------------------------------------------
 
     def _evaluate_until(self, out: Outputs, feature: str, fs: FeatureState, watermark: int) -> None:
@@ -474,8 +454,9 @@ class Engine:
         when many instants are due (a silence in the stream, a clock started long ago), quiet ones are skipped
         (see ``_skip_quiet``) in one step each."""
         nxt = fs.next_eval
-        if not nxt:
+        if not nxt or min(nxt.values()) > watermark:
             return
+        self._flush(feature)  # what this instant reads includes every event that came before it
         evaluated = False
         gap = _SKIP_AFTER * min(nxt)
         retry = None
