@@ -7,6 +7,7 @@ measures in this one run, each in a fresh child process:
 * parse:    baseline + full validation into events (rules.events), no rules;
 * replay:   ``rollguard replay`` with the whole rule catalogue loaded (validation, windows, sketches, drift
             detectors, rule evaluation, output files and report.md);
+* light:    the same replay with the light pack of bench/light_rules.yaml (eight typical rules, one ADWIN drift);
 
 and prints events/s, the ratio replay / baseline, and each child's peak RSS. ``--stages`` runs some of them (the
 baseline always runs: every ratio is against it, measured in the same run).
@@ -77,7 +78,7 @@ def _child(mode: str, path: str) -> None:
         from streams.offline.replay import replay
         from streams.settings import Settings
 
-        rulesets = load_rules([CATALOG])
+        rulesets = load_rules([CATALOG] if mode == "replay" else [ROOT / "bench" / "light_rules.yaml"])
         s = Settings()
         with tempfile.TemporaryDirectory() as out:
             res = replay(rulesets, [path], out, config=s.engine_config(), user_key=b"bench", progress=False)
@@ -86,7 +87,7 @@ def _child(mode: str, path: str) -> None:
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"events": n, "seconds": dt, "cpu_seconds": cpu, "rss_mb": rss}
-    if mode == "replay":
+    if mode in ("replay", "light"):
         out["outputs"] = extra
     print(json.dumps(out))
 
@@ -94,13 +95,15 @@ def _child(mode: str, path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--stages", default="baseline,parse,replay", help="comma-separated: baseline, parse, replay")
+    ap.add_argument("--stages", default="baseline,parse,replay,light",
+                    help="comma-separated: baseline, parse, replay, light")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     asked = set(args.stages.split(","))
-    if asked - {"baseline", "parse", "replay"}:
-        ap.error(f"--stages: unknown {sorted(asked - {'baseline', 'parse', 'replay'})}")
-    stages = ["baseline"] + [s for s in ("parse", "replay") if s in asked]
+    known = {"baseline", "parse", "replay", "light"}
+    if asked - known:
+        ap.error(f"--stages: unknown {sorted(asked - known)}")
+    stages = ["baseline"] + [s for s in ("parse", "replay", "light") if s in asked]
     if args.child:
         _child(*args.child)
         return
@@ -126,6 +129,9 @@ def main() -> None:
         print(f"replay outputs: {results['replay'].get('outputs')}")
         ratio = (results["replay"]["events"] / results["replay"]["seconds"]) / base
         print(f"ratio replay/orjson = {ratio:.3f} (aim >= 0.25)")
+    if "light" in results:
+        ratio = (results["light"]["events"] / results["light"]["seconds"]) / base
+        print(f"ratio light/orjson = {ratio:.3f} (aim >= 0.5)")
 
 
 if __name__ == "__main__":
