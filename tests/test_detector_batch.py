@@ -70,7 +70,9 @@ PARAMS = {
             "two_sided_test": st.booleans(),
         },
     ),
-    "kswin": st.fixed_dictionaries({}, optional={"alpha": st.sampled_from([0.005, 0.1]), "window_size": st.just(40), "stat_size": st.just(10)}),
+    "kswin": st.fixed_dictionaries(
+        {"window_size": st.just(40), "stat_size": st.just(10)}, optional={"alpha": st.sampled_from([0.005, 0.1])}
+    ),
 }
 KERNEL_DETECTORS = ["adwin", "page_hinkley", "ddm", "hddm_a"]
 
