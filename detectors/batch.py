@@ -204,6 +204,13 @@ def _hddm_a(detector: HDDMA, values: Sequence[int], stops: Sequence[int], run: t
     log_bound = log(1.0 / detector.drift_confidence)
     log_drift = log(2.0 / detector.drift_confidence)
     log_warning = log(2.0 / detector.warning_confidence)
+    if not (log_drift > 0.0 and log_warning > 0.0):
+        # Out-of-range confidences (the registry refuses them) make river's sqrt raise; the shortcuts below
+        # assume its bounds are >= 0.
+        return generic(detector, values, stops, run)
+    # Hoeffding bounds of _x_min / _x_max by their count: recomputed (same call, same double) only when the
+    # count changes, i.e. when a cut point moves.
+    lo_key = hi_key = lo_eps = hi_eps = None
     two_sided = detector.two_sided_test
     drift, warning = detector._drift_detected, detector._warning_detected
     zn, zm, lo_n, lo_m, hi_n, hi_m = z.n, z._mean, lo.n, lo._mean, hi.n, hi._mean
@@ -217,6 +224,7 @@ def _hddm_a(detector: HDDMA, values: Sequence[int], stops: Sequence[int], run: t
                 z, lo, hi = detector._z, detector._x_min, detector._x_max
                 drift, warning = detector._drift_detected, detector._warning_detected
                 zn, zm, lo_n, lo_m, hi_n, hi_m = z.n, z._mean, lo.n, lo._mean, hi.n, hi._mean
+                lo_key = hi_key = None
                 count, mean = 0, 0.0
             # _z.update(x)
             zn += 1.0
@@ -227,25 +235,30 @@ def _hddm_a(detector: HDDMA, values: Sequence[int], stops: Sequence[int], run: t
             if hi_n == 0:
                 hi_n, hi_m = zn, zm
             eps_z = sqrt(1.0 / (2 * zn) * log_bound)
-            eps_x = sqrt(1.0 / (2 * lo_n) * log_bound)
-            if lo_m + eps_x >= zm + eps_z:
+            if lo_n != lo_key:
+                lo_key = lo_n
+                lo_eps = sqrt(1.0 / (2 * lo_n) * log_bound)
+            if lo_m + lo_eps >= zm + eps_z:
                 lo_n, lo_m = zn, zm
-            eps_x = sqrt(1.0 / (2 * hi_n) * log_bound)
-            if hi_m - eps_x <= zm - eps_z:
+            if hi_n != hi_key:
+                hi_key = hi_n
+                hi_eps = sqrt(1.0 / (2 * hi_n) * log_bound)
+            if hi_m - hi_eps <= zm - eps_z:
                 hi_n, hi_m = zn, zm
-            # _mean_incr(drift_confidence), then _mean_incr(warning_confidence)
-            if lo_n == zn:
+            # _mean_incr(drift_confidence), then _mean_incr(warning_confidence); a bound is a sqrt, >= 0, so a
+            # negative difference passes neither test and the bounds need not be computed.
+            diff = zm - lo_m
+            if lo_n == zn or diff < 0.0:
                 warning = drift = False
             else:
                 k = (zn - lo_n) / lo_n * (1.0 / zn)
-                diff = zm - lo_m
                 if diff >= sqrt(k / 2 * log_drift):
                     warning, drift = False, True
                 elif diff >= sqrt(k / 2 * log_warning):
                     warning, drift = True, False
                 else:
                     warning = drift = False
-            if two_sided and hi_n != zn:
+            if two_sided and hi_n != zn and hi_m - zm >= 0.0:
                 k = (zn - hi_n) / hi_n * (1.0 / zn)
                 diff = hi_m - zm
                 if diff >= sqrt(k / 2 * log_drift):
