@@ -23,8 +23,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from river import stats
 from river.drift import ADWIN, PageHinkley
-from river.drift.binary import DDM, HDDMA
+from river.drift.binary import DDM, EDDM, HDDMA
 
 from detectors import fast
 
@@ -276,10 +277,69 @@ def _hddm_a(detector: HDDMA, values: Sequence[int], stops: Sequence[int], run: t
     return flagged, estimations, (count, mean)
 
 
+def _eddm(detector: EDDM, values: Sequence[int], stops: Sequence[int], run: tuple[int, float]):
+    distances = detector._error_distances
+    if type(distances) is not stats.Var or type(distances.mean) is not stats.Mean:
+        return generic(detector, values, stops, run)
+    count, mean = run
+    warm_start, alpha, beta = detector.warm_start, detector.alpha, detector.beta
+    drift, warning = detector._drift_detected, detector._warning_detected
+    ddof, d_mean = distances.ddof, distances.mean
+    d_n, d_m, d_s = d_mean.n, d_mean._mean, distances._S
+    n, last_error, n_errors, p2s_max = detector._n, detector._last_error, detector._n_errors, detector._p2s_prime_max
+    flagged: list[int] = []
+    estimations: list[float] = []
+    start = 0
+    for stop in stops:
+        for i, x in enumerate(values[start : stop + 1], start):
+            if drift:
+                detector._reset()
+                drift, warning = detector._drift_detected, detector._warning_detected
+                distances = detector._error_distances
+                ddof, d_mean = distances.ddof, distances.mean
+                d_n, d_m, d_s = d_mean.n, d_mean._mean, distances._S
+                n, last_error = detector._n, detector._last_error
+                n_errors, p2s_max = detector._n_errors, detector._p2s_prime_max
+                count, mean = 0, 0.0
+            n += 1
+            if x == 1:
+                n_errors += 1
+                # _error_distances.update(n - last_error): stats.Var.update with w = 1.0
+                distance = n - last_error
+                mean_old = d_m
+                d_n += 1.0
+                d_m += (1.0 / d_n) * (distance - d_m)
+                d_s += 1.0 * (distance - mean_old) * (distance - d_m)
+                if n > warm_start:
+                    # Var.get() ** 0.5, Var.mean.get()
+                    p2s = d_m + 2 * ((d_s / (d_n - ddof) if d_n > ddof else 0.0) ** 0.5)
+                    if p2s > p2s_max:
+                        p2s_max = p2s
+                    elif n_errors > warm_start:
+                        level = p2s / p2s_max
+                        if level < beta:
+                            drift = True
+                            flagged.append(i)
+                        elif level < alpha:
+                            warning = True
+                        else:
+                            warning = False
+                last_error = n
+            count += 1
+            mean = mean + (x - mean) / count
+        estimations.append(mean)
+        start = stop + 1
+    d_mean.n, d_mean._mean, distances._S = d_n, d_m, d_s
+    detector._n, detector._last_error, detector._n_errors, detector._p2s_prime_max = n, last_error, n_errors, p2s_max
+    detector._drift_detected, detector._warning_detected = drift, warning
+    return flagged, estimations, (count, mean)
+
+
 KERNELS: dict[type, Kernel] = {
     ADWIN: _adwin,
     PageHinkley: _page_hinkley,
     DDM: _ddm,
+    EDDM: _eddm,
     HDDMA: _hddm_a,
     fast.HDDMA: _hddm_a,
 }
