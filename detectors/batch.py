@@ -146,6 +146,12 @@ def _page_hinkley(detector: PageHinkley, values: Sequence[float], stops: Sequenc
     return flagged, estimations, (count, mean)
 
 
+def _ddm_levels(p_min: Any, s_min: Any, warning_threshold: float, drift_threshold: float) -> tuple:
+    if p_min is None or s_min is None:  # no minimum yet: river sets one before it compares
+        return (None, None)
+    return p_min + warning_threshold * s_min, p_min + drift_threshold * s_min
+
+
 def _ddm(detector: DDM, values: Sequence[int], stops: Sequence[int], run: tuple[int, float]):
     sqrt = math.sqrt
     count, mean = run
@@ -158,6 +164,8 @@ def _ddm(detector: DDM, values: Sequence[int], stops: Sequence[int], run: tuple[
     p = detector._p
     n, m = p.n, p._mean
     p_min, s_min, ps_min = detector._p_min, detector._s_min, detector._ps_min
+    # river's p_min + threshold * s_min, the same doubles, recomputed only when the minimum moves.
+    levels = _ddm_levels(p_min, s_min, warning_threshold, drift_threshold)
     flagged: list[int] = []
     estimations: list[float] = []
     start = 0
@@ -169,17 +177,20 @@ def _ddm(detector: DDM, values: Sequence[int], stops: Sequence[int], run: tuple[
                 p = detector._p
                 n, m = p.n, p._mean
                 p_min, s_min, ps_min = detector._p_min, detector._s_min, detector._ps_min
+                levels = _ddm_levels(p_min, s_min, warning_threshold, drift_threshold)
                 count, mean = 0, 0.0
             n += 1.0
             m += (1.0 / n) * (x - m)
             s = sqrt(m * (1 - m) / n)
             if n > warm_start:
-                if m + s <= ps_min:
+                ps = m + s
+                if ps <= ps_min:
                     p_min = m
                     s_min = s
                     ps_min = p_min + s_min
-                warning = m + s > p_min + warning_threshold * s_min
-                if m + s > p_min + drift_threshold * s_min:
+                    levels = p_min + warning_threshold * s_min, p_min + drift_threshold * s_min
+                warning = ps > levels[0]
+                if ps > levels[1]:
                     drift = True
                     warning = False
                     flagged.append(i)
