@@ -1,10 +1,10 @@
 """Per-value cost of the detectors, the engine's per-event loop against ``update_many`` (not a test).
 
-``./dev bench detectors`` (or ``python bench/detectors.py``) feeds each detector the same 100k values twice in one process: once the way the
-engine did per event (``update`` then ``estimation`` and ``n_updates`` into the slot's entry), once through
-``DriftDetector.update_many`` in batches of ``--batch`` values spread over ``--slots`` interleaved slots. Streams
-shift level every few thousand values so the detectors drift and reset as in production. Prints µs per value,
-best of ``--repeat`` runs, and checks both ways gave the same result.
+``./dev bench detectors`` (or ``python bench/detectors.py``) feeds each detector the same 100k values twice in one
+process: once the way the engine did per event (``update`` then ``estimation`` and ``n_updates`` into the slot's
+entry), once through ``DriftDetector.update_many`` in batches of ``--batch`` values spread over ``--slots``
+interleaved slots. Streams shift level every few thousand values so the detectors drift and reset as in
+production. Prints µs per value, best of ``--repeat`` runs, and checks both ways gave the same result.
 """
 
 from __future__ import annotations

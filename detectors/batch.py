@@ -13,8 +13,10 @@ A kernel is ``kernel(detector, values, stops, run) -> (flagged, estimations, run
   value), so estimations are computed only there;
 - ``flagged``: indices of the values that flagged drift; ``estimations``: one per stop.
 
-Kernels are chosen by the *exact* class of the river detector (a subclass may change ``update``); anything else
-runs :func:`generic`, the plain per-value loop. tests/test_detector_batch.py checks every kernel against river.
+Kernels exist for ADWIN (its Rust ``update`` called in the loop), Page-Hinkley, DDM, HDDM-A (river's and
+:mod:`detectors.fast`'s) and EDDM; they are chosen by the *exact* class of the river detector (a subclass may change
+``update``). Anything else (KSWIN, HDDM-W, whose statistics live in Rust objects) runs :func:`generic`, the plain
+per-value loop. tests/test_detector_batch.py checks every kernel against river.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from detectors import fast
 
 __all__ = ["KERNELS", "generic", "kernel_for"]
 
-Kernel = Callable[[Any, Sequence[Any], Sequence[int], tuple[int, float]], tuple[list[int], list[Any], tuple[int, float]]]
+Run = tuple[int, float]
+Kernel = Callable[[Any, Sequence[Any], Sequence[int], Run], tuple[list[int], list[Any], Run]]
 
 
 def generic(detector: Any, values: Sequence[Any], stops: Sequence[int], run: tuple[int, float]):
