@@ -194,7 +194,7 @@ def run_batches(name, params, seed, n, n_slots, n_batches, round_trips, detector
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_update_many_equals_the_per_value_loop(name, data, seed):
     params = data.draw(PARAMS[name], label="params")
-    n = data.draw(st.integers(1, 2500), label="n")
+    n = data.draw(st.one_of(st.integers(1, 60), st.integers(500, 3000)), label="n")  # small and drifting
     n_slots = data.draw(st.sampled_from([1, 2, 5, 40]), label="n_slots")
     n_batches = data.draw(st.integers(1, 8), label="n_batches")
     run_batches(name, params, seed, n, n_slots, n_batches, round_trips=data.draw(st.booleans(), label="round_trips"))
