@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from river.base import BinaryDriftDetector
 
-from detectors import state
+from detectors import batch, state
 from detectors.exceptions import DetectorError
 
 __all__ = ["DriftDetector"]
@@ -104,6 +104,61 @@ class DriftDetector:
         count += 1
         self._run = (count, mean + (value - mean) / count)
         return self._detector.drift_detected
+
+    def update_many(self, values: Sequence[Any], slots: Sequence[int]) -> dict[int, list]:
+        """Feed a batch of values in arrival order; ``slots[i]`` is the slot (a small int) of ``values[i]``.
+
+        Returns ``{slot: [flags, estimation, n_updates]}`` for every slot present: the number of its values
+        that flagged drift, and ``estimation`` / ``n_updates`` as read right after its last value. Results and
+        the detector's state are exactly those of calling :meth:`update` on each value in order (the detector
+        runs one loop over the batch, see :mod:`detectors.batch`). Slots may interleave in any order.
+
+        The whole batch is checked first: a value :meth:`update` would reject raises ``DetectorError`` and
+        leaves the detector untouched, with no value of the batch applied.
+
+        >>> from river.drift import PageHinkley
+        >>> detector = DriftDetector("page_hinkley", {}, PageHinkley())
+        >>> detector.update_many([1.0, 5.0, 3.0], [7, 2, 7])
+        {2: [0, 3.0, 2], 7: [0, 3.0, 3]}
+        """
+        n = len(values)
+        if len(slots) != n:
+            raise DetectorError(
+                f"detector {self.name!r} got {n} values but {len(slots)} slots: give one slot per value"
+            )
+        if not n:
+            return {}
+        accepted = self._accept_many(values)
+        last = dict(zip(slots, range(n)))  # slot -> index of its last value
+        stops = sorted(last.values())
+        flagged, estimations, run = batch.kernel_for(self._detector)(self._detector, accepted, stops, self._run)
+        self._run = run
+        before = self._n_updates
+        self._n_updates = before + n
+        out = {slots[stop]: [0, estimation, before + stop + 1] for stop, estimation in zip(stops, estimations)}
+        for i in flagged:
+            out[slots[i]][0] += 1
+        return out
+
+    def _accept_many(self, values: Sequence[Any]) -> list:
+        """``[self._accept(x) for x in values]``, with fast paths for plain Python numbers."""
+        kinds = set(map(type, values))
+        if kinds <= {float, int, bool}:
+            if self._binary:
+                if set(values) <= {0, 1}:  # 0, 0.0, False / 1, 1.0, True hash alike
+                    # river's arithmetic on 1.0 or True equals that on 1; 0/1 ints keep update's exact inputs.
+                    return values if kinds == {int} and type(values) is list else [1 if x == 1 else 0 for x in values]
+            else:
+                try:
+                    accepted = values if kinds == {float} and type(values) is list else list(map(float, values))
+                except OverflowError:  # an int beyond float range: let _accept name it
+                    pass
+                else:
+                    # A sum is finite only if every term is (inf and NaN propagate); a finite sum that overflows
+                    # merely sends us down the exact path.
+                    if math.isfinite(sum(accepted)):
+                        return accepted
+        return [self._accept(x) for x in values]
 
     def _accept(self, x: Any) -> float | int:
         # bool is an int subclass; exact-type checks first keep the common case fast.
