@@ -185,9 +185,7 @@ def _feed_detectors(feature: str, fs: FeatureState, drift: list) -> None:
                 run[1].append(ts - ts % run[2])
     pending = fs.drift_pending
     for key, (xs, slots, _every) in runs.items():
-        det = detectors[key]
-        update_many = getattr(det, "update_many", None)
-        result = update_many(xs, slots) if update_many is not None else _update_each(det, xs, slots)
+        result = detectors[key].update_many(xs, slots)
         pend = pending.get(key)
         if pend is None:
             pend = pending[key] = {}
@@ -200,17 +198,3 @@ def _feed_detectors(feature: str, fs: FeatureState, drift: list) -> None:
                 slot[1] = est
                 slot[2] = n
 
-
-def _update_each(det, xs: list, slots: list) -> dict[int, list]:
-    out: dict[int, list] = {}
-    for x, s in zip(xs, slots):
-        flagged = det.update(x)
-        slot = out.get(s)
-        if slot is None:
-            out[s] = [1 if flagged else 0, det.estimation, det.n_updates]
-        else:
-            if flagged:
-                slot[0] += 1
-            slot[1] = det.estimation
-            slot[2] = det.n_updates
-    return out

@@ -225,9 +225,13 @@ class Engine:
                 self._skew_hour(out, ev.feature, fs, ts // HOUR_MS)
         if smax is None or ts > smax:
             fs.src_max[src] = ts
-            wm = self.watermark(ev.feature)
-            if wm is not None:
-                self._evaluate_until(out, ev.feature, fs, wm)
+            # the watermark is at most this source's time - lateness (or does not move, for a source no rule
+            # reads): below the next instant due, evaluating would do nothing
+            nxt = fs.next_eval
+            if nxt and ts - self.config.allowed_lateness_ms >= min(nxt.values()):
+                wm = self.watermark(ev.feature)
+                if wm is not None:
+                    self._evaluate_until(out, ev.feature, fs, wm)
 
     # --- producer clocks (rules.clock) -------------------------------------------------------------------------
 
