@@ -208,15 +208,18 @@ class RunningWindow:
         if end > self.series.sealed:
             self.series.sealed = end
 
-    def move_to(self, end: int) -> bool:
-        """Hold the window ending at ``end``: incrementally when it is a short step forward (True), else by a full
-        merge (False)."""
+    def move_to(self, end: int) -> str:
+        """Hold the window ending at ``end``: incrementally when it is a short step forward (``"step"``), else by a
+        full merge (``"rebuild"``, or ``"distrust"`` when the window could not be trusted)."""
         old = self.end
-        if old is None or end < old or 2 * (end - old) > self.window_ms or self.epoch != self.series.epoch:
+        if old is not None and self.epoch != self.series.epoch:
             self.rebuild(end)
-            return False
+            return "distrust"
+        if old is None or end < old or 2 * (end - old) > self.window_ms:
+            self.rebuild(end)
+            return "rebuild"
         if end == old:
-            return True
+            return "step"
         w, every = self.window_ms, self.every_ms
         parts = self.parts
         try:
@@ -225,7 +228,7 @@ class RunningWindow:
                     self._subtract(s)
         except _Distrust:
             self.rebuild(end)
-            return False
+            return "distrust"
         buckets = self.series.buckets
         for s in _aligned(old, end, every):
             b = buckets.get(s)
@@ -234,7 +237,7 @@ class RunningWindow:
         self.end = end
         if end > self.series.sealed:
             self.series.sealed = end
-        return True
+        return "step"
 
     def _add(self, s: int, b: Bucket) -> None:
         c, refs = self.c, self.refs
@@ -311,13 +314,14 @@ class _Distrust(Exception):
 class RunningWindows:
     """A feature's running windows (transient: never persisted), for one plan; see "Incremental windows" above."""
 
-    __slots__ = ("plan", "windows", "rebuilds", "steps")
+    __slots__ = ("plan", "windows", "rebuilds", "steps", "distrusts")
 
     def __init__(self, plan: object = None) -> None:
         self.plan = plan  # the plan whose store ids key the windows: another plan starts afresh
         self.windows: dict[tuple, RunningWindow] = {}
         self.rebuilds = 0  # full merges (first build, jumps, distrust), for tests and profiling
         self.steps = 0  # incremental moves
+        self.distrusts = 0  # rebuilds because an included bucket changed (never, while the engine's invariant holds)
 
     def window(self, spec: StoreSpec, key: SeriesKey, series: SeriesBuckets, end: int, window_ms: int,
                offset: int) -> Bucket:  # fmt: skip
@@ -328,10 +332,13 @@ class RunningWindows:
         if rw is None or rw.series is not series or rw.every_ms != spec.every_ms:
             rw = self.windows[rk] = RunningWindow(series, window_ms, spec.every_ms, spec.needs_latency,
                                                   spec.needs_users)  # fmt: skip
-        if rw.move_to(end):
+        how = rw.move_to(end)
+        if how == "step":
             self.steps += 1
         else:
             self.rebuilds += 1
+            if how == "distrust":
+                self.distrusts += 1
         return rw.result()
 
     def prune(self, stores: dict[int, dict[SeriesKey, SeriesBuckets]], horizons: dict[int, int]) -> None:
