@@ -27,11 +27,11 @@ Why it is exact. The engine drops an event late for its own source (``ts < sourc
 evaluates an instant only once the watermark (the minimum over sources of ``source max - lateness``) passed it. So
 every event applied after instant ``t`` was evaluated has ``ts >= t``; instants are multiples of the store's
 ``every``, so its bucket starts at or after ``t``: *a bucket that starts before an evaluated instant never changes
-again*. A running window ending at ``end`` therefore never includes a bucket at or after ``end`` (those may still
+again* (the loader makes ``window`` and ``baseline`` multiples of ``every``, so ends are bucket bounds too). A running window ending at ``end`` therefore never includes a bucket at or after ``end`` (those may still
 change), and subtracts each bucket with the content it was added with. That is checked, not assumed:
 
 * ``SeriesBuckets.sealed`` is the latest end any running window of the series was built to; ``SeriesBuckets.bucket``
-  (the only way events reach a bucket) bumps ``SeriesBuckets.epoch`` when it hands out a bucket starting before it,
+  (the only way events reach a bucket, ``rules.batch`` included) bumps ``SeriesBuckets.epoch`` when it hands out a bucket starting before it,
   and a running window whose epoch differs rebuilds (``finish()`` evaluates past the watermark; a test harness may
   then step more events);
 * each included bucket is kept as a reference plus a fingerprint (number of counters, their sum, sketch counts) taken when it
