@@ -39,6 +39,7 @@ from rules.policy import HOUR_MS, Outputs, Policy
 from rules.reload import migrate
 from rules.seal import Sealer
 from rules.state import BreakerState, FeatureState
+from rules.windows import RunningWindows
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "Observation", "Outputs"]
 
@@ -525,7 +526,10 @@ class Engine:
         return moved
 
     def _evaluate_instant(self, out: Outputs, feature: str, fs: FeatureState, t: int, everys: frozenset[int]) -> None:
-        cache = WindowCache()
+        running = fs.windows
+        if running is None or running.plan is not self.plan:  # first instant since load, or the rules were reloaded
+            running = fs.windows = RunningWindows(self.plan)
+        cache = WindowCache(running, t)
         rules: dict[int, tuple[BoundRule, list[str]]] = {}
         for phase in sorted(fs.phases):
             fp = self.plan.for_feature(feature, phase)
@@ -599,11 +603,15 @@ class Engine:
     def _expire(self, fs: FeatureState, watermark: int) -> None:
         if len(fs.seen) > 1024:
             fs.seen = {i: ts for i, ts in fs.seen.items() if ts >= watermark}
+        horizons: dict[int, int] = {}
         for sid, series in fs.stores.items():
             spec = self.plan.store_by_id[sid]
             horizon = watermark - spec.retention_ms - spec.every_ms
+            horizons[sid] = horizon
             for key in [k for k, s in series.items() if (s.expire(horizon) or not s.buckets)]:
                 del series[key]
+        if fs.windows is not None:
+            fs.windows.prune(fs.stores, horizons)
 
 
 def _has_before(buckets: dict[int, object], t: int) -> bool:

@@ -28,7 +28,7 @@ from statistics import NormalDist
 
 from rules.aggregate import Bucket
 from rules.metrics import COUNT_METRICS, metric_value, rate_counts
-from rules.windows import SeriesBuckets, SeriesKey, StoreSpec
+from rules.windows import RunningWindows, SeriesBuckets, SeriesKey, StoreSpec
 
 __all__ = ["Evaluation", "WindowCache", "evaluate_metric", "wilson_bound", "OPS"]
 
@@ -58,18 +58,28 @@ def wilson_bound(successes: int, trials: int, confidence: float, upper: bool) ->
 
 
 class WindowCache:
-    """Merged windows of one evaluation instant, shared by the rules that read the same series and window."""
+    """Merged windows of one evaluation instant ``t``, shared by the rules that read the same series and window.
 
-    __slots__ = ("_d",)
+    With ``running`` (the feature's ``rules.windows.RunningWindows``) a window is moved along from where it was at
+    the previous instant instead of merged afresh (see ``rules.windows``: equal to the fresh merge); without, every
+    window is a full merge. The buckets returned are read-only and valid for this instant only."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_d", "_running", "_t")
+
+    def __init__(self, running: RunningWindows | None = None, t: int | None = None) -> None:
         self._d: dict[tuple, Bucket] = {}
+        self._running = running if t is not None else None
+        self._t = t
 
     def get(self, spec: StoreSpec, key: SeriesKey, series: SeriesBuckets, end: int, window_ms: int) -> Bucket:
         ck = (spec.id, key, end, window_ms)
         b = self._d.get(ck)
         if b is None:
-            b = self._d[ck] = series.window(end, window_ms, spec.every_ms, spec.needs_latency, spec.needs_users)
+            if self._running is not None:
+                b = self._running.window(spec, key, series, end, window_ms, self._t - end)
+            else:
+                b = series.window(end, window_ms, spec.every_ms, spec.needs_latency, spec.needs_users)
+            self._d[ck] = b
         return b
 
 

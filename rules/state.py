@@ -28,7 +28,7 @@ class FeatureState:
 
     __slots__ = ("max_ts", "src_max", "src_first", "seen", "stores", "next_eval", "instances", "detectors",
                  "drift_pending", "drift_last", "latches", "phases", "chain", "command_seq", "clocks", "outliers",
-                 "skew", "applied_min", "control_ts")  # fmt: skip
+                 "skew", "applied_min", "control_ts", "windows")  # fmt: skip
 
     def __init__(self) -> None:
         self.max_ts: int | None = None  # highest event time of any source
@@ -55,6 +55,9 @@ class FeatureState:
         self.skew: list | None = None  # [hour, outliers in it, hour paged or None, worst offset ms]
         self.applied_min: int | None = None  # in memory: earliest event time applied since the shell last looked
         self.control_ts: int | None = None  # time of the last signed control accepted (rules.control_auth)
+        # transient, never persisted: the running windows (rules.windows.RunningWindows) the engine keeps to move
+        # windows along instead of merging them afresh; None after a load, rebuilt from the buckets on first use
+        self.windows = None
 
     def to_state(self, detector_key: bytes, with_stores: bool = True) -> dict[str, Any]:
         def ik(k: InstanceKey) -> str:

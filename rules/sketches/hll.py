@@ -178,6 +178,33 @@ class HyperLogLog:
             out.merge(hll)
         return out
 
+    @classmethod
+    def from_hashes(cls, hashes: Iterable[int], precision: int = 14) -> HyperLogLog:
+        """The sketch that counted exactly the set ``hashes`` (each ``0 <= h < 2**64``, not checked): sparse while
+        it has at most :data:`SPARSE_LIMIT` members, else dense registers folded from them. Since a sketch's mode
+        and registers depend only on the set of hashes it saw, this equals (``to_state``) any merge of sketches
+        whose exact hashes make up that set — what a sliding window keeping a multiset of hashes needs.
+
+        >>> a, b = HyperLogLog(), HyperLogLog()
+        >>> for i in range(800):
+        ...     a.add_hash(i * 7919); b.add_hash(i * 104729)
+        >>> HyperLogLog.from_hashes(a.exact_hashes() | b.exact_hashes()) == HyperLogLog.merged(a, b)
+        True
+        """
+        out = cls(precision)
+        members = hashes if isinstance(hashes, (set, frozenset)) else set(hashes)
+        if len(members) <= SPARSE_LIMIT:
+            out._sparse = set(members)
+        else:
+            out._sparse = None
+            out._registers = bytearray(1 << precision)
+            out._fold(members)
+        return out
+
+    def exact_hashes(self) -> frozenset[int] | None:
+        """The hashes counted while the sketch is exact (``is_exact``), else None (registers cannot tell them)."""
+        return frozenset(self._sparse) if self._sparse is not None else None
+
     def copy(self) -> HyperLogLog:
         """An independent sketch equal to this one."""
         out = HyperLogLog(self.precision)
