@@ -69,7 +69,7 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
     """Apply ``pending`` — (FeaturePlan, Event) pairs of one feature, in arrival order — to its stores and drift
     detectors, as applying each on arrival would have."""
     groups: dict[tuple, _Group] = {}
-    drift: list = []
+    drift: dict[tuple, list] = {}  # (plan, phase, event type) -> its events in arrival order
     for fp, ev in pending:
         if fp.stores:
             seg = ev.segment
@@ -92,7 +92,12 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
                         g.hashes = set()
                     g.hashes.add(key_hash(ev.user))
         if fp.drift_rules:
-            drift.append((fp, ev))
+            k = (fp, ev.phase, ev.type)
+            run = drift.get(k)
+            if run is None:
+                drift[k] = [ev]
+            else:
+                run.append(ev)
     if groups:
         _merge_groups(fs, groups.values())
     if drift:
@@ -145,46 +150,65 @@ def _drift_plan(fp: FeaturePlan) -> dict[str, tuple]:
     return {src: tuple((sig, tuple(bs)) for sig, bs in sigs.items()) for src, sigs in out.items()}
 
 
-def _feed_detectors(feature: str, fs: FeatureState, drift: list) -> None:
-    """Collect each detector's values and instant slots in arrival order (creating detectors in the order their
-    first value comes, as the per-event loop did), then feed each detector once."""
+def _signal_column(signal: str, evs: list) -> tuple[list, list]:
+    """The values a drift signal takes over ``evs`` (events of the type that carries it) and their event times."""
+    if signal in _NUMERIC:
+        name = _NUMERIC[signal]
+        pairs = [(x, ev.ts) for ev in evs if (x := getattr(ev, name)) is not None]
+    elif signal == "error":
+        pairs = [(1.0 if ev.outcome in ("error", "timeout") else 0.0, ev.ts) for ev in evs]
+    else:
+        pairs = [(x, ev.ts) for ev in evs if (x := signal_value(signal, ev)) is not None]
+    if not pairs:
+        return [], []
+    xs, ts = zip(*pairs)
+    return list(xs), list(ts)
+
+
+_NUMERIC = {"latency_ms": "latency_ms", "cost_usd": "cost_usd", "confidence": "confidence"}
+
+
+def _feed_detectors(feature: str, fs: FeatureState, drift: dict[tuple, list]) -> None:
+    """Feed each detector its values of the run in arrival order, once. A detector's key holds the phase and a
+    signal is carried by one event type, so the events of one (phase, type) hold every value of its detectors, in
+    order. Detectors are created when their first value comes (``fs.detectors`` is read in key order only)."""
     detectors = fs.detectors
-    runs: dict[tuple, tuple[list, list, int]] = {}
-    group_cache: dict[tuple, tuple] = {}
-    for fp, ev in drift:
-        signals = _drift_plan(fp).get(ev.type)
-        if not signals:
-            continue
-        seg = ev.segment
-        phase = ev.phase
-        ts = ev.ts
-        segt = None
-        for signal, bound in signals:
-            x = signal_value(signal, ev)
-            if x is None:
+    runs: dict[tuple, tuple[list, list]] = {}
+    for (fp, phase, typ), evs in drift.items():
+        for signal, bound in _drift_plan(fp).get(typ, ()):
+            xs, ts = _signal_column(signal, evs)
+            if not xs:
                 continue
             for b in bound:
                 r = b.rule
-                if r.group_by:
-                    if segt is None:
-                        segt = tuple(seg.items())
-                    ck = (b.order, segt)
-                    group = group_cache.get(ck)
-                    if group is None:
-                        group = group_cache[ck] = b.group_of(seg)
+                every = r.every_ms
+                if not r.group_by:
+                    parts = {(): (xs, [t - t % every for t in ts])}
                 else:
-                    group = ()
-                key = (b.ruleset.name, r.id, phase, group)
-                run = runs.get(key)
-                if run is None:
-                    run = runs[key] = ([], [], r.every_ms)
+                    parts = {}
+                    cache: dict[tuple, tuple] = {}
+                    for x, t, ev in zip(xs, ts, (ev for ev in evs if signal_value(signal, ev) is not None)):
+                        segt = tuple(ev.segment.items())
+                        group = cache.get(segt)
+                        if group is None:
+                            group = cache[segt] = b.group_of(ev.segment)
+                        part = parts.get(group)
+                        if part is None:
+                            part = parts[group] = ([], [])
+                        part[0].append(x)
+                        part[1].append(t - t % every)
+                for group, run in parts.items():
+                    key = (b.ruleset.name, r.id, phase, group)
                     if key not in detectors:
                         detectors[key] = make_detector(r.drift.detector, dict(r.drift.params),
                                                        b.detector_seed(feature, phase, group))  # fmt: skip
-                run[0].append(x)
-                run[1].append(ts - ts % run[2])
+                    had = runs.get(key)
+                    if had is None:
+                        runs[key] = run
+                    else:  # not expected (one plan per phase, one type per signal), but never lose values
+                        runs[key] = (had[0] + run[0], had[1] + run[1])
     pending = fs.drift_pending
-    for key, (xs, slots, _every) in runs.items():
+    for key, (xs, slots) in runs.items():
         result = detectors[key].update_many(xs, slots)
         pend = pending.get(key)
         if pend is None:
