@@ -24,7 +24,7 @@ from rules.sketches.exceptions import SketchError
 from rules.sketches.hll import HyperLogLog
 from rules.sketches.packing import Reader, put_int, put_uint
 
-__all__ = ["Bucket", "contributions", "LATENCY_SCALE", "COST_SCALE", "UNIT_SCALE", "SCORE_SCALE", "BUCKET_FORMAT",
+__all__ = ["Bucket", "contributions", "group_counters", "LATENCY_SCALE", "COST_SCALE", "UNIT_SCALE", "SCORE_SCALE", "BUCKET_FORMAT",
            "StateFormatError"]  # fmt: skip
 
 LATENCY_SCALE = 1_000  # ms -> µs
@@ -106,6 +106,58 @@ def contributions(ev: Any) -> list[tuple[str, int]]:
     elif ev.score <= 6:
         out.append(("nps.d", 1))
     return out
+
+
+def group_counters(evs: list) -> dict[str, int]:
+    """The counters a run of events adds to a bucket: exactly the sum of :func:`contributions` over ``evs`` (the same
+    keys, a key present even when its sum is 0), computed a column at a time.
+
+    >>> evs = [type("E", (), dict(type="interaction", outcome=o, latency_ms=l, cost_usd=None, tokens_out=None,
+    ...                           confidence=None, flags=("pii_leak",) * (o == "error")))() for o, l in
+    ...        (("ok", 12.5), ("error", None))]
+    >>> group_counters(evs) == _summed(evs)
+    True
+    """
+    c: dict[str, int] = {}
+    inter = [ev for ev in evs if ev.type == "interaction"]
+    if inter:
+        c["n"] = len(inter)
+        for o in [ev.outcome for ev in inter if ev.outcome != "ok"]:
+            k = "o:" + o
+            c[k] = c.get(k, 0) + 1
+        xs = [ev.latency_ms for ev in inter if ev.latency_ms is not None]
+        if xs:
+            c["lat.n"] = len(xs)
+            c["lat.s"] = sum([round(x * LATENCY_SCALE) for x in xs])
+        xs = [ev.cost_usd for ev in inter if ev.cost_usd is not None]
+        if xs:
+            c["cost.n"] = len(xs)
+            c["cost.s"] = sum([round(x * COST_SCALE) for x in xs])
+        xs = [ev.tokens_out for ev in inter if ev.tokens_out is not None]
+        if xs:
+            c["tok.n"] = len(xs)
+            c["tok.s"] = sum(xs)
+        xs = [ev.confidence for ev in inter if ev.confidence is not None]
+        if xs:
+            c["conf.n"] = len(xs)
+            c["conf.s"] = sum([round(x * UNIT_SCALE) for x in xs])
+        for f in [f for ev in inter if ev.flags for f in ev.flags]:
+            k = "flag:" + f
+            c[k] = c.get(k, 0) + 1
+    if len(inter) < len(evs):
+        for ev in evs:
+            if ev.type != "interaction":
+                for k, d in contributions(ev):
+                    c[k] = c.get(k, 0) + d
+    return c
+
+
+def _summed(evs: list) -> dict[str, int]:
+    c: dict[str, int] = {}
+    for ev in evs:
+        for k, d in contributions(ev):
+            c[k] = c.get(k, 0) + d
+    return c
 
 
 class Bucket:

@@ -29,7 +29,7 @@ from functools import lru_cache
 from math import gcd
 
 from detectors import make_detector
-from rules.aggregate import contributions
+from rules.aggregate import group_counters
 from rules.metrics import signal_sources, signal_value
 from rules.plan import FeaturePlan, Plan
 from rules.sketches.ddsketch import DDSketch
@@ -53,44 +53,57 @@ def finest_every(plan: Plan) -> int:
 class _Group:
     """What one (phase, segment, finest bucket) adds to every store bucket it falls in."""
 
-    __slots__ = ("fp", "phase", "seg", "start", "c", "lat", "hashes")
+    __slots__ = ("fp", "phase", "seg", "start", "evs", "c", "lat", "hashes")
 
     def __init__(self, fp: FeaturePlan, phase: str, seg: dict, start: int) -> None:
         self.fp = fp
         self.phase = phase
         self.seg = seg
         self.start = start
+        self.evs: list = []
         self.c: dict[str, int] = {}
         self.lat: DDSketch | None = None
         self.hashes: set[int] | None = None
 
+    def summarise(self, user_hashes: dict[str, int]) -> None:
+        """Counters (rules.aggregate.group_counters), latency sketch and distinct user hashes of the group's events."""
+        evs = self.evs
+        self.c = group_counters(evs)
+        lats = [ev.latency_ms for ev in evs if ev.type == "interaction" and ev.latency_ms is not None]
+        if lats:
+            self.lat = DDSketch(_DDSKETCH_ACCURACY)
+            self.lat.add_many(lats)
+        users = {ev.user for ev in evs if ev.type == "interaction" and ev.user is not None}
+        if users:
+            hashes = set()
+            for u in users:
+                h = user_hashes.get(u)
+                if h is None:
+                    if len(user_hashes) >= _USER_HASHES_MAX:
+                        user_hashes.clear()
+                    h = user_hashes[u] = key_hash(u)
+                hashes.add(h)
+            self.hashes = hashes
 
-def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pending: list) -> None:
+
+_USER_HASHES_MAX = 100_000  # keyed user id -> sketch hash, per engine: a hit is a dict lookup, not a BLAKE2b
+
+
+def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pending: list,
+                  user_hashes: dict[str, int] | None = None) -> None:  # fmt: skip
     """Apply ``pending`` — (FeaturePlan, Event) pairs of one feature, in arrival order — to its stores and drift
-    detectors, as applying each on arrival would have."""
+    detectors, as applying each on arrival would have. ``user_hashes`` caches the distinct-user sketch hash of
+    keyed user ids across calls (bounded: cleared when full)."""
     groups: dict[tuple, _Group] = {}
     drift: dict[tuple, list] = {}  # (plan, phase, event type) -> its events in arrival order
     for fp, ev in pending:
         if fp.stores:
-            seg = ev.segment
             ts = ev.ts
-            start = ts - ts % fine_ms
-            gk = (ev.phase, tuple(seg.items()), start)
+            gk = (ev.phase, tuple(ev.segment.items()), ts - ts % fine_ms)
             g = groups.get(gk)
             if g is None:
-                g = groups[gk] = _Group(fp, ev.phase, seg, start)
-            c = g.c
-            for k, d in contributions(ev):
-                c[k] = c.get(k, 0) + d
-            if ev.type == "interaction":
-                if ev.latency_ms is not None:
-                    if g.lat is None:
-                        g.lat = DDSketch(_DDSKETCH_ACCURACY)
-                    g.lat.add(ev.latency_ms)
-                if ev.user is not None:
-                    if g.hashes is None:
-                        g.hashes = set()
-                    g.hashes.add(key_hash(ev.user))
+                g = groups[gk] = _Group(fp, ev.phase, ev.segment, ts - ts % fine_ms)
+            g.evs.append(ev)
         if fp.drift_rules:
             k = (fp, ev.phase, ev.type)
             run = drift.get(k)
@@ -99,6 +112,9 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
             else:
                 run.append(ev)
     if groups:
+        cache = {} if user_hashes is None else user_hashes
+        for g in groups.values():
+            g.summarise(cache)
         _merge_groups(fs, groups.values())
     if drift:
         _feed_detectors(feature, fs, drift)

@@ -125,6 +125,7 @@ class Engine:
         # events applied to windows and detectors in runs (rules.batch), per feature, before anything reads them
         self._pending: dict[str, list] = {}
         self._fine = finest_every(self.plan)
+        self._user_hashes: dict[str, int] = {}  # keyed user id -> distinct-users sketch hash (bounded cache)
         self.guard = None if skew is None else ClockGuard(
             ClockConfig(skew, self.config.clock_quorum, self.config.clock_min_span_ms))
 
@@ -166,7 +167,7 @@ class Engine:
         """Apply the feature's pending events to its windows and detectors (rules.batch)."""
         pending = self._pending.pop(feature, None)
         if pending:
-            apply_pending(self.plan, self._fine, feature, self.features[feature], pending)
+            apply_pending(self.plan, self._fine, feature, self.features[feature], pending, self._user_hashes)
 
     def _flush_all(self) -> None:
         for feature in list(self._pending):
