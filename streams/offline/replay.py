@@ -222,7 +222,7 @@ def replay(
     try:
         for origin, payload in src:
             misplaced = control_topic is not None and origin.get("topic") != control_topic
-            for item in parser.parse_message(payload):
+            for item in parser.parse_items(payload):
                 if misplaced and is_control(item):
                     item = misplaced(item)
                 if isinstance(item, InvalidEvent):
