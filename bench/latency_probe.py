@@ -4,7 +4,10 @@ A ``rollguard worker`` runs with the bundled catalogue plus ``bench/latency_rule
 ``pii_leak`` flag, evaluated every 1 s over 10 s) and an allowed lateness of 1 s. Events are produced in real time
 (event time = wall clock): a background feature at ~120 events/s, and one feature per trial (``lat-<i>``, ~40
 events/s, a new trial every ``gap`` seconds so a few overlap). After ``warmup`` seconds a trial sends one interaction
-flagged ``pii_leak``; a consumer polls the commands topic for the rollback of that feature.
+flagged ``pii_leak``; a consumer polls the commands topic for the rollback of that feature. The warm-up (6.5 s) is
+longer than a new feature's clock confirmation (``rules.clock``: its first events are held until 5 messages over
+at least 5 s of their own time agree), so a trial measures a running feature; with the 1.5 s warm-up of earlier
+runs, the leak waited for that confirmation and the latency read ~2 s higher.
 
 Two latencies per trial, both ending when the command is readable on the commands topic:
 
@@ -159,7 +162,7 @@ def fetch_floor(bootstrap: str, topic: str, samples: int = 20) -> list[float]:
 
 
 def measure_latency(stack, topics, child_env, argv: list[str], logdir: Path, trials: int, gap: float = 0.4,
-                    warmup: float = 1.5, trial_timeout: float = 15.0) -> LatencyResult:  # fmt: skip
+                    warmup: float = 6.5, trial_timeout: float = 20.0) -> LatencyResult:  # fmt: skip
     import redis
     from kafka import KafkaProducer
 
