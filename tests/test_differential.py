@@ -351,7 +351,7 @@ def scripts(draw):
 SPLITS = st.one_of(st.none(), st.integers(1, 40), st.lists(st.integers(0, 30), min_size=1, max_size=8))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(scripts(), SPLITS)
 def test_generated_streams_same_splits_match_the_reference(case, splits):
     cfg, script = case
@@ -360,7 +360,7 @@ def test_generated_streams_same_splits_match_the_reference(case, splits):
     assert_same_per_call(product, reference)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(scripts(), SPLITS)
 def test_generated_streams_any_splits_match_the_reference_one_event_per_step(case, splits):
     cfg, script = case
