@@ -41,6 +41,19 @@ def test_core_does_no_io_and_reads_no_clock(package):
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: the core takes time and data as arguments"
 
 
+PRODUCT = ("rules", "streams", "detectors", "dashboards")
+TEST_ONLY = {"tests", "reference_engine", "engine_kit", "conftest"}
+
+
+@pytest.mark.parametrize("package", PRODUCT)
+def test_the_product_never_imports_the_tests_or_the_reference_engine(package):
+    # tests/reference_engine is the frozen oracle of tests/test_differential.py: the product must not lean on it
+    for path in modules(package):
+        bad = imports(path) & TEST_ONLY
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: test code, never shipped"
+        assert "reference_engine" not in path.read_text(), f"{path.relative_to(ROOT)} names reference_engine"
+
+
 # --- inside streams/: concerns under the CLI ------------------------------------------------------------------------
 #
 # A unit is a subpackage of streams/ (live, offline, kafka, grafana, pager) or a top-level module. Each unit may
