@@ -219,14 +219,21 @@ def _wait_published(stack, topic: str, beyond: int, worker: LiveWorker, timeout:
 
 def _kill_at_random_points(stack, topics, last: dict[str, int], worker: LiveWorker, restart, rng: random.Random,
                            n: int) -> tuple[LiveWorker, list[int]]:  # fmt: skip
-    """Up to ``n`` times: a random moment after the worker's first commit, kill -9 and restart it, unless the
-    partitions are processed up to ``last`` by then. Returns the live worker and the progress at each kill."""
+    """Up to ``n`` times: at a random point of the work left after the worker's first commit (a share of the
+    messages still to process, not a time: how long the work takes depends on the machine and the engine), kill -9
+    and restart it, unless the partitions are processed up to ``last`` by then. Returns the live worker and the
+    progress at each kill."""
     tps, total = sorted(last), sum(last.values())
     kills = []
     for _ in range(n):
-        _wait_progress(stack, topics, tps, sum(processed_offsets(stack, topics, tps).values()), worker)
-        time.sleep(rng.uniform(0.2, 3.0))
-        done = sum(processed_offsets(stack, topics, tps).values())
+        start = sum(processed_offsets(stack, topics, tps).values())
+        _wait_progress(stack, topics, tps, start, worker)
+        target = start + rng.uniform(0.05, 0.5) * (total - start)
+        deadline = time.time() + 120
+        while (done := sum(processed_offsets(stack, topics, tps).values())) < min(target, total):
+            assert worker.alive(), f"worker died:\n{worker.tail()}"
+            assert time.time() < deadline, f"no progress within 120s:\n{worker.tail()}"
+            time.sleep(0.005)
         if done >= total:
             break
         worker.kill9()
