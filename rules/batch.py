@@ -5,12 +5,14 @@ which instants are due — but defers the expensive part, adding an event to its
 per-feature *pending* list. :func:`apply_pending` then applies a whole run of events at once:
 
 * **windows**: events are grouped by (phase, segment, bucket of the finest ``every`` among the plan's stores).
-  Each group's counter increments, latency sketch and distinct-user hashes are computed once, then merged into
-  every store bucket the group falls in, instead of adding each event into each of ~6 stores one dict increment
-  at a time. A store bucket of ``every`` ``e`` is a union of groups (the finest granularity ``g`` divides ``e``, as
+  Each group's counters are computed a column at a time (``rules.aggregate.group_counters``: one list per
+  quantity, summed), its latencies go into one sketch (``DDSketch.add_many``) and its users into one set of hashes
+  (cached per engine); then the group is merged into every store bucket it falls in, instead of adding each event
+  into each of ~6 stores one dict increment at a time. A store bucket of ``every`` ``e`` is a union of groups (the finest granularity ``g`` divides ``e``, as
   both are multiples of their gcd). Counters are integers, a DDSketch merge adds bin counts, and a HyperLogLog is a
   function of its set of hashes, so the merged buckets equal the ones per-event adds build, bit for bit.
-* **drift detectors**: each detector gets the values of the run in arrival order in one call
+* **drift detectors**: a signal's values are taken as a column over the run's events of one (phase, event type);
+  each detector gets its values in arrival order in one call
   (``DriftDetector.update_many``), with each value's instant slot; per slot it returns what the per-event loop
   left there: the number of flags and the estimation and update count after the slot's last update.
 
@@ -19,8 +21,10 @@ windows or detectors — before an instant is evaluated (the engine flushes the 
 reload, at the end of every ``step``/``finish``/``advance_idle`` — and nothing that runs between an event's arrival
 and that flush reads them (the producer-clock checks, late and duplicate drops and watermarks read the feature's
 times and ids only; controls read latches). So every evaluation sees exactly the events that arrived before it,
-as when each event was applied on arrival. tests/test_differential.py checks this against the per-event engine
-kept in tests/reference_engine.
+as when each event was applied on arrival. Evaluation is thus never moved after the batch: an instant is
+evaluated at the same event as before, on the same data; only the work of applying events is grouped.
+tests/test_differential.py checks this against the per-event engine that this module replaced (frozen under
+tests/ as the oracle), and tests/test_batch_apply.py each column-wise piece against its per-event definition.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from functools import lru_cache
 from math import gcd
 
 from detectors import make_detector
-from rules.aggregate import group_counters
+from rules.aggregate import DDSKETCH_ACCURACY, group_counters
 from rules.metrics import signal_sources, signal_value
 from rules.plan import FeaturePlan, Plan
 from rules.sketches.ddsketch import DDSketch
@@ -38,8 +42,6 @@ from rules.state import FeatureState
 from rules.windows import SeriesBuckets
 
 __all__ = ["apply_pending", "finest_every"]
-
-_DDSKETCH_ACCURACY = 0.005  # rules.aggregate.DDSKETCH_ACCURACY: the group sketch must merge into the buckets'
 
 
 def finest_every(plan: Plan) -> int:
@@ -71,7 +73,7 @@ class _Group:
         self.c = group_counters(evs)
         lats = [ev.latency_ms for ev in evs if ev.type == "interaction" and ev.latency_ms is not None]
         if lats:
-            self.lat = DDSketch(_DDSKETCH_ACCURACY)
+            self.lat = DDSketch(DDSKETCH_ACCURACY)
             self.lat.add_many(lats)
         users = {ev.user for ev in evs if ev.type == "interaction" and ev.user is not None}
         if users:
