@@ -2,7 +2,7 @@
 
 Rule files say ``drift: {detector: adwin, params: {delta: 0.002}}``; ``params`` go to the river constructor
 unchanged. Every parameter has a checked type and range here because river checks few of them and ADWIN's Rust
-core *panics* on some (``clock: 0``, ``max_buckets: 0``), which must surface as a located validation error,
+core *panics* on some (``clock: 0``, ``max_buckets: 0`` or ``1``), which must surface as a located validation error,
 not a crash at the first event.
 
 Facts a rule author needs (also in the error messages):
@@ -99,6 +99,9 @@ _FRACTION = _Param("real", 0, 1, low_open=True)
 _POSITIVE = _Param("real", 0, low_open=True)
 _COUNT = _Param("int", 0)
 _AT_LEAST_ONE = _Param("int", 1)
+# ADWIN keeps at least two buckets per row: river's core (Rust) panics with max_buckets 1 once a window is cut, and
+# a panic is a BaseException that no error handling of a worker catches, so the rule file is refused instead.
+_AT_LEAST_TWO = _Param("int", 2)
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ _CATALOGUE: dict[str, _Detector] = {
         params={
             "delta": _PROBABILITY,
             "clock": _AT_LEAST_ONE,
-            "max_buckets": _AT_LEAST_ONE,
+            "max_buckets": _AT_LEAST_TWO,
             "min_window_length": _AT_LEAST_ONE,
             "grace_period": _COUNT,
         },
