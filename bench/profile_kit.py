@@ -54,7 +54,7 @@ def _where(frame: str) -> str:
     return frame[frame.rfind("(") + 1:].rstrip(")")
 
 
-def report(path: Path, events: float, label: str, top: int = 20) -> None:
+def report(path: Path, events: float, label: str, top: int = 20, groups_by: tuple = GROUPS) -> None:
     own: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     total = 0
@@ -81,7 +81,7 @@ def report(path: Path, events: float, label: str, top: int = 20) -> None:
     groups: Counter[str] = Counter()
     for frame, n in own.items():
         where = _where(frame)
-        groups[next((g for g, keys in GROUPS if any(k in where for k in keys)), "other (stdlib, orjson, ...)")] += n
+        groups[next((g for g, keys in groups_by if any(k in where for k in keys)), "other (stdlib, orjson, ...)")] += n
     print(f"{'us/event':>9} {'share':>6}  own time by component")
     for g, n in groups.most_common():
         print(row(n, g))

@@ -10,7 +10,9 @@ measures in this one run, each in a fresh child process:
 * light:    the same replay with the light pack of bench/light_rules.yaml (eight typical rules, one ADWIN drift);
 
 and prints events/s, the ratio replay / baseline, and each child's peak RSS. ``--stages`` runs some of them (the
-baseline always runs: every ratio is against it, measured in the same run).
+baseline always runs: every ratio is against it, measured in the same run). ``--profile DIR`` samples the replay
+stages with py-spy (``bench/profile_kit.py``) and prints where the CPU time per event goes, by component and by
+function (start-up included: imports are part of what a replay costs).
 """
 
 from __future__ import annotations
@@ -29,6 +31,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DATA = ROOT / "bench" / "data"
+sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/detectors.py must not shadow the package
+import profile_kit  # noqa: E402 - bench/ is not a package
+
+# own time by where the code lives, for a replay (first match wins)
+PROFILE_GROUPS = (
+    ("reading lines, replay loop, outputs (streams/offline/)", ("/streams/",)),
+    ("decoding + validating into Events (rules/events.py, decode.py, timestamps.py)",
+     ("rules/events.py", "rules/decode.py", "rules/timestamps.py")),
+    ("per-event bookkeeping: clocks, late, duplicates, watermarks (rules/engine.py, clock.py)",
+     ("rules/engine.py", "rules/clock.py")),
+    ("runs: grouping, group counters (rules/batch.py, aggregate.py)", ("rules/batch.py", "rules/aggregate.py")),
+    ("drift detectors (detectors/, river)", ("/detectors/", "/river/")),
+    ("windows, sketches, rule evaluation, lifecycle, outputs (rules/)", ("/rules/",)),
+    ("imports at start-up", ("<frozen importlib", "scipy", "textwrap.py", "inspect.py", "dataclasses.py", "typing.py")),
+)  # fmt: skip
 
 
 def _scenario_file(min_events: int) -> Path:
@@ -97,6 +114,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--stages", default="baseline,parse,replay,light",
                     help="comma-separated: baseline, parse, replay, light")
+    ap.add_argument("--profile", metavar="DIR", help="sample the replay stages with py-spy; print CPU us per event "
+                    "by component and function")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     asked = set(args.stages.split(","))
@@ -111,10 +130,19 @@ def main() -> None:
     size = os.path.getsize(path)
     print(f"input: {path.relative_to(ROOT)}  ({size / 1e6:.0f} MB)")
     results = {}
+    profdir = Path(args.profile) if args.profile else None
+    if profdir:
+        profdir.mkdir(parents=True, exist_ok=True)
     for mode in stages:
-        r = subprocess.run([sys.executable, __file__, "--child", mode, str(path)], capture_output=True, text=True,
-                           check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
-        results[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+        proc = subprocess.Popen([sys.executable, __file__, "--child", mode, str(path)], stdout=subprocess.PIPE,
+                                text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        spy = profile_kit.start(proc.pid, profdir / f"{mode}.txt") if profdir and mode in ("replay", "light") else None
+        stdout, _ = proc.communicate()
+        if spy is not None:
+            profile_kit.finish(spy)
+        if proc.returncode:
+            raise SystemExit(f"stage {mode} failed (exit {proc.returncode})")
+        results[mode] = json.loads(stdout.strip().splitlines()[-1])
     base = results["baseline"]["events"] / results["baseline"]["seconds"]
     base_cpu = results["baseline"]["events"] / results["baseline"]["cpu_seconds"]
     # on a shared machine wall time swings with the neighbours' load; CPU time much less (the last two columns)
@@ -132,6 +160,10 @@ def main() -> None:
     if "light" in results:
         ratio = (results["light"]["events"] / results["light"]["seconds"]) / base
         print(f"ratio light/orjson = {ratio:.3f} (aim >= 0.5)")
+    for mode in ("replay", "light"):
+        if profdir and mode in results and (profdir / f"{mode}.txt").exists():
+            label = "replay, whole catalogue" if mode == "replay" else "replay, light pack"
+            profile_kit.report(profdir / f"{mode}.txt", results[mode]["events"], label, groups_by=PROFILE_GROUPS)
 
 
 if __name__ == "__main__":
