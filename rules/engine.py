@@ -28,12 +28,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from rules.batch import apply_pending, finest_every
-from rules.clock import ClockConfig, ClockGuard, StreamClock, approx_duration
+from rules.clock import ClockConfig, ClockGuard, StreamClock
+from rules.clock_policy import quarantine, skew_hour
 from rules.evaluation import Evaluation, WindowCache, evaluate_metric
 from rules.events import Control, Event
 from rules.lifecycle import Instance, advance
 from rules.model import RuleSet
-from rules.outputs import SEVERITY, iso, stable_id
+from rules.outputs import iso
 from rules.plan import BoundRule, FeaturePlan, Plan
 from rules.policy import HOUR_MS, Outputs, Policy
 from rules.reload import migrate
@@ -224,7 +225,7 @@ class Engine:
         if fs.max_ts is None or ts > fs.max_ts:
             fs.max_ts = ts
             if fs.skew is not None and ts // HOUR_MS != fs.skew[0]:
-                self._skew_hour(out, ev.feature, fs, ts // HOUR_MS)
+                skew_hour(self.config, out, ev.feature, fs, ts // HOUR_MS)
         if smax is None or ts > smax:
             fs.src_max[src] = ts
             # the watermark is at most this source's time - lateness (or does not move, for a source no rule
@@ -254,109 +255,9 @@ class Engine:
                                          "source": e.origin, "payload": e.payload()})  # fmt: skip
 
         def reject(e: Event, why: str, ref: tuple | None = None) -> None:
-            self._quarantine(out, feature, fs, e, why, ref)
+            quarantine(self.config, self.stats, out, feature, fs, e, why, ref)
 
         return stream_time, apply, reject
-
-    def _quarantine(self, out: Outputs, feature: str, fs: FeatureState, ev: Event, why: str,
-                    judged: tuple | None = None) -> None:  # fmt: skip
-        """A ``ts_outlier`` dead letter: how far off the event's time was, relative to what, and why. ``judged`` is
-        what the event was compared with when it came: (time, "stream" | "feature" | "first"). Its own stream's
-        time when it has one — one partition's order — so the dead letter reads the same live and in replay."""
-        skew = self.config.max_clock_skew_ms or 0
-        ref, kind = judged if judged is not None else (fs.src_max.get(ev.type), "stream")
-        if ref is None:
-            ref, kind = fs.max_ts, "feature"
-        where = {"stream": f"the {ev.type} stream of feature {feature!r}", "feature": f"feature {feature!r}",
-                 "first": f"the first events of feature {feature!r}"}[kind]  # fmt: skip
-        direction = "ahead" if ref is None or ev.ts > ref else "behind"
-        if ref is None:
-            off = None
-            head = f"event time {iso(ev.ts)} disagrees with the first events of {where}"
-        else:
-            off = ev.ts - ref
-            rel = "ahead of" if direction == "ahead" else "behind"
-            head = f"event time {iso(ev.ts)} is {approx_duration(off)} {rel} {where} (at {iso(ref)})"
-        tail = {
-            "behind": f"more than the maximum clock skew of {approx_duration(skew)} behind it",
-            "contradicted": f"held, then contradicted by {self.config.clock_quorum} or more messages at the "
-                            "stream's own time",
-            "unconfirmed": f"held, and the input ended before {self.config.clock_quorum} messages confirmed it",
-            "hold_full": "held events of this stream at their limit",
-        }[why]  # fmt: skip
-        self.stats.outliers[direction] += 1
-        fs.outliers[direction] = fs.outliers.get(direction, 0) + 1
-        out.dead_letters.append({
-            "reason": "ts_outlier",
-            "detail": f"{head}: {tail}",
-            "source": ev.origin,
-            "payload": ev.payload(),
-            "outlier": {"stream": ev.type, "direction": direction, "offset_ms": off,
-                        "stream_time": None if ref is None else iso(ref), "max_clock_skew_ms": skew, "why": why},
-        })  # fmt: skip
-        self._skew_count(out, feature, fs, ev, off)
-
-    def _skew_count(self, out: Outputs, feature: str, fs: FeatureState, ev: Event, off: int | None) -> None:
-        """Outliers per hour of the feature's stream time; ``clock_skew_page_after`` of them in one hour page
-        ``investigate`` ("producer clock skew"), resolved after an hour of stream time with fewer."""
-        limit = self.config.clock_skew_page_after
-        if limit <= 0:
-            return
-        hour = (fs.max_ts if fs.max_ts is not None else 0) // HOUR_MS
-        if fs.skew is not None and fs.skew[0] != hour:
-            self._skew_hour(out, feature, fs, hour)
-        if fs.skew is None:
-            fs.skew = [hour, 0, None, 0]
-        sk = fs.skew
-        sk[1] += 1
-        if off is not None and abs(off) > abs(sk[3]):
-            sk[3] = off
-        if sk[1] >= limit and sk[2] is None:
-            sk[2] = hour
-            out.pages.append(self._skew_page("trigger", feature, fs, ev.phase, hour))
-
-    def _skew_hour(self, out: Outputs, feature: str, fs: FeatureState, hour: int) -> None:
-        """The feature's stream time entered ``hour``. A paged run ends (resolve) once an hour closes with fewer
-        outliers than the limit, or hours with none were skipped."""
-        sk = fs.skew  # [hour, outliers in it, hour the page went out (None: not paged), worst offset]
-        if sk[2] is not None and (sk[1] < self.config.clock_skew_page_after or hour > sk[0] + 1):
-            out.pages.append(self._skew_page("resolve", feature, fs, None, sk[2]))
-            sk[2] = None
-        if sk[2] is None:
-            fs.skew = None  # nothing to remember: the next outlier starts a new count
-        else:
-            sk[0], sk[1], sk[3] = hour, 0, 0
-
-    def _skew_page(self, action: str, feature: str, fs: FeatureState, phase: str | None, since: int) -> dict:
-        sk = fs.skew
-        n, worst = sk[1], sk[3]
-        summary = (
-            f"Producer clock skew on feature {feature}: {n} events quarantined (ts_outlier) in the hour from "
-            f"{iso(since * HOUR_MS)}, up to {approx_duration(worst)} {'ahead of' if worst >= 0 else 'behind'} "
-            "their stream. They are in the dead-letter topic and decided nothing; check the producers' clocks "
-            "(NTP) and time zones." if action == "trigger" else
-            f"Producer clock skew on feature {feature}: an hour of stream time with fewer than "
-            f"{self.config.clock_skew_page_after} outliers"
-        )  # fmt: skip
-        return {
-            "event_action": action,
-            "dedup_key": "rollguard-clock-skew-" + stable_id("clock_skew", feature, since),
-            "payload": {
-                "summary": summary,
-                "source": "rollguard",
-                "severity": SEVERITY["investigate"],
-                "timestamp": iso(max(fs.max_ts or 0, since * HOUR_MS)),
-                "component": feature,
-                "group": phase or "*",
-                "class": "clock-skew",
-                "custom_details": {
-                    "outliers_this_hour": n,
-                    "worst_offset_ms": worst,
-                    "outliers_total": dict(sorted(fs.outliers.items())),
-                    "max_clock_skew_ms": self.config.max_clock_skew_ms,
-                },
-            },
-        }
 
     def watermark(self, feature: str) -> int | None:
         """The feature's watermark: the lowest, over the sources its rules read, of (highest event time of that

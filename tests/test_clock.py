@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from engine_kit import MIN, T0, interactions, rules, traffic
@@ -238,7 +238,10 @@ BAD_TIMES = [lambda ts: ts + DAY, lambda ts: ts + YEAR, lambda ts: Y9999, lambda
 @settings(max_examples=80, deadline=None)
 @given(streams(), st.data())
 def test_inserting_outliers_anywhere_never_changes_decisions_on_the_other_events(evs, data):
-    n = max(1, len(evs) // 100)
+    # up to 1 % outliers: a stream of fewer than 100 events would take more (one bad event beside one good one, at
+    # the end of an input, cannot be told apart: which is kept is then arbitrary, see docs/live.md)
+    assume(len(evs) >= 100)
+    n = len(evs) // 100
     k = data.draw(st.integers(1, n))
     dirty = list(evs)
     for j in range(k):
