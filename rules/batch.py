@@ -37,7 +37,7 @@ from rules.aggregate import DDSKETCH_ACCURACY, group_counters
 from rules.metrics import signal_sources, signal_value
 from rules.plan import FeaturePlan, Plan
 from rules.sketches.ddsketch import DDSketch
-from rules.sketches.hll import SPARSE_LIMIT, HyperLogLog, key_hash
+from rules.sketches.hll import HyperLogLog, key_hash
 from rules.state import FeatureState
 from rules.windows import SeriesBuckets
 
@@ -97,22 +97,24 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
     detectors, as applying each on arrival would have. ``user_hashes`` caches the distinct-user sketch hash of
     keyed user ids across calls (bounded: cleared when full)."""
     groups: dict[tuple, _Group] = {}
-    drift: dict[tuple, list] = {}  # (plan, phase, event type) -> its events in arrival order
+    # (phase, event type) -> the phase's plan and its events in arrival order (one plan per phase: a run never
+    # spans a reload, and the plan's per-phase objects, even if its cache rebuilt one, hold the same rules)
+    drift: dict[tuple, tuple[FeaturePlan, list]] = {}
     for fp, ev in pending:
         if fp.stores:
-            ts = ev.ts
-            gk = (ev.phase, tuple(ev.segment.items()), ts - ts % fine_ms)
+            start = ev.ts - ev.ts % fine_ms
+            gk = (ev.phase, tuple(ev.segment.items()), start)
             g = groups.get(gk)
             if g is None:
-                g = groups[gk] = _Group(fp, ev.phase, ev.segment, ts - ts % fine_ms)
+                g = groups[gk] = _Group(fp, ev.phase, ev.segment, start)
             g.evs.append(ev)
         if fp.drift_rules:
-            k = (fp, ev.phase, ev.type)
+            k = (ev.phase, ev.type)
             run = drift.get(k)
             if run is None:
-                drift[k] = [ev]
+                drift[k] = (fp, [ev])
             else:
-                run.append(ev)
+                run[1].append(ev)
     if groups:
         cache = {} if user_hashes is None else user_hashes
         for g in groups.values():
@@ -143,18 +145,8 @@ def _merge_groups(fs: FeatureState, groups) -> None:
                 b.lat.merge(g.lat)
             if b.users is not None and g.hashes:
                 if users is None:
-                    users = _hll_of(g.hashes)
+                    users = HyperLogLog.from_hashes(g.hashes)
                 b.users.merge(users)
-
-
-def _hll_of(hashes: set[int]) -> HyperLogLog:
-    h = HyperLogLog()
-    if len(hashes) <= SPARSE_LIMIT:
-        h._sparse = hashes  # noqa: SLF001 - the sketch of exactly these hashes, without re-checking each one
-    else:
-        for x in hashes:
-            h.add_hash(x)
-    return h
 
 
 @lru_cache(maxsize=4096)
@@ -169,43 +161,38 @@ def _drift_plan(fp: FeaturePlan) -> dict[str, tuple]:
 
 
 def _signal_column(signal: str, evs: list) -> tuple[list, list]:
-    """The values a drift signal takes over ``evs`` (events of the type that carries it) and their event times."""
-    if signal in _NUMERIC:
-        name = _NUMERIC[signal]
-        pairs = [(x, ev.ts) for ev in evs if (x := getattr(ev, name)) is not None]
-    elif signal == "error":
-        pairs = [(1.0 if ev.outcome in ("error", "timeout") else 0.0, ev.ts) for ev in evs]
-    else:
-        pairs = [(x, ev.ts) for ev in evs if (x := signal_value(signal, ev)) is not None]
-    if not pairs:
-        return [], []
-    xs, ts = zip(*pairs)
-    return list(xs), list(ts)
+    """The values a drift signal takes over ``evs`` (events of the type that carries it), and the events that
+    carry one (``rules.metrics.signal_value``, a column at a time for the common signals)."""
+    if signal in ("latency_ms", "cost_usd", "confidence"):  # the event attribute of that name, when present
+        carriers = [ev for ev in evs if getattr(ev, signal) is not None]
+        return [getattr(ev, signal) for ev in carriers], carriers
+    if signal == "error":
+        return [1.0 if ev.outcome in ("error", "timeout") else 0.0 for ev in evs], evs
+    pairs = [(x, ev) for ev in evs if (x := signal_value(signal, ev)) is not None]
+    return [x for x, _ in pairs], [ev for _, ev in pairs]
 
 
-_NUMERIC = {"latency_ms": "latency_ms", "cost_usd": "cost_usd", "confidence": "confidence"}
-
-
-def _feed_detectors(feature: str, fs: FeatureState, drift: dict[tuple, list]) -> None:
+def _feed_detectors(feature: str, fs: FeatureState, drift: dict[tuple, tuple[FeaturePlan, list]]) -> None:
     """Feed each detector its values of the run in arrival order, once. A detector's key holds the phase and a
     signal is carried by one event type, so the events of one (phase, type) hold every value of its detectors, in
     order. Detectors are created when their first value comes (``fs.detectors`` is read in key order only)."""
     detectors = fs.detectors
     runs: dict[tuple, tuple[list, list]] = {}
-    for (fp, phase, typ), evs in drift.items():
+    for (phase, typ), (fp, evs) in drift.items():
         for signal, bound in _drift_plan(fp).get(typ, ()):
-            xs, ts = _signal_column(signal, evs)
+            xs, carriers = _signal_column(signal, evs)
             if not xs:
                 continue
             for b in bound:
                 r = b.rule
                 every = r.every_ms
                 if not r.group_by:
-                    parts = {(): (xs, [t - t % every for t in ts])}
+                    parts = {(): (xs, [ev.ts - ev.ts % every for ev in carriers])}
                 else:
                     parts = {}
                     cache: dict[tuple, tuple] = {}
-                    for x, t, ev in zip(xs, ts, (ev for ev in evs if signal_value(signal, ev) is not None)):
+                    for x, ev in zip(xs, carriers):
+                        t = ev.ts
                         segt = tuple(ev.segment.items())
                         group = cache.get(segt)
                         if group is None:
@@ -220,11 +207,7 @@ def _feed_detectors(feature: str, fs: FeatureState, drift: dict[tuple, list]) ->
                     if key not in detectors:
                         detectors[key] = make_detector(r.drift.detector, dict(r.drift.params),
                                                        b.detector_seed(feature, phase, group))  # fmt: skip
-                    had = runs.get(key)
-                    if had is None:
-                        runs[key] = run
-                    else:  # not expected (one plan per phase, one type per signal), but never lose values
-                        runs[key] = (had[0] + run[0], had[1] + run[1])
+                    runs[key] = run  # one (phase, type) per key: the key holds the phase, a signal has one type
     pending = fs.drift_pending
     for key, (xs, slots) in runs.items():
         result = detectors[key].update_many(xs, slots)
