@@ -30,7 +30,7 @@ Where the two differ by construction, and why the Structs stay on the strict sid
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 import msgspec
 
@@ -66,7 +66,16 @@ class _Common(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, gc=F
 
 
 class Interaction(_Common, tag="interaction"):
-    """CONTRACT §1 interaction, as ``rules.events.InteractionIn``."""
+    """CONTRACT §1 interaction, as ``rules.events.InteractionIn``.
+
+    The class attributes make a checked record read like a ``rules.events.Event`` (a *row*, see
+    ``EventParser.parse_rows``): the type, and None for the fields only feedback has."""
+
+    type: ClassVar[str] = "interaction"
+    kind: ClassVar[None] = None
+    label: ClassVar[None] = None
+    score: ClassVar[None] = None
+    interaction_id: ClassVar[None] = None
 
     phase: Name = "default"
     segment: Segment = msgspec.field(default_factory=dict)
@@ -83,7 +92,17 @@ class Interaction(_Common, tag="interaction"):
 
 
 class Feedback(_Common, tag="feedback"):
-    """CONTRACT §1 feedback, as ``rules.events.FeedbackIn`` (its cross-field rules are checked afterwards)."""
+    """CONTRACT §1 feedback, as ``rules.events.FeedbackIn`` (its cross-field rules are checked afterwards). Reads
+    like a ``rules.events.Event`` too: None for the fields only interactions have, no flags."""
+
+    type: ClassVar[str] = "feedback"
+    outcome: ClassVar[None] = None
+    latency_ms: ClassVar[None] = None
+    tokens_in: ClassVar[None] = None
+    tokens_out: ClassVar[None] = None
+    cost_usd: ClassVar[None] = None
+    confidence: ClassVar[None] = None
+    flags: ClassVar[tuple] = ()
 
     kind: Literal["suggestion", "thumbs", "review", "ticket", "survey"]
     phase: Name = "default"
@@ -98,6 +117,8 @@ class Feedback(_Common, tag="feedback"):
 
 class ControlRecord(_Common, tag="control"):
     """An operator control input, as ``rules.events.ControlIn``."""
+
+    type: ClassVar[str] = "control"
 
     action: Literal["resume"]
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]

@@ -24,14 +24,14 @@ boundaries.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from rules.batch import apply_pending, finest_every
 from rules.clock import ClockConfig, ClockGuard, StreamClock
 from rules.clock_policy import quarantine, skew_hour
 from rules.evaluation import Evaluation, WindowCache, evaluate_metric
-from rules.events import Control, Event
+from rules.events import Control, Event, row_event
 from rules.lifecycle import Instance, advance
 from rules.model import RuleSet
 from rules.outputs import iso
@@ -132,12 +132,15 @@ class Engine:
 
     # --- the step function -------------------------------------------------------------------------------------
 
-    def step(self, items: Iterable[Event | Control]) -> Outputs:
+    def step(self, items: Iterable[Event | Control], origins: Sequence[dict | None] | None = None) -> Outputs:
+        """Apply ``items`` in order. An item may also be a *row* (``rules.events.EventParser.parse_rows``: a checked
+        record that reads like an Event); ``origins[i]``, when given, is where the i-th item came from, for a row
+        that the producer-clock guard holds or quarantines (an Event or Control carries its own ``origin``)."""
         out = Outputs()
         features = self.features
         guard = self.guard
         skew = self.config.max_clock_skew_ms or 0
-        for ev in items:
+        for i, ev in enumerate(items):
             if ev.type == "control":
                 self.stats.events["control"] += 1
                 fs = features.get(ev.feature)
@@ -156,6 +159,9 @@ class Engine:
             if low is not None and low - skew <= ev.ts <= fs.max_ts + skew and not sc:
                 self._ingest(out, fs, ev)  # the common case: plausible, and nothing held for this stream
             else:
+                if type(ev) is not Event:  # a row: the guard may hold it, and what it holds or refuses names its origin
+                    ev = row_event(ev)
+                    ev.origin = None if origins is None else origins[i]
                 if sc is None:
                     sc = fs.clocks[ev.type] = StreamClock()
                 guard.admit(sc, ev, *self._clock_hooks(out, fs, ev.feature, ev.type, ev))

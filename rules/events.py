@@ -312,43 +312,57 @@ def _is_name(s: object) -> bool:
     return type(s) is str and 0 < len(s) <= 128 and _NAME_CHARS.issuperset(s)
 
 
-def _from_record(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymizer) -> Event | Control | None:
-    """The event of a record the typed decoder accepted; None when the post-checks fail (the models then decide)."""
+def _check_row(r: Interaction | Feedback, pseudo: Pseudonymizer) -> bool:
+    """Finish a record the typed decoder accepted, in place, into a *row*: ``ts`` as epoch ms, ``user`` re-keyed.
+    False when a post-check fails (the models then decide). Call it once per record: it re-keys the user."""
     ts = r.ts
     if type(ts) is str:
         try:
-            ts = rfc3339_ms(ts)
+            r.ts = rfc3339_ms(ts)
         except ValueError:
-            return None
+            return False
     feature, phase = r.feature, r.phase
-    if (feature not in names and not seen_name(feature)) or (
-        phase not in names and phase is not None and not seen_name(phase)
-    ):
-        return None
-    t = type(r)
-    if t is Interaction or t is _InteractionLax:
+    if (feature not in names and not seen_name(feature)) or (phase not in names and not seen_name(phase)):
+        return False
+    if r.type == "interaction":
         flags = r.flags
         if flags and not seen_labels(flags):
-            return None
-        user = r.user
-        if user is not None:
-            user = pseudo._cache.get(user) or pseudo(user)  # a hit without the call
-        return Event(
-            "interaction", r.event_id, ts, feature, phase, r.segment, user, r.model_version, r.prompt_version,
-            r.outcome, r.latency_ms, r.tokens_in, r.tokens_out, r.cost_usd, r.confidence, flags,
-        )  # fmt: skip
-    if t is Feedback or t is _FeedbackLax:
+            return False
+    else:
         label = r.label
         if (label is not None and not seen_labels((label,))) or _feedback_problem(r.kind, label, r.score):
+            return False
+    user = r.user
+    if user is not None:
+        r.user = pseudo._cache.get(user) or pseudo(user)  # a hit without the call
+    return True
+
+
+def row_event(r: Interaction | Feedback) -> Event:
+    """The :class:`Event` of a row (a checked record, see :meth:`EventParser.parse_rows`); its ``origin`` is unset."""
+    return Event(
+        r.type, r.event_id, r.ts, r.feature, r.phase, r.segment, r.user, r.model_version, r.prompt_version,
+        r.outcome, r.latency_ms, r.tokens_in, r.tokens_out, r.cost_usd, r.confidence, r.flags, r.kind, r.label,
+        r.score, r.interaction_id,
+    )  # fmt: skip
+
+
+def _from_record(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymizer) -> Event | Control | None:
+    """The event of a record the typed decoder accepted; None when the post-checks fail (the models then decide)."""
+    if r.type == "control":
+        ts = r.ts
+        if type(ts) is str:
+            try:
+                ts = rfc3339_ms(ts)
+            except ValueError:
+                return None
+        feature, phase = r.feature, r.phase
+        if (feature not in names and not seen_name(feature)) or (
+            phase not in names and phase is not None and not seen_name(phase)
+        ):
             return None
-        user = r.user
-        if user is not None:
-            user = pseudo._cache.get(user) or pseudo(user)  # a hit without the call
-        return Event(
-            "feedback", r.event_id, ts, feature, phase, r.segment, user, r.model_version, r.prompt_version,
-            kind=r.kind, label=label, score=r.score, interaction_id=r.interaction_id,
-        )  # fmt: skip
-    return Control(r.event_id, ts, r.action, feature, phase, r.reason, r.operator)
+        return Control(r.event_id, ts, r.action, feature, phase, r.reason, r.operator)
+    return row_event(r) if _check_row(r, pseudo) else None
 
 
 def _from_model(m: BaseModel, pseudo: Pseudonymizer) -> Event | Control:
@@ -413,6 +427,37 @@ class EventParser:
         """:meth:`parse_message` as a list (the hot path of replay: no generator per message)."""
         typed = self._typed(data)
         return typed if typed is not None else list(self._parse_each(data))
+
+    def parse_rows(self, data: bytes | str) -> list | None:
+        """The hot path of replay and the worker: the events of a message as *rows* — the typed decoder's records,
+        checked and finished in place (:func:`_check_row`), which read like :class:`Event` (same attributes and
+        values, :func:`row_event` gives the Event) but cost no object of their own — and its controls as
+        :class:`Control`. None when the typed path refuses any item of the message: :meth:`parse_items` then
+        decides, item by item. A row has no ``origin`` attribute: the caller keeps where it came from
+        (``rules.engine.Engine.step``'s ``origins``)."""
+        try:
+            decoded = MESSAGE.decode(data)
+        except DecodeFailed:
+            return None
+        pseudo = self.pseudo
+        if type(decoded) is not list:
+            decoded = [decoded]
+        elif not decoded:
+            return None  # an empty envelope is a dead letter: the long way names it
+        out = []
+        for r in decoded:
+            if r.type == "control":
+                if self.operator_keys is not None:
+                    return None  # its signature is checked the long way
+                c = _from_record(r, pseudo)
+                if c is None:
+                    return None
+                out.append(c)
+            elif _check_row(r, pseudo):
+                out.append(r)
+            else:
+                return None
+        return out
 
     def _typed(self, data: bytes | str) -> list[Event | Control] | None:
         """All the events of a message from the typed decoder; None when it or a post-check refuses any of them."""

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from rules.engine import Engine, EngineConfig
-from rules.events import Control, Event
+from rules.decode import Feedback, Interaction
+from rules.events import Control, Event, row_event
 from rules.loader import load_rules_text
 
 T0 = 1_793_577_600_000  # 2026-11-02T00:00:00Z
 MIN = 60_000
+
+
+def as_row(ev: Event) -> Interaction | Feedback:
+    """The row (``EventParser.parse_rows``: a checked decoder record that reads like an Event) of ``ev``."""
+    common = dict(event_id=ev.event_id, ts=ev.ts, feature=ev.feature, phase=ev.phase, segment=ev.segment,
+                  user=ev.user, model_version=ev.model_version, prompt_version=ev.prompt_version)  # fmt: skip
+    if ev.type == "interaction":
+        row = Interaction(**common, outcome=ev.outcome, latency_ms=ev.latency_ms, tokens_in=ev.tokens_in,
+                          tokens_out=ev.tokens_out, cost_usd=ev.cost_usd, confidence=ev.confidence, flags=ev.flags)  # fmt: skip
+    else:
+        row = Feedback(**common, kind=ev.kind, label=ev.label, score=ev.score, interaction_id=ev.interaction_id)
+    assert row_event(row) == ev
+    return row
+
+
+def as_rows(items: list) -> tuple[list, list]:
+    """(items with each Event as its row, their origins): what replay and the worker hand ``Engine.step``."""
+    return [x if x.type == "control" else as_row(x) for x in items], [x.origin for x in items]
 
 
 def rules(text: str, name: str = "t"):

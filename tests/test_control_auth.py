@@ -199,3 +199,36 @@ def test_settings_parse_operator_keys_and_never_print_them():
     assert Settings(operator_keys="").operator_keys_map() is None
     with pytest.raises(ValueError, match="operator_keys"):
         Settings(operator_keys="no-colon-here")
+
+
+class _TopicSource:
+    """A replay source of (origin, message) pairs as --from-kafka reads them, without a broker."""
+
+    labels = ("kafka",)
+    control_topic = "rollguard.control"
+
+    def __init__(self, messages: list[tuple[str, object]]) -> None:
+        self.messages = messages
+
+    def __iter__(self):
+        for offset, (topic, value) in enumerate(self.messages):
+            yield {"topic": topic, "partition": 0, "offset": offset}, orjson.dumps(value)
+
+    def progress(self) -> tuple[int, int]:
+        return 0, 0
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_replay_refuses_a_control_read_from_an_input_topic_instead_of_failing(tmp_path, signed):
+    """Replay from Kafka: a resume found on an input topic is a dead letter (as the worker does), whether the
+    events around it took the fast path or not; replay once raised TypeError on it."""
+    control = sign_control(resume(T0 + 7 * MIN), "op-1", KEYS["op-1"]) if signed else resume(T0 + 7 * MIN)
+    messages = [("rollguard.interactions", e) for e in events(0, 6, "error")]
+    messages += [("rollguard.interactions", control), ("rollguard.interactions", events(7, 1, "ok"))]
+    res = replay(RULES, None, tmp_path, config=EngineConfig(allowed_lateness_ms=0), user_key=b"k", progress=False,
+                 source=_TopicSource(messages), operator_keys=KEYS if signed else None)  # fmt: skip
+    assert res.invalid == {"control_on_input_topic": 1}
+    dead = [orjson.loads(line) for line in (tmp_path / "deadletter.jsonl").read_text().splitlines()]
+    assert [d["reason"] for d in dead] == ["control_on_input_topic"]
+    assert dead[0]["source"] == {"topic": "rollguard.interactions", "partition": 0, "offset": 360}
+    assert res.engine.features["f"].latches == {"p": "kill"}  # the kill stays latched

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine_kit import MIN, T0, rules
+from engine_kit import MIN, T0, as_rows, rules
 from reference_engine import ReferenceEngine
 from rules.engine import Engine, EngineConfig
 from rules.events import Control, Event
@@ -63,17 +63,22 @@ def round_trip(eng, parts: bool):
     return new
 
 
-def drive(cls, rulesets, config, script, splits=None):
+def drive(cls, rulesets, config, script, splits=None, rows=False):
     """Run ``script`` through a new ``cls`` engine, then ``finish``. The script is a list of ops: ``("items", list)``,
     ``("idle", feature, source, ts)``, ``("reload", rulesets)``, ``("roundtrip", parts)``. ``splits`` cuts each
-    items op into steps: None one step, an int n steps of n, a list of sizes (cycled, 0 allowed: an empty step)."""
+    items op into steps: None one step, an int n steps of n, a list of sizes (cycled, 0 allowed: an empty step).
+    ``rows``: the events go in as rows with their origins beside them (``EventParser.parse_rows``), as replay and
+    the worker hand them over."""
     eng = cls(rulesets, config)
     outs = []
     for op in script:
         if op[0] == "items":
             items = op[1]
+            origins = None
+            if rows:
+                items, origins = as_rows(items)
             if splits is None:
-                outs.append(eng.step(items))
+                outs.append(eng.step(items, origins) if rows else eng.step(items))
                 continue
             sizes = [splits] if isinstance(splits, int) else list(splits)
             if not any(sizes):  # only empty steps would never get through
@@ -81,7 +86,7 @@ def drive(cls, rulesets, config, script, splits=None):
             i = j = 0
             while i < len(items):
                 n = sizes[j % len(sizes)]
-                outs.append(eng.step(items[i : i + n]))
+                outs.append(eng.step(items[i : i + n], origins[i : i + n]) if rows else eng.step(items[i : i + n]))
                 i += n
                 j += 1
         elif op[0] == "idle":
@@ -135,7 +140,7 @@ def golden_check(evs: list, seed: int) -> None:
     splits = [rnd.choice([1, 7, 64, 500, 4096]) for _ in range(50)]
     script = [("items", evs)]
     reference = drive(ReferenceEngine, catalog(), EngineConfig(), script)
-    product = drive(Engine, catalog(), EngineConfig(), script, splits)
+    product = drive(Engine, catalog(), EngineConfig(), script, splits, rows=True)  # as replay hands them over
     assert_same(product, reference)
     assert dump(reference[1])["decisions"] != b"[]"  # the comparison is not vacuous
 
@@ -181,8 +186,8 @@ def test_catalogue_rule_tests_match_the_reference(path):
         if i % 2 == 0:
             assert_same_per_call(drive(Engine, cf.rulesets, case.config, script), reference)
         else:  # the product with other batch boundaries: the concatenated outputs must still be the reference's
-            splits = [rnd.choice([1, 3, 16, 100, 1000]) for _ in range(20)]
-            assert_same(drive(Engine, cf.rulesets, case.config, script, splits), reference)
+            splits = [rnd.choice([1, 3, 16, 100, 1000]) for _ in range(20)]  # and as rows, as replay hands them over
+            assert_same(drive(Engine, cf.rulesets, case.config, script, splits, rows=i % 4 == 1), reference)
 
 
 # --- generated streams ---------------------------------------------------------------------------------------------
@@ -293,8 +298,10 @@ def scripts(draw):
         if rnd.random() < 0.5:
             dup = e
         else:
+            inter = e.type == "interaction"  # feedback has no outcome or latency (as the parser gives it)
             dup = Event(e.type, e.event_id, e.ts + rnd.randint(-5_000, 5_000), e.feature, e.phase, {"platform": "x"},
-                        None, None, None, "error", 1999.0, kind=e.kind, label=e.label)  # fmt: skip
+                        None, None, None, "error" if inter else None, 1999.0 if inter else None, kind=e.kind,
+                        label=e.label)  # fmt: skip
         items.insert(at, dup)
     # clock outliers: implausible event times, ahead or behind
     for j in range(draw(st.integers(0, 3))):
@@ -321,8 +328,9 @@ def scripts(draw):
                  and x.type == e.type and T0 <= x.ts < T0 + DAY]  # fmt: skip
         if prior:
             ts = max(prior) - LATENESS + rnd.choice([-1, 0, 0, 1])
+            inter = e.type == "interaction"  # an event the parser could give: feedback has no outcome or latency
             items.insert(at, Event(e.type, f"edge{j}", ts, e.feature, e.phase, dict(e.segment), e.user, None, None,
-                                   "error", 1500.0, kind=e.kind, label=e.label))  # fmt: skip
+                                   "error" if inter else None, 1500.0 if inter else None, kind=e.kind, label=e.label))  # fmt: skip
     for i, it in enumerate(items):
         if getattr(it, "origin", None) is None:
             it.origin = {"file": "diff", "line": i}
@@ -361,11 +369,12 @@ def test_generated_streams_same_splits_match_the_reference(case, splits):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(scripts(), SPLITS)
-def test_generated_streams_any_splits_match_the_reference_one_event_per_step(case, splits):
+@given(scripts(), SPLITS, st.booleans())
+def test_generated_streams_any_splits_match_the_reference_one_event_per_step(case, splits, rows):
+    """Also with the events handed over as rows (half the examples), as replay and the worker do."""
     cfg, script = case
     reference = drive(ReferenceEngine, RULES, cfg, script, 1)
-    product = drive(Engine, RULES, cfg, script, splits)
+    product = drive(Engine, RULES, cfg, script, splits, rows)
     assert_same(product, reference)
 
 

@@ -25,6 +25,7 @@ from rules.events import (
     _json_error_detail,
     _located,
     parse_ts,
+    row_event,
     redact,
     rfc3339_ms,
 )
@@ -224,6 +225,15 @@ def check_agrees(data):
     if typed is not None:  # the typed path accepted the whole message: the specification accepts it identically
         assert [canon(x) for x in typed] == want, data
         assert all(w[0] in ("event", "control") for w in want), data
+    rows = PARSER.parse_rows(data)  # the hot path: rows read like the Events, or it refuses the whole message
+    assert (rows is None) == (typed is None), data
+    if rows is not None:
+        assert [canon(x if type(x) is Control else row_event(x)) for x in rows] == want, data
+        fields = [k for k in Event.FIELDS if k != "type"]
+        for r, w in zip(rows, typed):
+            if type(r) is Control:
+                continue
+            assert r.type == w.type and all(getattr(r, k) == getattr(w, k) for k in fields), data
     return typed is not None
 
 
