@@ -37,7 +37,7 @@ import profile_kit  # noqa: E402 - bench/ is not a package
 # own time by where the code lives, for a replay (first match wins)
 PROFILE_GROUPS = (
     ("reading lines, replay loop, outputs (streams/offline/)", ("/streams/",)),
-    ("decoding + validating into Events (rules/events.py, decode.py, timestamps.py)",
+    ("decoding + validating into rows (or Events) (rules/events.py, decode.py, timestamps.py)",
      ("rules/events.py", "rules/decode.py", "rules/timestamps.py")),
     ("per-event bookkeeping: clocks, late, duplicates, watermarks (rules/engine.py, clock.py)",
      ("rules/engine.py", "rules/clock.py")),
