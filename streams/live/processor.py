@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import orjson
 
@@ -74,8 +74,10 @@ class _EngineFailure(Exception):
     """The pure engine raised (a bug on some input), as opposed to Redis or Kafka being unavailable."""
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
+    """One consumed Kafka record (a tuple: made once per message on the hot path, ~10x cheaper than a frozen
+    dataclass)."""
+
     topic: str
     partition: int
     offset: int
