@@ -59,7 +59,7 @@ class FeatureState:
         # windows along instead of merging them afresh; None after a load, rebuilt from the buckets on first use
         self.windows = None
 
-    def to_state(self, detector_key: bytes, with_stores: bool = True) -> dict[str, Any]:
+    def to_state(self, detector_key: bytes, with_stores: bool = True, with_seen: bool = True) -> dict[str, Any]:
         def ik(k: InstanceKey) -> str:
             return "\x1f".join((k[0], k[1], k[2], *k[3]))
 
@@ -67,7 +67,7 @@ class FeatureState:
             "max_ts": self.max_ts,
             "src_max": dict(sorted(self.src_max.items())),
             "src_first": dict(sorted(self.src_first.items())),
-            "seen": dict(sorted(self.seen.items())),
+            **({"seen": dict(sorted(self.seen.items()))} if with_seen else {}),
             "stores": {
                 str(sid): {"\x1f".join((k[0], *k[1])): s.to_state() for k, s in sorted(series.items())}
                 for sid, series in sorted(self.stores.items())
@@ -100,10 +100,14 @@ class FeatureState:
         """Everything but the window buckets (those persist one by one, see ``bucket_fields``). Dedup ids of events
         older than every source's late bound are left out: any event that old is late before it is looked up, and
         the stored state does not depend on when in-memory pruning last ran."""
-        d = self.to_state(detector_key, with_stores=False)
+        d = self.to_state(detector_key, with_stores=False, with_seen=False)
+        # in the order the ids came (deterministic: the input's order), not sorted: a worker writes this core at
+        # every batch, and with dense traffic sorting thousands of ids was most of its cost
         if self.src_max:
             floor = min(self.src_max.values()) - lateness_ms
-            d["seen"] = {i: ts for i, ts in d["seen"].items() if ts >= floor}
+            d["seen"] = {i: ts for i, ts in self.seen.items() if ts >= floor}
+        else:
+            d["seen"] = dict(self.seen)
         return d
 
     def bucket_fields(self, plan: Any, since: int | None) -> tuple[dict[str, bytes], set[str]]:
