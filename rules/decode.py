@@ -1,6 +1,6 @@
 """The wire schema of input events as msgspec Structs: raw message bytes to typed records at C speed.
 
-The pydantic models in :mod:`rules.events` are the specification; these Structs restate their constraints so that
+The pydantic models in :mod:`rules.event_models` are the specification; these Structs restate their constraints so that
 msgspec's decoder can check them while it parses. They may only ever be *stricter* than the models, never more
 lenient: whatever they reject, the models decide (and word the located error). Two things msgspec cannot express
 are checked afterwards by :class:`rules.events.EventParser`: an RFC 3339 string ``ts`` (parsed exactly as
@@ -66,7 +66,7 @@ class _Common(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, gc=F
 
 
 class Interaction(_Common, tag="interaction"):
-    """CONTRACT §1 interaction, as ``rules.events.InteractionIn``.
+    """CONTRACT §1 interaction, as ``rules.event_models.InteractionIn``.
 
     The class attributes make a checked record read like a ``rules.events.Event`` (a *row*, see
     ``EventParser.parse_rows``): the type, and None for the fields only feedback has."""
@@ -92,7 +92,7 @@ class Interaction(_Common, tag="interaction"):
 
 
 class Feedback(_Common, tag="feedback"):
-    """CONTRACT §1 feedback, as ``rules.events.FeedbackIn`` (its cross-field rules are checked afterwards). Reads
+    """CONTRACT §1 feedback, as ``rules.event_models.FeedbackIn`` (its cross-field rules are checked afterwards). Reads
     like a ``rules.events.Event`` too: None for the fields only interactions have, no flags."""
 
     type: ClassVar[str] = "feedback"
@@ -116,7 +116,7 @@ class Feedback(_Common, tag="feedback"):
 
 
 class ControlRecord(_Common, tag="control"):
-    """An operator control input, as ``rules.events.ControlIn``."""
+    """An operator control input, as ``rules.event_models.ControlIn``."""
 
     type: ClassVar[str] = "control"
 
@@ -201,7 +201,7 @@ def _unicode(s: str) -> bool:
     return True
 
 
-# Names and labels that matched their pattern (rules.events._NAME / _LABEL, the pydantic patterns: [A-Za-z0-9._-]
+# Names and labels that matched their pattern (rules.event_models._NAME / _LABEL, the pydantic patterns: [A-Za-z0-9._-]
 # and [a-z0-9_], whose $ is the end of the text, so "f\n" does not match). A handful of distinct values in practice,
 # bounded all the same: an event that brings a new one pays one character-set check.
 names: set[str] = set()

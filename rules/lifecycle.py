@@ -20,7 +20,7 @@ class Instance:
     """Lifecycle state of one (ruleset, rule, feature, phase, group)."""
 
     # ``verdict``: the last evaluation's verdict, in memory only (``...`` when unknown, e.g. after a restart); the
-    # engine reads it to know whether a quiet instant could move a timer (rules.engine ``_skip_quiet``)
+    # engine reads it to know whether a quiet instant could move a timer (rules.instants ``_skip_quiet``)
     __slots__ = ("state", "pending_since", "clear_since", "incident", "held", "paged", "verdict")
 
     def __init__(self, state: str = "inactive", pending_since: int | None = None, clear_since: int | None = None,
