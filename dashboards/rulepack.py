@@ -85,7 +85,13 @@ def _condition(rule: Rule) -> str:
     if rule.confidence is not None:
         side = "upper" if rule.op in ("<", "<=") else "lower"
         what = f"{side} Wilson bound ({rule.confidence:g}) of {what}"
-    return f"{what} {rule.op} {rule.threshold:g}. Plotted: the compared value."
+    hysteresis = ""
+    if rule.resolve_threshold is not None:
+        back = "at or below" if _BAD_ABOVE[rule.op] else "at or above"
+        if rule.op in (">=", "<="):
+            back = "below" if _BAD_ABOVE[rule.op] else "above"
+        hysteresis = f"; once firing, resolves only when the value is {back} {rule.resolve_threshold:g}"
+    return f"{what} {rule.op} {rule.threshold:g}{hysteresis}. Plotted: the compared value."
 
 
 def _timing(rule: Rule) -> str:
@@ -114,7 +120,9 @@ def rule_description(ruleset: RuleSet, rule: Rule) -> str:
     if rule.runbook:
         lines += ["", f"**Runbook:** {rule.runbook}"]
     legend = "Red band: firing; orange band: pending"
-    legend += "." if rule.drift is not None else "; dashed red line: the threshold the running worker uses."
+    legend += "." if rule.drift is not None else "; dashed red line: the threshold the running worker uses"
+    if rule.drift is None:
+        legend += "; dotted line: where a firing instance resolves." if rule.resolve_threshold is not None else "."
     return "\n".join(lines + ["", legend])
 
 
@@ -156,6 +164,9 @@ def rule_panel(ruleset: RuleSet, rule: Rule) -> timeseries.Panel:
     ]
     if rule.drift is None:
         targets.append(query("B", f"max({selector('rollguard_rule_threshold', ident, FEATURE_PHASE)})", "threshold"))
+    if rule.drift is None and rule.resolve_threshold is not None:
+        sel = selector("rollguard_rule_resolve_threshold", ident, FEATURE_PHASE)
+        targets.append(query("E", f"max({sel})", "resolves at"))
     for ref, state in (("C", "firing"), ("D", "pending")):
         sel = selector("rollguard_rule_state", {**ident, "state": state}, FEATURE_PHASE_SEGMENT)
         targets.append(query(ref, f"sum({sel}) > bool 0", state))
@@ -173,6 +184,17 @@ def rule_panel(ruleset: RuleSet, rule: Rule) -> timeseries.Panel:
             [
                 prop("color", {"mode": "fixed", "fixedColor": "red"}),
                 prop("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
+                prop("custom.lineWidth", 1),
+                prop("custom.lineInterpolation", "stepAfter"),
+                prop("custom.showPoints", "never"),
+            ],
+        )
+    if rule.drift is None and rule.resolve_threshold is not None:
+        panel = panel.override_by_query(
+            "E",
+            [
+                prop("color", {"mode": "fixed", "fixedColor": "orange"}),
+                prop("custom.lineStyle", {"fill": "dot", "dash": [0, 10]}),
                 prop("custom.lineWidth", 1),
                 prop("custom.lineInterpolation", "stepAfter"),
                 prop("custom.showPoints", "never"),

@@ -103,12 +103,15 @@ def evaluate_metric(
     group: tuple[str, ...],
     t: int,
     cache: WindowCache,
+    firing: bool = False,
 ) -> Evaluation:
-    """Evaluate ``rule`` (a validated ``rules.model.Rule``) for ``(phase, group)`` at instant ``t``."""
+    """Evaluate ``rule`` (a validated ``rules.model.Rule``) for ``(phase, group)`` at instant ``t``. ``firing``: the
+    instance is firing, so a rule with ``resolve_threshold`` compares with that line instead (hysteresis): it stays
+    true until the value crosses back over it."""
     w = rule.window_ms
     ev = Evaluation(None, None, 0, t - w, t)
     if rule.across is not None:
-        return _evaluate_across(rule, base, param, spec, series, phase, group, t, cache, ev)
+        return _evaluate_across(rule, base, param, spec, series, phase, group, t, cache, ev, firing)
     key = (phase, group)
     s = series.get(key)
     now = cache.get(spec, key, s, t, w) if s is not None else Bucket.empty(spec.needs_latency, spec.needs_users)
@@ -129,11 +132,17 @@ def evaluate_metric(
         ev.details["change"] = compared
     if not enough or compared is None or math.isnan(compared):
         return ev
-    ev.verdict = OPS[rule.op](compared, rule.threshold)
+    ev.verdict = OPS[rule.op](compared, _line(rule, firing))
     return ev
 
 
-def _evaluate_across(rule, base, param, spec, series, phase, group, t, cache, ev: Evaluation) -> Evaluation:
+def _line(rule, firing: bool) -> float:
+    """The line the compared value is held against: ``resolve_threshold`` while firing, when the rule has one."""
+    return rule.resolve_threshold if firing and rule.resolve_threshold is not None else rule.threshold
+
+
+def _evaluate_across(rule, base, param, spec, series, phase, group, t, cache, ev: Evaluation,
+                     firing: bool) -> Evaluation:  # fmt: skip
     n = len(group)
     values: dict[str, float] = {}
     total = 0
@@ -148,5 +157,5 @@ def _evaluate_across(rule, base, param, spec, series, phase, group, t, cache, ev
     if len(values) < 2:
         return ev
     ev.value = max(values.values()) - min(values.values())
-    ev.verdict = OPS[rule.op](ev.value, rule.threshold)
+    ev.verdict = OPS[rule.op](ev.value, _line(rule, firing))
     return ev

@@ -149,8 +149,13 @@ class Instants:
         groups = {(k[0], k[1][:n]) for k, s in series.items() if k[0] in phases and _has_before(s.buckets, t)}
         # instances that exist but saw no data in retention still need evaluating (e.g. traffic dropped to zero)
         groups.update((k[2], k[3]) for k in fs.instances if k[0] == b.ruleset.name and k[1] == b.rule.id)
+        hysteresis = b.rule.resolve_threshold is not None
         for phase, group in sorted(groups):
-            ev = evaluate_metric(b.rule, b.base, b.param, b.store, series, phase, group, t, cache)
+            firing = False
+            if hysteresis:
+                inst = fs.instances.get((b.ruleset.name, b.rule.id, phase, group))
+                firing = inst is not None and inst.state == "firing"
+            ev = evaluate_metric(b.rule, b.base, b.param, b.store, series, phase, group, t, cache, firing)
             self._apply(out, feature, fs, b, phase, group, t, ev)
 
     def _evaluate_drift(self, out, feature, fs, b: BoundRule, phases, t) -> None:

@@ -7,7 +7,8 @@ Like promtool, the loader never stops at the first problem: it checks all files 
 
 A file may hold several YAML documents (``---``); each is one rule set. ``defaults:`` apply where they make
 sense: ``window`` to threshold rules, ``confidence`` to rate-metric rules without ``across`` or ``baseline``,
-``keep_firing_for`` to ``investigate`` rules, everything else to every rule. A rule set's ``version`` is the
+``keep_firing_for`` to ``investigate`` rules, everything else to every rule (``resolve_threshold`` is per rule
+only). A rule set's ``version`` is the
 sha256 of ``json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` in UTF-8, so
 comments and formatting do not change it.
 
@@ -66,11 +67,11 @@ _DEFAULT_KEYS = (
 )  # fmt: skip
 _RULE_KEYS = (
     "id", "tier", "mode", "metric", "op", "threshold", "drift", "window", "every", "for", "keep_firing_for",
-    "min_samples", "confidence", "group_by", "baseline", "across", "summary", "runbook",
+    "min_samples", "confidence", "group_by", "baseline", "across", "summary", "runbook", "resolve_threshold",
 )  # fmt: skip
 _DRIFT_KEYS = ("detector", "signal", "params")
 _DURATION_KEYS = ("every", "window", "for", "keep_firing_for", "baseline")
-_NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence")
+_NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence", "resolve_threshold")
 _BINARY_SIGNALS = ("acceptance", "error", "thumbs_down")
 _RATE_METRICS = ", ".join(name + (":<param>" if m.parameterised else "") for name, m in METRICS.items() if m.is_rate)
 
@@ -318,7 +319,7 @@ class _Scope:
             return self.duration(m, key, path)
         if key == "min_samples":
             return self.count(m, key, path)
-        if key in ("threshold", "confidence"):
+        if key in ("threshold", "confidence", "resolve_threshold"):
             value = self.number(m, key, path)
             if key == "confidence" and value is not None and not 0 < value < 1:
                 self.error(line_of(m, key), f"{path}: must be strictly between 0 and 1 (e.g. 0.95), got {value:g}")
@@ -515,6 +516,9 @@ class _Checker:
             guess = f" (did you mean {threshold / 100:g}?)" if 1 < threshold <= 100 else ""
             message = f"{metric} is a fraction in [0, 1], so {threshold:g} can never be crossed{guess}"
             scope.error(line_of(item, "threshold"), f"threshold: {message}")
+        resolve = v.get("resolve_threshold") if threshold_rule else None
+        if resolve is not None:
+            self._check_resolve(scope, item, v, resolve, threshold, is_rate and "baseline" not in item)
         if v.get("summary") is not None:
             for problem in summary_problems(v["summary"], drift=is_drift and not metric_keys):
                 scope.error(line_of(item, "summary"), f"summary: {problem}")
@@ -527,8 +531,28 @@ class _Checker:
             threshold=threshold, drift=drift, window_ms=window, every_ms=every, for_ms=for_ms,
             keep_firing_for_ms=keep_ms, min_samples=pick("min_samples", DEFAULT_MIN_SAMPLES)[0],
             confidence=confidence, group_by=group_by, baseline_ms=baseline, across=across, summary=v.get("summary"),
-            runbook=pick("runbook", None)[0], line=item.line,
+            runbook=pick("runbook", None)[0], resolve_threshold=resolve, line=item.line,
         )  # fmt: skip
+
+    @staticmethod
+    def _check_resolve(scope: _Scope, item: LocatedMap, v: dict, resolve: float, threshold: float | None,
+                       fraction: bool) -> None:  # fmt: skip
+        """``resolve_threshold`` (hysteresis): on the side of ``threshold`` where the rule does not fire, on an
+        ``investigate`` rule (pause and kill latch until an operator resumes), in [0, 1] for a rate."""
+        where = line_of(item, "resolve_threshold")
+        if v.get("tier") in ("pause", "kill"):
+            message = f"only tier investigate resolves; {v['tier']} latches until an operator resumes"
+            scope.error(where, f"resolve_threshold: {message}")
+        op = v.get("op")
+        if threshold is not None and op is not None:
+            above = op in (">", ">=")  # fires above the threshold: resolves once the value is back at or below
+            if (resolve > threshold) if above else (resolve < threshold):
+                message = (f"{resolve:g} is on the firing side of threshold {threshold:g}: with op {op} it must be "
+                           f"{'<=' if above else '>='} {threshold:g} (a firing instance then resolves only once the "
+                           f"value crosses back over it)")  # fmt: skip
+                scope.error(where, f"resolve_threshold: {message}")
+        if fraction and not 0 <= resolve <= 1:
+            scope.error(where, f"resolve_threshold: {v.get('metric')} is a fraction in [0, 1]; got {resolve:g}")
 
     def _drift(self, scope: _Scope, item: LocatedMap) -> DriftSpec | None:
         d = item["drift"]

@@ -226,6 +226,8 @@ class Rule(BaseModel):
     across: str | None = None
     summary: str | None = None
     runbook: str | None = None
+    # hysteresis: a firing instance resolves only once the compared value crosses this line, not the threshold
+    resolve_threshold: float | None = None
     line: int = 0
 
     @model_validator(mode="after")

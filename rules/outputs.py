@@ -89,6 +89,8 @@ def decision(
     }
     fields = dict(d, window=format_duration(window_end - window_start))
     d["summary"] = render_summary(rule.summary, fields)
+    if rule.resolve_threshold is not None:
+        d["resolve_threshold"] = rule.resolve_threshold
     if rule.runbook:
         d["runbook"] = rule.runbook
     if details:
@@ -136,6 +138,7 @@ def page(*, action: str, dec: dict, incident: int, severity: str | None = None) 
                 "metric": dec["metric"],
                 "value": dec["value"],
                 "threshold": dec["threshold"],
+                **({"resolve_threshold": dec["resolve_threshold"]} if "resolve_threshold" in dec else {}),
                 "op": dec["op"],
                 "samples": dec["samples"],
                 "window": f"{dec['window_start']} .. {dec['window_end']}",

@@ -336,7 +336,8 @@ def test_degraded_ready_and_last_state_write():
 
 
 SPEC_FAMILIES = {
-    "rollguard_rule_value", "rollguard_rule_compared", "rollguard_rule_threshold", "rollguard_rule_samples",
+    "rollguard_rule_value", "rollguard_rule_compared", "rollguard_rule_threshold", "rollguard_rule_resolve_threshold",
+    "rollguard_rule_samples",
     "rollguard_rule_state", "rollguard_rule_evaluated_timestamp_seconds",
     "rollguard_feature_tier", "rollguard_feature_latch", "rollguard_feature_firing_rules",
     "rollguard_watermark_delay_seconds", "rollguard_feature_watermark_timestamp_seconds",

@@ -39,6 +39,8 @@ _FAMILIES = (
     ("rollguard_rule_compared", "Value compared with the threshold: relative change for baseline rules, Wilson bound "
      "for confidence rules, else the value"),
     ("rollguard_rule_threshold", "The rule's threshold"),
+    ("rollguard_rule_resolve_threshold", "The line a firing instance must cross back over to resolve (rules with "
+     "resolve_threshold only)"),
     ("rollguard_rule_samples", "Samples in the rule window at the last evaluation"),
     ("rollguard_rule_state", "Groups of the series in each lifecycle state"),
     ("rollguard_rule_evaluated_timestamp_seconds", "Event time of the last evaluation instant"),
@@ -119,10 +121,11 @@ class RuleSeries:
                     del rules[key]
 
     def render(self) -> str:
-        """The exposition text of the six rule families and ``rollguard_metrics_series_dropped``."""
+        """The exposition text of the seven rule families and ``rollguard_metrics_series_dropped``."""
         value: list[str] = []
         compared: list[str] = []
         threshold: list[str] = []
+        resolve: list[str] = []
         samples: list[str] = []
         state: list[str] = []
         evaluated: list[str] = []
@@ -134,6 +137,7 @@ class RuleSeries:
                 rule = r.bound.rule
                 drift = rule.drift is not None
                 th = None if drift else go(rule.threshold)
+                rt = None if drift or rule.resolve_threshold is None else go(rule.resolve_threshold)
                 groups = r.groups
                 if len(groups) > cap:
                     ordered = sorted(groups.items(), key=lambda kv: (_KEEP_FIRST.get(kv[1][1].state, 2), kv[0]))
@@ -150,6 +154,8 @@ class RuleSeries:
                         if c is not None and c == c:
                             compared.append(f"rollguard_rule_compared{{{labels}}} {go(c)}\n")
                         threshold.append(f"rollguard_rule_threshold{{{labels}}} {th}\n")
+                    if rt is not None:
+                        resolve.append(f"rollguard_rule_resolve_threshold{{{labels}}} {rt}\n")
                     samples.append(f"rollguard_rule_samples{{{labels}}} {ev.samples}\n")
                     evaluated.append(f"rollguard_rule_evaluated_timestamp_seconds{{{labels}}} {go(o.t / 1000)}\n")
                     st = o.state
@@ -160,6 +166,8 @@ class RuleSeries:
                     labels = r.labels(OVERFLOW)
                     if th is not None:
                         threshold.append(f"rollguard_rule_threshold{{{labels}}} {th}\n")
+                    if rt is not None:
+                        resolve.append(f"rollguard_rule_resolve_threshold{{{labels}}} {rt}\n")
                     samples.append(f"rollguard_rule_samples{{{labels}}} {sum(o.evaluation.samples for o in folded)}\n")
                     t = max(o.t for o in folded) / 1000
                     evaluated.append(f"rollguard_rule_evaluated_timestamp_seconds{{{labels}}} {go(t)}\n")
@@ -168,7 +176,7 @@ class RuleSeries:
                         state.append(f'rollguard_rule_state{{{labels},state="{s}"}} {n}\n')
         self.dropped = dropped
         out: list[str] = []
-        for (name, doc), lines in zip(_FAMILIES, (value, compared, threshold, samples, state, evaluated)):
+        for (name, doc), lines in zip(_FAMILIES, (value, compared, threshold, resolve, samples, state, evaluated)):
             out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
             out += lines
         out.append("# HELP rollguard_metrics_series_dropped Rule groups folded into __overflow__ by the per-rule cap "

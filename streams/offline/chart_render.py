@@ -118,7 +118,11 @@ def _threshold(ax, rs: RuleSeries, color: str, style: str, suffix: str) -> list:
     if info.threshold is None:
         return []
     text = f"threshold {info.op} {_fmt_value(info.metric, info.threshold, info.relative)}{suffix}"
-    return [ax.axhline(info.threshold, color=color, linestyle=style, linewidth=1.3, label=text)]
+    lines = [ax.axhline(info.threshold, color=color, linestyle=style, linewidth=1.3, label=text)]
+    if info.resolve_threshold is not None:  # hysteresis: a firing instance holds until the value is back over this
+        text = f"resolves at {_fmt_value(info.metric, info.resolve_threshold, info.relative)}{suffix}"
+        lines.append(ax.axhline(info.resolve_threshold, color=color, linestyle=":", linewidth=1.0, label=text))
+    return lines
 
 
 def _shade(ax, spans: Sequence[tuple[int, int, str]]) -> None:

@@ -72,6 +72,7 @@ class RuleInfo:
     every_ms: int
     group_by: tuple[str, ...]
     compared: str
+    resolve_threshold: float | None = None  # hysteresis: where a firing instance resolves
 
     @classmethod
     def of(cls, bound) -> RuleInfo:
@@ -86,7 +87,8 @@ class RuleInfo:
             compared = f"Wilson bound ({r.confidence:g})"
         else:
             compared = "value"
-        return cls(r.tier, r.mode, bound.metric, r.op, r.threshold, r.every_ms, tuple(r.group_by), compared)
+        return cls(r.tier, r.mode, bound.metric, r.op, r.threshold, r.every_ms, tuple(r.group_by), compared,
+                   r.resolve_threshold)  # fmt: skip
 
     @property
     def relative(self) -> bool:
