@@ -151,6 +151,17 @@ def _band(color: str, opacity: int) -> list[dm.DynamicConfigValue]:
     ]
 
 
+def _line(color: str, style: dict) -> list[dm.DynamicConfigValue]:
+    """A horizontal reference series (the threshold, the resolve line): thin, stepped, no points."""
+    return [
+        prop("color", {"mode": "fixed", "fixedColor": color}),
+        prop("custom.lineStyle", style),
+        prop("custom.lineWidth", 1),
+        prop("custom.lineInterpolation", "stepAfter"),
+        prop("custom.showPoints", "never"),
+    ]
+
+
 def rule_panel(ruleset: RuleSet, rule: Rule) -> timeseries.Panel:
     """The one panel of ``rule``; its queries all select ``ruleset`` and ``rule`` exactly."""
     ident = {"ruleset": ruleset.name, "rule": rule.id}
@@ -179,27 +190,9 @@ def rule_panel(ruleset: RuleSet, rule: Rule) -> timeseries.Panel:
         .override_by_query("D", _band("orange", 15))
     )
     if rule.drift is None:
-        panel = panel.override_by_query(
-            "B",
-            [
-                prop("color", {"mode": "fixed", "fixedColor": "red"}),
-                prop("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
-                prop("custom.lineWidth", 1),
-                prop("custom.lineInterpolation", "stepAfter"),
-                prop("custom.showPoints", "never"),
-            ],
-        )
+        panel = panel.override_by_query("B", _line("red", {"fill": "dash", "dash": [10, 10]}))
     if rule.drift is None and rule.resolve_threshold is not None:
-        panel = panel.override_by_query(
-            "E",
-            [
-                prop("color", {"mode": "fixed", "fixedColor": "orange"}),
-                prop("custom.lineStyle", {"fill": "dot", "dash": [0, 10]}),
-                prop("custom.lineWidth", 1),
-                prop("custom.lineInterpolation", "stepAfter"),
-                prop("custom.showPoints", "never"),
-            ],
-        )
+        panel = panel.override_by_query("E", _line("orange", {"fill": "dot", "dash": [0, 10]}))
     return panel
 
 
