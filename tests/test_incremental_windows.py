@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine_kit import MIN, T0, rules
-from rules import engine as engine_mod
+from rules import instants as instants_mod  # where the instant loop builds its WindowCache
 from rules.aggregate import Bucket
 from rules.engine import Engine, EngineConfig
 from rules.evaluation import WindowCache
@@ -233,10 +233,10 @@ def test_engine_running_windows_equal_fresh_merges(evs, data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(evs)), max_size=3)))
     reload_at = data.draw(st.sampled_from([None, 0, 1]))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine_mod, "WindowCache", _CheckedCache)
+        mp.setattr(instants_mod, "WindowCache", _CheckedCache)
         checked, eng = _run(evs, cuts, reload_at)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine_mod, "WindowCache", lambda running, t: WindowCache())  # fresh merges only
+        mp.setattr(instants_mod, "WindowCache", lambda running, t: WindowCache())  # fresh merges only
         fresh, _ = _run(evs, cuts, reload_at)
     assert _digest(checked) == _digest(fresh)
     for fs in eng.features.values():
