@@ -152,6 +152,13 @@ def test_a_time_window_equals_the_file_cut_to_that_window(stack, history, tmp_pa
     for name in ACTIONS:
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "window" / name).read_bytes(), name
     assert windowed.outside_window == len(events) - len(inside)
+    # an event outside the window is not read (invalid messages are, whatever their time: dead letters)
+    assert windowed.events_read == cut.events_read + sum(windowed.invalid.values()) and cut.events_read == len(inside)
+    # the same window over the whole file (the hot path of file replay)
+    filed = run(tmp_path / "filed", paths=[str(folder / "events.jsonl")], since_ms=since, until_ms=until)
+    assert (filed.events_read, filed.outside_window) == (len(inside), len(events) - len(inside))
+    for name in ACTIONS:
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "filed" / name).read_bytes(), name
     assert "event time [2026-11-02T01:00:00Z, 2026-11-02T02:30:00Z)" in (tmp_path / "window" / "report.md").read_text()
 
 

@@ -212,8 +212,8 @@ class Processor:
             on_input = m.topic != self.topics.control
             value = m.value or b"null"
             rows = self.parser.parse_rows(value)  # the hot path: every item valid (rules.events rows)
-            if rows is None or on_input:
-                rows = self.parser.parse_items(value) if rows is None else rows
+            if rows is None:
+                rows = self.parser.parse_items(value)  # item by item, invalid ones named
             origin = None  # a held event names its message if it is quarantined later; a refused control its own
             for item in rows:
                 if on_input and is_control(item):  # whoever writes an input topic must not un-kill anything
