@@ -200,9 +200,10 @@ KNOWN_FIELDS = frozenset(
 
 
 
-def _check_row(r: Interaction | Feedback, pseudo: Pseudonymizer) -> bool:
+def _check_row(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymizer) -> bool:
     """Finish a record the typed decoder accepted, in place, into a *row*: ``ts`` as epoch ms, ``user`` re-keyed.
-    False when a post-check fails (the models then decide). Call it once per record: it re-keys the user."""
+    False when a post-check fails (the models then decide). Call it once per record: it re-keys the user. A
+    control record gets the same time and name checks (its phase may be absent)."""
     ts = r.ts
     if type(ts) is str:
         try:
@@ -210,16 +211,21 @@ def _check_row(r: Interaction | Feedback, pseudo: Pseudonymizer) -> bool:
         except ValueError:
             return False
     feature, phase = r.feature, r.phase
-    if (feature not in names and not seen_name(feature)) or (phase not in names and not seen_name(phase)):
+    if (feature not in names and not seen_name(feature)) or (
+        phase not in names and phase is not None and not seen_name(phase)
+    ):
         return False
-    if r.type == "interaction":
+    t = r.type
+    if t == "interaction":
         flags = r.flags
         if flags and not seen_labels(flags):
             return False
-    else:
+    elif t == "feedback":
         label = r.label
         if (label is not None and not seen_labels((label,))) or _feedback_problem(r.kind, label, r.score):
             return False
+    else:
+        return True  # a control: no labels, no user
     user = r.user
     if user is not None:
         r.user = pseudo._cache.get(user) or pseudo(user)  # a hit without the call
@@ -237,20 +243,11 @@ def row_event(r: Interaction | Feedback) -> Event:
 
 def _from_record(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymizer) -> Event | Control | None:
     """The event of a record the typed decoder accepted; None when the post-checks fail (the models then decide)."""
+    if not _check_row(r, pseudo):
+        return None
     if r.type == "control":
-        ts = r.ts
-        if type(ts) is str:
-            try:
-                ts = rfc3339_ms(ts)
-            except ValueError:
-                return None
-        feature, phase = r.feature, r.phase
-        if (feature not in names and not seen_name(feature)) or (
-            phase not in names and phase is not None and not seen_name(phase)
-        ):
-            return None
-        return Control(r.event_id, ts, r.action, feature, phase, r.reason, r.operator)
-    return row_event(r) if _check_row(r, pseudo) else None
+        return Control(r.event_id, r.ts, r.action, r.feature, r.phase, r.reason, r.operator)
+    return row_event(r)
 
 
 def _from_model(m: BaseModel, pseudo: Pseudonymizer) -> Event | Control:
@@ -348,25 +345,10 @@ class EventParser:
         return out
 
     def _typed(self, data: bytes | str) -> list[Event | Control] | None:
-        """All the events of a message from the typed decoder; None when it or a post-check refuses any of them."""
-        try:
-            decoded = MESSAGE.decode(data)
-        except DecodeFailed:
-            return None
-        pseudo = self.pseudo
-        checked = self.operator_keys is not None  # controls then need their signature checked: the long way
-        if type(decoded) is not list:
-            ev = _from_record(decoded, pseudo)
-            return None if ev is None or (checked and ev.type == "control") else [ev]
-        if not decoded:
-            return None  # an empty envelope is a dead letter: the long way names it
-        out = []
-        for r in decoded:
-            ev = _from_record(r, pseudo)
-            if ev is None or (checked and ev.type == "control"):
-                return None
-            out.append(ev)
-        return out
+        """All the events of a message from the typed decoder (:meth:`parse_rows`, each row as its Event); None
+        when it or a post-check refuses any of them."""
+        rows = self.parse_rows(data)
+        return None if rows is None else [r if type(r) is Control else row_event(r) for r in rows]
 
     def _parse_each(self, data: bytes | str) -> Iterator[Event | Control | InvalidEvent]:
         try:

@@ -20,7 +20,7 @@ import orjson
 
 from rules.control_auth import CONTROL_REASONS, is_control, misplaced
 from rules.engine import Engine, EngineConfig, Outputs
-from rules.events import Control, Event, EventParser, InvalidEvent, Pseudonymizer, redact, row_event
+from rules.events import Control, Event, EventParser, InvalidEvent, Pseudonymizer, redact
 from rules.model import RuleSet
 from rules.outputs import iso
 from streams.offline.chart_series import CHART_MODES, SeriesCollector
@@ -224,24 +224,10 @@ def replay(
     try:
         for origin, payload in src:
             off_topic = control_topic is not None and origin.get("topic") != control_topic
-            rows = parser.parse_rows(payload)
-            if rows is not None and not (off_topic and any(type(x) is Control for x in rows)):
-                # the hot path: every item valid (rules.events rows), no control where it does not belong
-                for item in rows:
-                    if lo <= item.ts < hi:
-                        if type(item) is Control:
-                            item.origin = origin  # a refused control names its line
-                        batch.append(item)
-                        origins.append(origin)
-                    else:
-                        result.outside_window += 1  # neither read nor invalid, as on the long way below
-                        result.events_read -= 1
-                result.events_read += len(rows)
-                if len(batch) >= BATCH:
-                    flush()
-                    bar.update(src.progress, result.events_read)
-                continue
-            for item in parser.parse_items(payload) if rows is None else rows:
+            items = parser.parse_rows(payload)  # the hot path: every item valid (rules.events rows)
+            if items is None:
+                items = parser.parse_items(payload)  # item by item, invalid ones named
+            for item in items:
                 if off_topic and is_control(item):
                     item = misplaced(item)
                 if isinstance(item, InvalidEvent):
@@ -259,9 +245,8 @@ def replay(
                     )
                 elif lo <= item.ts < hi:
                     result.events_read += 1
-                    if type(item) is not Event and type(item) is not Control:
-                        item = row_event(item)
-                    item.origin = origin  # a held event or a refused control names its line
+                    if type(item) is Event or type(item) is Control:
+                        item.origin = origin  # a refused control names its line (a row's origin is in origins)
                     batch.append(item)
                     origins.append(origin)
                 else:
