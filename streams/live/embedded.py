@@ -64,17 +64,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _exited(name: str, proc: subprocess.Popen, log: Path) -> StackError:
+    return StackError(f"{name} exited with code {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+
+
 def _wait_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise StackError(f"{name} exited with code {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+            raise _exited(name, proc, log)
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
     raise StackError(f"{name} did not listen on port {port} within {timeout:.0f}s")
+
+
+def _wait_redis_loaded(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    """Until Redis answers PING: after a restart it listens while it still replays its AOF (``-LOADING``)."""
+    deadline = time.monotonic() + timeout
+    reply = b""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise _exited("redis-server", proc, log)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+                s.sendall(b"PING\r\n")
+                reply = s.recv(256)
+            if reply.startswith(b"+PONG"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise StackError(f"redis-server on port {port} still not ready after {timeout:.0f}s: {reply[:80]!r}")
 
 
 @dataclass
@@ -126,6 +149,7 @@ class EmbeddedStack:
              "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction",
              "--protected-mode", "no"], log)  # fmt: skip
         _wait_port(self.redis_port, self._procs["redis"], "redis-server", log)
+        _wait_redis_loaded(self.redis_port, self._procs["redis"], log)
 
     @staticmethod
     def _spawn(argv: list[str], log: Path) -> subprocess.Popen:
