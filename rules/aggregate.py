@@ -24,7 +24,7 @@ from rules.sketches.exceptions import SketchError
 from rules.sketches.hll import HyperLogLog
 from rules.sketches.packing import Reader, put_int, put_uint
 
-__all__ = ["Bucket", "contributions", "group_counters", "LATENCY_SCALE", "COST_SCALE", "UNIT_SCALE", "SCORE_SCALE", "BUCKET_FORMAT",
+__all__ = ["Bucket", "contributions", "group_counters", "square_contributions", "group_squares", "LATENCY_SCALE", "COST_SCALE", "UNIT_SCALE", "SCORE_SCALE", "BUCKET_FORMAT",
            "StateFormatError"]  # fmt: skip
 
 LATENCY_SCALE = 1_000  # ms -> µs
@@ -52,7 +52,9 @@ DDSKETCH_ACCURACY = 0.005  # half of the contract's 1 % budget, leaving room for
 # version byte, and readers refuse versions they do not know.
 BUCKET_FORMAT = 1
 COUNTER_NAMES = ("n", "lat.n", "lat.s", "cost.n", "cost.s", "tok.n", "tok.s", "conf.n", "conf.s", "sug", "th", "rev",
-                 "rs.n", "rs.s", "tk", "csat.n", "csat.s", "nps.n", "nps.p", "nps.d")  # fmt: skip
+                 "rs.n", "rs.s", "tk", "csat.n", "csat.s", "nps.n", "nps.p", "nps.d",
+                 # sums of squares (of the scaled integers), kept only for rules that compare arms on a mean
+                 "lat.q", "cost.q", "tok.q", "conf.q", "rs.q", "csat.q")  # fmt: skip
 COUNTER_PREFIXES = ("o:", "flag:", "sug:", "th:", "rev:", "tk:", "")  # "" last: any other name, spelled out
 _NAME_CODE = {name: 2 * i for i, name in enumerate(COUNTER_NAMES)}
 _LEGACY_JSON = 0x7B  # "{"
@@ -149,6 +151,40 @@ def group_counters(evs: list) -> dict[str, int]:
             if ev.type != "interaction":
                 for k, d in contributions(ev):
                     c[k] = c.get(k, 0) + d
+    return c
+
+
+# (event type, attribute, counter, scale) of the quantities whose mean a comparison of arms can test: their sums of
+# squares make the variance (rules.compare). Survey scores count for csat only (nps is a share, not a mean).
+_SQUARED = (("interaction", "latency_ms", "lat.q", LATENCY_SCALE), ("interaction", "cost_usd", "cost.q", COST_SCALE),
+            ("interaction", "tokens_out", "tok.q", 1), ("interaction", "confidence", "conf.q", UNIT_SCALE))  # fmt: skip
+
+
+def square_contributions(ev: Any) -> list[tuple[str, int]]:
+    """The sum-of-squares counters one event adds (each the square of the integer its ``.s`` counter adds).
+
+    >>> ev = type("E", (), dict(type="feedback", kind="review", label="ok", score=4.5))()
+    >>> square_contributions(ev)
+    [('rs.q', 20250000)]
+    """
+    if ev.type == "interaction":
+        out = []
+        for _, attr, key, scale in _SQUARED:
+            x = getattr(ev, attr)
+            if x is not None:
+                out.append((key, (round(x * scale) if scale != 1 else x) ** 2))
+        return out
+    if ev.score is not None and (ev.kind == "review" or (ev.kind == "survey" and ev.label == "csat")):
+        return [("rs.q" if ev.kind == "review" else "csat.q", round(ev.score * SCORE_SCALE) ** 2)]
+    return []
+
+
+def group_squares(evs: list) -> dict[str, int]:
+    """The sum of :func:`square_contributions` over ``evs`` (only the keys some event adds)."""
+    c: dict[str, int] = {}
+    for ev in evs:
+        for k, d in square_contributions(ev):
+            c[k] = c.get(k, 0) + d
     return c
 
 

@@ -33,7 +33,7 @@ from functools import lru_cache
 from math import gcd
 
 from detectors import make_detector
-from rules.aggregate import DDSKETCH_ACCURACY, group_counters
+from rules.aggregate import DDSKETCH_ACCURACY, group_counters, group_squares
 from rules.metrics import signal_sources, signal_value
 from rules.plan import FeaturePlan, Plan
 from rules.sketches.ddsketch import DDSketch
@@ -41,7 +41,15 @@ from rules.sketches.hll import HyperLogLog, key_hash
 from rules.state import FeatureState
 from rules.windows import SeriesBuckets
 
-__all__ = ["apply_pending", "finest_every"]
+__all__ = ["apply_pending", "finest_every", "with_arms"]
+
+
+def with_arms(ev) -> dict[str, str]:
+    """The event's segment with its arm fields under their store keys (``@model_version``…, see
+    ``rules.model.arm_key``; "" when absent). They override a segment key of the same name: rule keys cannot
+    start with "@", so only these can be read there."""
+    return {**ev.segment, "@model_version": ev.model_version or "", "@prompt_version": ev.prompt_version or "",
+            "@variant": ev.variant or ""}  # fmt: skip
 
 
 def finest_every(plan: Plan) -> int:
@@ -67,10 +75,13 @@ class _Group:
         self.lat: DDSketch | None = None
         self.hashes: set[int] | None = None
 
-    def summarise(self, user_hashes: dict[str, int]) -> None:
-        """Counters (rules.aggregate.group_counters), latency sketch and distinct user hashes of the group's events."""
+    def summarise(self, user_hashes: dict[str, int], squares: bool) -> None:
+        """Counters (rules.aggregate.group_counters; with ``squares`` the sums of squares too), latency sketch and
+        distinct user hashes of the group's events."""
         evs = self.evs
         self.c = group_counters(evs)
+        if squares:
+            self.c.update(group_squares(evs))
         lats = [ev.latency_ms for ev in evs if ev.type == "interaction" and ev.latency_ms is not None]
         if lats:
             self.lat = DDSketch(DDSKETCH_ACCURACY)
@@ -100,13 +111,18 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
     # (phase, event type) -> the phase's plan and its events in arrival order (one plan per phase: a run never
     # spans a reload, and the plan's per-phase objects, even if its cache rebuilt one, hold the same rules)
     drift: dict[tuple, tuple[FeaturePlan, list]] = {}
+    arms = plan.needs_arms
     for fp, ev in pending:
         if fp.stores:
             start = ev.ts - ev.ts % fine_ms
-            gk = (ev.phase, tuple(ev.segment.items()), start)
+            if arms:  # stores keyed by an arm field (rules.compare) read it from the group's segment
+                versions = (ev.model_version, ev.prompt_version, ev.variant)
+                gk = (ev.phase, tuple(ev.segment.items()), versions, start)
+            else:
+                gk = (ev.phase, tuple(ev.segment.items()), start)
             g = groups.get(gk)
             if g is None:
-                g = groups[gk] = _Group(fp, ev.phase, ev.segment, start)
+                g = groups[gk] = _Group(fp, ev.phase, with_arms(ev) if arms else ev.segment, start)
             g.evs.append(ev)
         if fp.drift_rules:
             k = (ev.phase, ev.type)
@@ -117,8 +133,9 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
                 run[1].append(ev)
     if groups:
         cache = {} if user_hashes is None else user_hashes
+        squares = plan.needs_squares
         for g in groups.values():
-            g.summarise(cache)
+            g.summarise(cache, squares)
         _merge_groups(fs, groups.values())
     if drift:
         _feed_detectors(feature, fs, drift)

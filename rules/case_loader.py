@@ -55,8 +55,8 @@ _EXPECT_NO_KEYS = ("rule", "transition", "ruleset", "tier", "mode", "feature", "
 _SERIES_KEYS = ("type", "feature", "phase", "from", "to", "every", "count", "users", "segment", "fields")
 _SERIES_FIELDS = {
     "interaction": ("outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags", "user",
-                    "model_version", "prompt_version"),
-    "feedback": ("kind", "label", "score", "interaction_id", "user", "model_version", "prompt_version"),
+                    "model_version", "prompt_version", "variant"),
+    "feedback": ("kind", "label", "score", "interaction_id", "user", "model_version", "prompt_version", "variant"),
 }  # fmt: skip
 _CHOICES = {"transition": TRANSITIONS, "tier": ("investigate", "pause", "kill"), "mode": ("enforce", "shadow"),
             "command": tuple(COMMANDS), "page": ("trigger", "resolve", "none"), "exact": ("listed", "all"),

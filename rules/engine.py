@@ -187,7 +187,7 @@ class Engine(Instants):
         if src not in fs.src_first:
             fs.src_first[src] = ts
             self._start_clocks(fs, ev.feature)
-        if not fp.metric_rules and not fp.drift_rules:
+        if not fp.metric_rules and not fp.drift_rules and not fp.stores:  # (a control phase only feeds stores)
             stats.unmatched += 1
         if fp.stores or fp.drift_rules:
             pending = self._pending.get(ev.feature)

@@ -45,6 +45,7 @@ class _Base(BaseModel):
     user: Short | None = None
     model_version: Short | None = None
     prompt_version: Short | None = None
+    variant: Short | None = None  # the experiment arm the event belongs to (extension: `compare: {by: variant}`)
 
     @field_validator("ts", mode="plain")
     @classmethod

@@ -97,7 +97,7 @@ class Event:
     FIELDS = (
         "type", "event_id", "ts", "feature", "phase", "segment", "user", "model_version", "prompt_version",
         "outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags",
-        "kind", "label", "score", "interaction_id",
+        "kind", "label", "score", "interaction_id", "variant",
     )  # fmt: skip
     # ``origin`` is where the event came from ({"file", "line"} or {"topic", "partition", "offset"}), set by the
     # shell: a held event that is later quarantined (rules.clock) names it in its dead letter. Not part of equality.
@@ -105,7 +105,7 @@ class Event:
 
     def __init__(self, type, event_id, ts, feature, phase, segment, user, model_version, prompt_version,
                  outcome=None, latency_ms=None, tokens_in=None, tokens_out=None, cost_usd=None, confidence=None,
-                 flags=(), kind=None, label=None, score=None, interaction_id=None):  # fmt: skip
+                 flags=(), kind=None, label=None, score=None, interaction_id=None, variant=None):  # fmt: skip
         self.type = type
         self.event_id = event_id
         self.ts = ts
@@ -126,20 +126,22 @@ class Event:
         self.label = label
         self.score = score
         self.interaction_id = interaction_id
+        self.variant = variant
         self.origin: dict | None = None
 
     def as_tuple(self) -> tuple:
         return tuple(getattr(self, k) for k in self.FIELDS)
 
     def to_state(self) -> list:
-        """JSON-able form (a held event persists with its feature's state), origin last."""
+        """JSON-able form (a held event persists with its feature's state): the fields up to ``interaction_id``,
+        the origin, then ``variant`` when set (so a state written before ``variant`` existed reads the same)."""
         t = list(self.as_tuple())
         t[15] = list(t[15])  # flags
-        return t + [self.origin]
+        return t[:20] + [self.origin] + ([] if self.variant is None else [self.variant])
 
     @classmethod
     def from_state(cls, s: list) -> Event:
-        ev = cls(*s[:15], tuple(s[15]), *s[16:20])
+        ev = cls(*s[:15], tuple(s[15]), *s[16:20], variant=s[21] if len(s) > 21 else None)
         ev.origin = s[20]
         return ev
 
@@ -192,7 +194,8 @@ class Control:
 
 # --- events from the typed decoder's records (rules.decode), checked for what msgspec cannot express ----------------
 
-_COMMON_KEYS = ("type", "event_id", "ts", "feature", "phase", "segment", "user", "model_version", "prompt_version")
+_COMMON_KEYS = ("type", "event_id", "ts", "feature", "phase", "segment", "user", "model_version", "prompt_version",
+               "variant")  # fmt: skip
 KNOWN_FIELDS = frozenset(
     _COMMON_KEYS + ("outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags")
     + ("kind", "label", "score", "interaction_id") + ("action", "reason", "operator")
@@ -237,7 +240,7 @@ def row_event(r: Interaction | Feedback) -> Event:
     return Event(
         r.type, r.event_id, r.ts, r.feature, r.phase, r.segment, r.user, r.model_version, r.prompt_version,
         r.outcome, r.latency_ms, r.tokens_in, r.tokens_out, r.cost_usd, r.confidence, r.flags, r.kind, r.label,
-        r.score, r.interaction_id,
+        r.score, r.interaction_id, r.variant,
     )  # fmt: skip
 
 
@@ -258,9 +261,10 @@ def _from_model(m: BaseModel, pseudo: Pseudonymizer) -> Event | Control:
     if isinstance(m, InteractionIn):
         return Event(
             "interaction", *common, m.outcome, m.latency_ms, m.tokens_in, m.tokens_out, m.cost_usd, m.confidence,
-            tuple(m.flags),
+            tuple(m.flags), variant=m.variant,
         )  # fmt: skip
-    return Event("feedback", *common, kind=m.kind, label=m.label, score=m.score, interaction_id=m.interaction_id)
+    return Event("feedback", *common, kind=m.kind, label=m.label, score=m.score, interaction_id=m.interaction_id,
+                 variant=m.variant)  # fmt: skip
 
 
 class EventParser:

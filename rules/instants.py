@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rules.compare import evaluate_compare
 from rules.evaluation import Evaluation, WindowCache, evaluate_metric
 from rules.lifecycle import Instance, advance
 from rules.plan import BoundRule
@@ -150,6 +151,11 @@ class Instants:
         # instances that exist but saw no data in retention still need evaluating (e.g. traffic dropped to zero)
         groups.update((k[2], k[3]) for k in fs.instances if k[0] == b.ruleset.name and k[1] == b.rule.id)
         hysteresis = b.rule.resolve_threshold is not None
+        if b.rule.compare is not None:
+            for phase, group in sorted(groups):
+                ev = evaluate_compare(b.rule, b.base, b.param, b.store, series, phase, group, t, cache)
+                self._apply(out, feature, fs, b, phase, group, t, ev)
+            return
         for phase, group in sorted(groups):
             firing = False
             if hysteresis:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from detectors import BINARY_DETECTORS, DETECTORS, validate_params
+from rules.compare_loader import load_compare, srm_companion
 from rules.durations import DurationError, format_duration, parse_duration
 from rules.exceptions import RollguardError
 from rules.file_kinds import has_tests_key, is_cases_file, is_cases_name
@@ -68,10 +69,11 @@ _DEFAULT_KEYS = (
 _RULE_KEYS = (
     "id", "tier", "mode", "metric", "op", "threshold", "drift", "window", "every", "for", "keep_firing_for",
     "min_samples", "confidence", "group_by", "baseline", "across", "summary", "runbook", "resolve_threshold",
+    "compare",
 )  # fmt: skip
 _DRIFT_KEYS = ("detector", "signal", "params")
 _DURATION_KEYS = ("every", "window", "for", "keep_firing_for", "baseline")
-_NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence", "resolve_threshold")
+_NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence", "resolve_threshold", "compare")
 _BINARY_SIGNALS = ("acceptance", "error", "thumbs_down")
 _RATE_METRICS = ", ".join(name + (":<param>" if m.parameterised else "") for name, m in METRICS.items() if m.is_rate)
 
@@ -431,6 +433,8 @@ class _Checker:
             rule = self._rule(name, item, defaults, first_lines)
             if rule is not None:
                 rules.append(rule)
+                if rule.compare is not None and rule.compare.split:
+                    rules.append(srm_companion(rule))
         return tuple(rules)
 
     def _rule(
@@ -443,7 +447,7 @@ class _Checker:
         for key in ("id", "tier"):
             if key not in item:
                 scope.error(item.line, f"missing required key {key!r}")
-        v = {key: scope.field(item, key, key) for key in _RULE_KEYS if key in item and key != "drift"}
+        v = {key: scope.field(item, key, key) for key in _RULE_KEYS if key in item and key not in ("drift", "compare")}
         if v.get("id") is not None:
             if rule_id in first_lines:
                 message = f"duplicate rule id {rule_id!r} (first on line {first_lines[rule_id]})"
@@ -509,10 +513,15 @@ class _Checker:
             for key in ("across", "baseline"):
                 if key in item:
                     scope.error(line_of(item, "confidence"), f"confidence: cannot be combined with {key}")
-        elif threshold_rule and is_rate and "across" not in item and "baseline" not in item:
+        elif threshold_rule and is_rate and not any(k in item for k in ("across", "baseline", "compare")):
             confidence = defaults.get("confidence")
         threshold = v.get("threshold")
-        if is_rate and threshold is not None and "baseline" not in item and not 0 <= threshold <= 1:
+        compare = None
+        if threshold_rule and "compare" in item:
+            base = parse_metric(metric)[0] if metric is not None else None
+            compare = load_compare(scope, item, base, group_by or ())
+        plain_rate = is_rate and "compare" not in item and "baseline" not in item  # a fraction, not a change
+        if plain_rate and threshold is not None and not 0 <= threshold <= 1:
             guess = f" (did you mean {threshold / 100:g}?)" if 1 < threshold <= 100 else ""
             message = f"{metric} is a fraction in [0, 1], so {threshold:g} can never be crossed{guess}"
             scope.error(line_of(item, "threshold"), f"threshold: {message}")
@@ -531,7 +540,7 @@ class _Checker:
             threshold=threshold, drift=drift, window_ms=window, every_ms=every, for_ms=for_ms,
             keep_firing_for_ms=keep_ms, min_samples=pick("min_samples", DEFAULT_MIN_SAMPLES)[0],
             confidence=confidence, group_by=group_by, baseline_ms=baseline, across=across, summary=v.get("summary"),
-            runbook=pick("runbook", None)[0], resolve_threshold=resolve, line=item.line,
+            runbook=pick("runbook", None)[0], resolve_threshold=resolve, compare=compare, line=item.line,
         )  # fmt: skip
 
     @staticmethod

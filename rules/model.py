@@ -40,6 +40,9 @@ __all__ = [
     "summary_problems",
     "FrozenParams",
     "DriftSpec",
+    "CompareSpec",
+    "ARM_FIELDS",
+    "arm_key",
     "Rule",
     "RuleSet",
 ]
@@ -202,6 +205,61 @@ class DriftSpec(BaseModel):
         return dict(params)
 
 
+# Event fields a comparison can split arms by (besides segment keys). In a store's keys they are spelled
+# ``@<field>`` so they can never collide with a segment key (segment keys cannot start with "@").
+ARM_FIELDS = ("model_version", "prompt_version", "variant")
+
+
+def arm_key(by: str) -> str:
+    """The store key of the arm dimension ``by``: ``@model_version`` for an event field, the segment key itself.
+
+    >>> arm_key("model_version"), arm_key("platform")
+    ('@model_version', 'platform')
+    """
+    return "@" + by if by in ARM_FIELDS else by
+
+
+class CompareSpec(BaseModel):
+    """``compare:`` — the rule's value is *treatment - control* (``relative``: over the control) instead of the
+    metric itself. Either arms of one dimension ``by`` (an event field of :data:`ARM_FIELDS` or a segment key),
+    ``control`` being one value and the treatment ``treatment`` (or every other value); or the same window of
+    another ``phase`` of the feature as the control. ``split``: the expected share of traffic per arm value (the
+    control has the rest), checked by a sequential sample-ratio-mismatch test."""
+
+    model_config = _FROZEN
+
+    by: str | None = None
+    control: str | None = None
+    treatment: str | None = None
+    phase: str | None = None
+    relative: bool = False
+    test: Literal["sequential", "fixed"] = "sequential"
+    alpha: float = 0.05
+    split: Mapping[str, float] | None = None
+
+    @field_validator("split", mode="after")
+    @classmethod
+    def _read_only(cls, split: Mapping[str, float] | None) -> Mapping[str, float] | None:
+        return None if split is None else FrozenParams(split)
+
+    @field_serializer("split")
+    def _plain_dict(self, split: Mapping[str, float] | None) -> dict[str, float] | None:
+        return None if split is None else dict(split)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CompareSpec:
+        if (self.by is None) == (self.phase is None):
+            raise ValueError("a comparison needs either by (arms) or phase (another phase as the control)")
+        if self.by is not None and self.control is None:
+            raise ValueError("a comparison by arms needs control")
+        return self
+
+    @property
+    def key(self) -> str | None:
+        """The store key of the arm dimension (None for a cross-phase comparison)."""
+        return None if self.by is None else arm_key(self.by)
+
+
 class Rule(BaseModel):
     """One rule: either a threshold on a metric (``metric``/``op``/``threshold``/``window_ms``) or a drift
     detector (``drift``). ``line`` is where the rule starts in its file, for messages."""
@@ -228,6 +286,9 @@ class Rule(BaseModel):
     runbook: str | None = None
     # hysteresis: a firing instance resolves only once the compared value crosses this line, not the threshold
     resolve_threshold: float | None = None
+    compare: CompareSpec | None = None
+    # set on the sample-ratio companion ``<id>.srm`` the loader adds after a comparison with ``split``: the parent's id
+    srm_of: str | None = None
     line: int = 0
 
     @model_validator(mode="after")

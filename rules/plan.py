@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 
+from rules.compare import COMPARABLE_MEANS
 from rules.metric_names import parse_metric
 from rules.metrics import metric_sources, needs_latency_sketch, needs_users, signal_sources
 from rules.model import TIER_ORDER, Rule, RuleSet
@@ -79,6 +80,10 @@ class Plan:
         self.version = hashlib.sha256("".join(r.version for r in self.rulesets).encode()).hexdigest()
         stores: dict[tuple, dict] = {}
         bound: list[tuple] = []
+        # events are grouped by their arm fields too once a store is keyed by one (rules.batch), and counters keep
+        # sums of squares once a rule compares arms on a mean (rules.compare)
+        self.needs_arms = False
+        self.needs_squares = False
         for rs in self.rulesets:
             for rule in rs.rules:
                 if rule.drift is not None:
@@ -87,6 +92,11 @@ class Plan:
                     continue
                 base, param = parse_metric(rule.metric)
                 keys = tuple(rule.group_by) + ((rule.across,) if rule.across else ())
+                if rule.compare is not None and rule.compare.key is not None:
+                    keys += (rule.compare.key,)
+                    self.needs_arms = True
+                if rule.compare is not None and base in COMPARABLE_MEANS:
+                    self.needs_squares = True
                 sk = (rule.every_ms, keys)
                 s = stores.setdefault(sk, {"lat": False, "users": False, "ret": 0})
                 s["lat"] |= needs_latency_sketch(base)
@@ -117,5 +127,8 @@ class Plan:
         rules = [b for b in self.rules if b.ruleset.applies_to(feature, phase)]
         metric = tuple(b for b in rules if b.store is not None)
         drift = tuple(b for b in rules if b.store is None)
-        stores = tuple(sorted({b.store.id: b.store for b in metric}.values(), key=lambda s: s.id))
+        # a phase that is another phase's control (compare: {phase: ...}) keeps its events in that rule's store
+        controls = [b.store for b in self.rules if b.store is not None and b.rule.compare is not None
+                    and b.rule.compare.phase == phase and b.ruleset.matches_feature(feature)]  # fmt: skip
+        stores = tuple(sorted({s.id: s for s in [b.store for b in metric] + controls}.values(), key=lambda s: s.id))
         return FeaturePlan(stores, metric, drift)

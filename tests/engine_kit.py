@@ -14,7 +14,8 @@ MIN = 60_000
 def as_row(ev: Event) -> Interaction | Feedback:
     """The row (``EventParser.parse_rows``: a checked decoder record that reads like an Event) of ``ev``."""
     common = dict(event_id=ev.event_id, ts=ev.ts, feature=ev.feature, phase=ev.phase, segment=ev.segment,
-                  user=ev.user, model_version=ev.model_version, prompt_version=ev.prompt_version)  # fmt: skip
+                  user=ev.user, model_version=ev.model_version, prompt_version=ev.prompt_version,
+                  variant=ev.variant)  # fmt: skip
     if ev.type == "interaction":
         row = Interaction(**common, outcome=ev.outcome, latency_ms=ev.latency_ms, tokens_in=ev.tokens_in,
                           tokens_out=ev.tokens_out, cost_usd=ev.cost_usd, confidence=ev.confidence, flags=ev.flags)  # fmt: skip

@@ -218,6 +218,16 @@ rules:
   - {id: d-hddm, tier: investigate, drift: {detector: hddm_a, signal: error, params: {drift_confidence: 0.05}}}
   - {id: d-ph, tier: investigate, drift: {detector: page_hinkley, signal: latency_ms,
       params: {min_instances: 10, delta: 10, threshold: 2000, mode: up}}, keep_firing_for: 1m}
+  - {id: cmp, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.05, window: 10m, min_samples: 3,
+     compare: {by: model_version, control: m1, alpha: 0.5, split: {m2: 0.333}}}
+  - {id: cmp-srm, tier: investigate, metric: error_rate, op: ">", threshold: 0, window: 10m, min_samples: 2,
+     compare: {by: model_version, control: m1, test: fixed, split: {m2: 0.01}}}
+  - {id: cmp-mean, tier: pause, metric: latency_mean, op: ">", threshold: 50, group_by: [platform], min_samples: 2,
+     compare: {by: variant, control: a, test: fixed}}
+  - {id: cmp-p95, tier: investigate, metric: latency_p95, op: ">", threshold: 0.2, min_samples: 3,
+     compare: {by: platform, control: desktop, as: relative}}
+  - {id: cmp-phase, tier: investigate, metric: error_rate, op: ">", threshold: 0.05, min_samples: 3,
+     compare: {phase: q, test: fixed}}
 """
 RULES = rules(RULES_TEXT, "diff")
 # a reload: thresholds moved, a rule gone, a rule new, a detector's parameters changed, a second rule set
@@ -258,17 +268,23 @@ def event(draw, f: str, phase: str, m: int, i: int) -> Event:
     plat = draw(st.sampled_from(["mobile", "desktop"]))
     bad = m >= 3 and draw(st.integers(0, 3)) > 0  # a shift from minute 3 on, so the rules and detectors have work
     kind = draw(st.integers(0, 6))
+    # arms for the compare rules: a model version (m2 the worse treatment, some events without one) and a variant
+    mv = draw(st.sampled_from(["m1", "m1", "m2", None]))
+    variant = draw(st.sampled_from(["a", "b", None]))
+    worse = bad and mv == "m2"
     if kind <= 2:
         return Event("interaction", f"{f}{phase}i{m}-{i}", ts, f, phase, {"platform": plat}, f"u{draw(st.integers(0, 9))}",
-                     None, None, draw(st.sampled_from(["ok", "error", "timeout"] if bad else ["ok", "ok", "ok", "error"])),
-                     float(draw(st.integers(1, 2000 if bad else 500))), None, None,
+                     mv, None, draw(st.sampled_from(["ok", "error", "timeout"] if bad and phase != "q" else ["ok", "ok", "ok", "error"])),
+                     float(draw(st.integers(1, 2000 if bad and variant == "b" else 500))), None, None,
                      draw(st.sampled_from([0.001, 0.002, 0.004])), draw(st.sampled_from([0.05, 0.1] if bad else [0.8, 0.9])),
-                     ("pii_leak",) if draw(st.integers(0, 80)) == 0 else ())  # fmt: skip
+                     ("pii_leak",) if draw(st.integers(0, 80)) == 0 else (), variant=variant)  # fmt: skip
     if kind <= 4:
-        return Event("feedback", f"{f}{phase}s{m}-{i}", ts, f, phase, {"platform": plat}, None, None, None,
-                     kind="suggestion", label=draw(st.sampled_from(["accepted", "rejected", "ignored", "edited"])))  # fmt: skip
-    return Event("feedback", f"{f}{phase}t{m}-{i}", ts, f, phase, {"platform": plat}, None, None, None, kind="thumbs",
-                 label=draw(st.sampled_from(["down", "down", "up"] if bad else ["up", "up", "up", "up", "down"])))  # fmt: skip
+        labels = ["rejected", "rejected", "ignored", "accepted"] if worse else ["accepted", "rejected", "ignored", "edited"]
+        return Event("feedback", f"{f}{phase}s{m}-{i}", ts, f, phase, {"platform": plat}, None, mv, None,
+                     kind="suggestion", label=draw(st.sampled_from(labels)), variant=variant)  # fmt: skip
+    return Event("feedback", f"{f}{phase}t{m}-{i}", ts, f, phase, {"platform": plat}, None, mv, None, kind="thumbs",
+                 label=draw(st.sampled_from(["down", "down", "up"] if bad else ["up", "up", "up", "up", "down"])),
+                 variant=variant)  # fmt: skip
 
 
 @st.composite
@@ -404,10 +420,46 @@ def test_the_generated_streams_exercise_what_they_claim():
         seen["duplicates"] += eng.stats.duplicates
         seen["outliers"] += sum(eng.stats.outliers.values())
         drift.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("d-"))
+        compared.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("cmp"))
 
+    compared: set[str] = set()
     sample()
     assert all(seen.values()), seen
     assert drift  # every drift rule firing is checked on a stream made for it, below
+    # comparisons decide in these sparse streams too (every one of them fires on the denser stream below)
+    assert {"cmp-srm.srm", "cmp-p95"} <= compared, compared
+
+
+def test_every_comparison_fires_and_matches_the_reference():
+    """A dense stream where, from minute 3, model m2 is accepted less, variant b is slower, mobile slower still
+    and phase p errs more than phase q: every compare rule (and an SRM companion) fires, identically in both
+    engines and under any batch split, as events and as rows."""
+    rnd = random.Random(7)
+    evs = []
+    for m in range(14):
+        bad = m >= 3
+        for i in range(40):
+            ts = T0 + m * MIN + i * 1_500 + rnd.randint(0, 999)
+            mv, variant = rnd.choice(["m1", "m1", "m2", None]), rnd.choice(["a", "b"])
+            plat, phase = rnd.choice(["mobile", "desktop"]), rnd.choice(["p", "q"])
+            if i % 2:
+                slower = (600 if variant == "b" else 0) + (1000 if plat == "mobile" else 0) if bad else 0
+                evs.append(Event("interaction", f"i{m}-{i}", ts, "g", phase, {"platform": plat}, f"u{i % 5}", mv, None,
+                                 "error" if rnd.random() < (0.5 if bad and phase == "p" else 0.05) else "ok",
+                                 rnd.uniform(50, 500) + slower, None, None, 0.002, 0.8, variant=variant))  # fmt: skip
+            else:
+                worse = bad and mv == "m2"
+                label = rnd.choice(["rejected", "rejected", "ignored", "accepted"] if worse else ["accepted", "edited"])
+                evs.append(Event("feedback", f"s{m}-{i}", ts, "g", phase, {"platform": plat}, None, mv, None,
+                                 kind="suggestion", label=label, variant=variant))  # fmt: skip
+    evs.sort(key=lambda e: (e.ts, e.event_id))
+    cfg = EngineConfig(allowed_lateness_ms=LATENESS)
+    script = [("items", evs)]
+    reference = drive(ReferenceEngine, RULES, cfg, script)
+    assert_same_per_call(drive(Engine, RULES, cfg, script), reference)
+    assert_same(drive(Engine, RULES, cfg, script, [1, 7, 40, 0, 300], rows=True), reference)
+    decided = {d["rule_id"] for o in reference[1] for d in o.decisions if d["transition"] in ("firing", "inhibited")}
+    assert {"cmp", "cmp-srm.srm", "cmp-mean", "cmp-p95", "cmp-phase"} <= decided, decided
 
 
 def test_every_drift_rule_fires_and_matches_the_reference():

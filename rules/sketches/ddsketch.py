@@ -195,6 +195,22 @@ class DDSketch:
         # Unreachable while counts are consistent (seen ends at count > rank); keep the highest bucket as a guard.
         return self._bucket_value(max(self._buckets))
 
+    def count_beyond(self, value: float, above: bool) -> int:
+        """How many recorded values lie certainly above (``above``) or below ``value``: those in buckets wholly on
+        that side of the bucket ``value`` falls in (values sharing its bucket, within the relative accuracy of it,
+        are counted on neither side).
+
+        >>> s = DDSketch(); s.add_many([100.0, 200.0, 300.0, 0.0])
+        >>> s.count_beyond(200.0, above=True), s.count_beyond(200.0, above=False), s.count_beyond(0.0, above=True)
+        (1, 2, 3)
+        """
+        if value <= 0.0:
+            return self._count - self._zero if above else 0
+        key = math.ceil(math.log(value) * self._multiplier)
+        if above:
+            return sum(n for k, n in self._buckets.items() if k > key)
+        return self._zero + sum(n for k, n in self._buckets.items() if k < key)
+
     def _bucket_value(self, key: int) -> float:
         return 2.0 * math.exp(key * self._log_gamma) / (self._gamma + 1.0)
 

@@ -121,6 +121,14 @@ class Scenario:
     plans: tuple[tuple[str, float], ...] = (("enterprise", 0.7), ("growth", 0.3))
     model_version: str = "reply-gen-2026-10"
     prompt_version: str = "p3"
+    # a treatment arm (compare rules): this share of interactions, and their feedback, carry the treatment's model
+    # version; its suggestions are accepted `treatment_accept_delta` more (negative: less), its calls are
+    # `treatment_latency_mult` times as slow. Drawn from a random stream of their own: with no treatment (share 0)
+    # the scenario is the same bytes as without these settings.
+    treatment_share: float = 0.0
+    treatment_model_version: str = "reply-gen-2026-12"
+    treatment_accept_delta: float = 0.0
+    treatment_latency_mult: float = 1.0
     utc_offset_hours: float = -5.0
     weekend_factor: float = 0.3
     # interactions
@@ -175,10 +183,13 @@ def _scenario_errors(s: Scenario) -> list[str]:
             errors.append(f"{name}: must be an integer >= 0, got {value!r}")
         elif name == "utc_offset_hours" and not (type(value) in (int, float) and -14 <= value <= 14):
             errors.append(f"{name}: must be a number of hours in [-14, 14], got {value!r}")
-        elif f.type == "float" and name != "utc_offset_hours" and (
+        elif name == "treatment_accept_delta" and not (type(value) in (int, float) and -1 <= value <= 1):
+            errors.append(f"{name}: must be a number in [-1, 1] (a change of acceptance probability), got {value!r}")
+        elif f.type == "float" and name not in ("utc_offset_hours", "treatment_accept_delta") and (
                 type(value) not in (int, float) or not 0 <= value < math.inf):
             errors.append(f"{name}: must be a finite number >= 0, got {value!r}")
-        elif f.type == "float" and (name.endswith("_prob") or name in ("edit_share", "weekend_factor")) and value > 1:
+        elif f.type == "float" and value > 1 and (
+                name.endswith("_prob") or name in ("edit_share", "weekend_factor", "treatment_share")):
             errors.append(f"{name}: must be a probability in [0, 1], got {value!r}")
         elif f.type == "str" and not (isinstance(value, str) and _NAME.fullmatch(value)):
             errors.append(f"{name}: must match [A-Za-z0-9._-]{{1,64}}, got {value!r}")
@@ -248,7 +259,7 @@ def generate(scenario: Scenario) -> Iterator[dict[str, Any]]:
     dup_rng = np.random.default_rng([s.seed, 2])  # separate stream: duplicates must not shift anything else
     weekday, weekend = _diurnal_profile(s.weekend_factor)
     offset_ms = int(s.utc_offset_hours * 3_600_000)
-    emitter = _Emitter(s, pop)
+    emitter = _Emitter(s, pop, np.random.default_rng([s.seed, 3]))  # its own stream: the treatment arm
     pending: list[tuple[int, int, dict[str, Any]]] = []  # heap of (arrival ms, seq, event) due in later blocks
     seq = 0  # tie-breaker in the heap: equal arrival times never compare the dicts
     to_rfc3339 = s.ts_format == "rfc3339"
@@ -308,8 +319,9 @@ class _Emitter:
     the stream outside an incident window is byte-identical to the clean scenario's.
     """
 
-    def __init__(self, s: Scenario, pop: _Population) -> None:
-        self.s, self.pop = s, pop
+    def __init__(self, s: Scenario, pop: _Population, arm_rng: np.random.Generator) -> None:
+        self.s, self.pop, self.arm_rng = s, pop, arm_rng
+        self.versions: np.ndarray | None = None  # per interaction of the current block: its model version
         self.prefix = f"{s.feature}-{s.phase}-{s.seed}-"
         self.counter = 0  # interaction candidates so far: ids stay aligned when traffic_drop thins some out
         self.plat_cdf = _cdf(p.weight for p in s.platforms)
@@ -335,6 +347,7 @@ class _Emitter:
         first, self.counter = self.counter, self.counter + n
         if n == 0:
             return [], np.zeros(0, dtype=np.int64)
+        treated = self.arm_rng.random(n) < s.treatment_share if s.treatment_share > 0 else None
         plat = np.searchsorted(self.plat_cdf, u[:, 0])
         user = np.searchsorted(self.pop.cdf, u[:, 1])
         dims = {"platform": plat, "region": self.pop.region[user], "plan": self.pop.plan[user]}
@@ -352,6 +365,8 @@ class _Emitter:
 
         # outcome and latency: a call slower than the client timeout is a timeout whatever else happened
         latency = s.latency_median_ms * self.plat_latency[plat] * np.exp(s.latency_sigma * z[:, 0]) * fx.latency_mult
+        if treated is not None and s.treatment_latency_mult != 1.0:
+            latency = latency * np.where(treated, s.treatment_latency_mult, 1.0)
         err = u[:, 2] < fx.error_prob
         timeout = ~err & ((u[:, 2] < fx.error_prob + s.timeout_prob) | (latency >= s.timeout_ms))
         refused = ~err & ~timeout & (u[:, 2] < fx.error_prob + s.timeout_prob + s.refusal_prob)
@@ -375,6 +390,8 @@ class _Emitter:
         slow = ok & (latency > _SLOW_MS)
         p_accept = self.plat_accept[plat] * fx.accept_mult * (confidence / _CONFIDENCE_MEAN)
         p_accept = np.clip(p_accept * np.where(hallucinated, 0.3, 1.0) * np.where(slow, 0.7, 1.0), 0.0, 0.95)
+        if treated is not None and s.treatment_accept_delta:
+            p_accept = np.clip(p_accept + np.where(treated, s.treatment_accept_delta, 0.0), 0.0, 0.95)
         us = u[:, 6]
         label = np.select([us < p_accept * (1 - s.edit_share), us < p_accept, us < p_accept + (1 - p_accept) * 0.35],
                           [0, 1, 2], 3)
@@ -418,6 +435,7 @@ class _Emitter:
         jitter = np.minimum(-400.0 * np.log1p(-u[:, 16:22]), s.max_arrival_jitter_ms).astype(np.int64)
 
         iids = [f"{self.prefix}{k:09d}" for k in range(first, first + n)]
+        self.versions = None if treated is None else np.where(treated, s.treatment_model_version, s.model_version)
         idx = np.nonzero(keep)[0]
         events = self._interactions(idx, ts, dims, user, iids, outcome, latency, tokens_in, tokens_out, cost,
                                     confidence, flagged)
@@ -456,6 +474,7 @@ class _Emitter:
                 latency[idx].tolist(), tokens_in[idx].tolist(), tokens_out[idx].tolist(), cost[idx].tolist(),
                 confidence[idx].tolist())
         ]
+        self._arm(events, idx)
         # only answered calls carry a confidence and guardrail flags (flagged rows are answered ones)
         for k in np.nonzero(outcome[idx] != _OK)[0].tolist():
             del events[k]["confidence"]
@@ -476,7 +495,14 @@ class _Emitter:
         if scores is not None:
             for event, score in zip(events, scores[idx].tolist()):
                 event["score"] = score
+        self._arm(events, idx)
         return events
+
+    def _arm(self, events: list[dict[str, Any]], idx: np.ndarray) -> None:
+        """The treatment's model version on the events of treated interactions (feedback follows its interaction)."""
+        if self.versions is not None:
+            for event, mv in zip(events, self.versions[idx].tolist()):
+                event["model_version"] = mv
 
 
 def write_jsonl(events: Iterable[dict[str, Any]], path: str | Path) -> int:

@@ -33,7 +33,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from detectors import make_detector
-from rules.aggregate import contributions
+from rules.aggregate import contributions, square_contributions
+from rules.compare import evaluate_compare
 from rules.clock import ClockConfig, ClockGuard, StreamClock, approx_duration
 from rules.events import Control, Event
 from rules.lifecycle import Instance, advance
@@ -203,10 +204,10 @@ class ReferenceEngine:
         if src not in fs.src_first:
             fs.src_first[src] = ts
             self._start_clocks(fs, ev.feature)
-        if not fp.metric_rules and not fp.drift_rules:
+        if not fp.metric_rules and not fp.drift_rules and not fp.stores:  # (a compare rule's control phase)
             stats.unmatched += 1
         if fp.stores:
-            self._add(fs, fp, ev)
+            self._add(fs, fp, ev, self.plan.needs_arms, self.plan.needs_squares)
         if fp.drift_rules:
             self._update_detectors(fs, fp, ev)
         if fs.max_ts is None or ts > fs.max_ts:
@@ -432,9 +433,14 @@ class ReferenceEngine:
             fs.next_eval[every] = origin - origin % every + every
 
     @staticmethod
-    def _add(fs: FeatureState, fp: FeaturePlan, ev: Event) -> None:
-        contrib = contributions(ev)
+    def _add(fs: FeatureState, fp: FeaturePlan, ev: Event, arms: bool, squares: bool) -> None:
+        # (compare rules, added with them: arm fields under their "@" store keys, and sums of squares)
+        contrib = contributions(ev) + (square_contributions(ev) if squares else [])
         seg = ev.segment
+        if arms:
+            seg = dict(seg)
+            for name in ("model_version", "prompt_version", "variant"):
+                seg["@" + name] = getattr(ev, name) or ""
         for spec in fp.stores:
             series = fs.stores.get(spec.id)
             if series is None:
@@ -569,7 +575,10 @@ class ReferenceEngine:
         # instances that exist but saw no data in retention still need evaluating (e.g. traffic dropped to zero)
         groups.update((k[2], k[3]) for k in fs.instances if k[0] == b.ruleset.name and k[1] == b.rule.id)
         for phase, group in sorted(groups):
-            ev = evaluate_metric(b.rule, b.base, b.param, b.store, series, phase, group, t, cache)
+            if b.rule.compare is not None:  # the statistics are the product's; the windows here are full merges
+                ev = evaluate_compare(b.rule, b.base, b.param, b.store, series, phase, group, t, cache)
+            else:
+                ev = evaluate_metric(b.rule, b.base, b.param, b.store, series, phase, group, t, cache)
             self._apply(out, feature, fs, b, phase, group, t, ev)
 
     def _evaluate_drift(self, out, feature, fs, b: BoundRule, phases, t) -> None:
