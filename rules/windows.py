@@ -58,6 +58,7 @@ not change.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
 
 from rules.aggregate import Bucket
 from rules.sketches.exceptions import SketchError
@@ -85,7 +86,7 @@ class StoreSpec:
 class SeriesBuckets:
     """The buckets of one series, keyed by bucket start (epoch ms, a multiple of ``every``)."""
 
-    __slots__ = ("buckets", "sealed", "epoch")
+    __slots__ = ("buckets", "sealed", "epoch", "_starts")
 
     def __init__(self, buckets: dict[int, Bucket] | None = None) -> None:
         self.buckets: dict[int, Bucket] = buckets if buckets is not None else {}
@@ -93,6 +94,9 @@ class SeriesBuckets:
         # counter of buckets handed out for writing that start before it (running windows then rebuild)
         self.sealed = _NEVER
         self.epoch = 0
+        # a min-heap of the bucket starts, so expiring costs the buckets dropped, not the buckets kept (a 7-day
+        # window of 1-minute buckets holds 10,080); None until the first expire (buckets may be loaded directly)
+        self._starts: list[int] | None = None
 
     def bucket(self, ts: int, every_ms: int, needs_latency: bool, needs_users: bool) -> Bucket:
         """The bucket holding time ``ts``, created if needed, for adding an event to: every write goes through here."""
@@ -102,6 +106,8 @@ class SeriesBuckets:
         b = self.buckets.get(start)
         if b is None:
             b = self.buckets[start] = Bucket.empty(needs_latency, needs_users)
+            if self._starts is not None:
+                heappush(self._starts, start)
         return b
 
     def window(self, end: int, window_ms: int, every_ms: int, needs_latency: bool, needs_users: bool) -> Bucket:
@@ -118,8 +124,13 @@ class SeriesBuckets:
 
     def expire(self, before: int) -> None:
         """Drop buckets starting before ``before``."""
-        for s in [s for s in self.buckets if s < before]:
-            del self.buckets[s]
+        starts = self._starts
+        if starts is None:
+            starts = self._starts = list(self.buckets)
+            heapify(starts)
+        buckets = self.buckets
+        while starts and starts[0] < before:
+            buckets.pop(heappop(starts), None)
 
     def to_state(self) -> dict:
         return {str(s): b.to_state() for s, b in sorted(self.buckets.items())}
