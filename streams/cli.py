@@ -127,6 +127,9 @@ def cmd_scenario(args: argparse.Namespace) -> int:
         overrides["duration_ms"] = int(args.days * 86_400_000)
     if args.rate is not None:
         overrides["mean_rate_per_s"] = args.rate
+    for name in ("treatment_share", "treatment_accept_delta", "treatment_latency_mult"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     try:
         scenario = scenario_from_args(args.preset, **overrides)
     except (RollguardError, ValueError, TypeError) as e:
@@ -233,6 +236,13 @@ def _add_scenario_parser(sub: Any) -> None:
     s.add_argument("--days", type=float, default=days, help="event time the scenario covers, in days")
     s.add_argument("--rate", type=float, default=d.mean_rate_per_s,
                    help="mean interactions per second on weekdays (diurnal: nights ~15%% of the peak)")
+    s.add_argument("--treatment-share", dest="treatment_share", type=float, metavar="SHARE",
+                   help=f"serve this share of interactions from a treatment arm (model {d.treatment_model_version!r}, "
+                        f"variant {d.treatment_variant!r}; the rest variant {d.control_variant!r}) (default: none)")
+    s.add_argument("--treatment-accept-delta", dest="treatment_accept_delta", type=float, metavar="DELTA",
+                   help="the treatment's suggestions are accepted DELTA more (-0.03: 3 points less) (default: 0)")
+    s.add_argument("--treatment-latency-mult", dest="treatment_latency_mult", type=float, metavar="X",
+                   help="the treatment's calls take X times as long (default: 1)")
     s.set_defaults(func=cmd_scenario)
 
 

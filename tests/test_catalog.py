@@ -37,6 +37,10 @@ GLOBAL_PACKS = {
     "llmops-alerting.yaml": "llmops-alerting",
     "llm-product-health.yaml": "llm-product-health",
 }
+COMPARISON_PACKS = {  # rules judging a treatment against a control (compare)
+    "experiments.yaml": "experiments",
+    "email-reply-model-drift.yaml": "email-reply-model-drift",
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +64,22 @@ def only(catalog, ruleset: str, *rule_ids: str):
 
 def test_every_file_loads_with_the_real_loader_as_one_named_rule_set(catalog):
     files = sorted(p.name for p in CATALOG.glob("*.yaml"))
-    expected = sorted([f for f, _, _ in EMAIL_PHASES] + list(GLOBAL_PACKS))
+    expected = sorted([f for f, _, _ in EMAIL_PHASES] + list(GLOBAL_PACKS) + list(COMPARISON_PACKS))
     assert files == expected
     by_file = {Path(rs.source).name: rs.name for rs in catalog.values()}
-    assert by_file == {**{f: n for f, n, _ in EMAIL_PHASES}, **GLOBAL_PACKS}
+    assert by_file == {**{f: n for f, n, _ in EMAIL_PHASES}, **GLOBAL_PACKS, **COMPARISON_PACKS}
+
+
+def test_the_comparison_packs_compare_every_rule_and_guard_every_split(catalog):
+    for name in COMPARISON_PACKS.values():
+        rules = catalog[name].rules
+        assert all(r.compare is not None for r in rules)
+        for r in rules:
+            if r.compare.split and r.srm_of is None:  # its companion follows it
+                assert any(c.srm_of == r.id and c.id == f"{r.id}.srm" for c in rules)
+    experiments = catalog["experiments"].rules
+    assert {r.compare.by for r in experiments} == {"variant"} and {r.compare.control for r in experiments} == {"control"}
+    assert all(r.compare.phase == "internal" for r in catalog["email-reply-model-drift"].rules)
 
 
 @pytest.mark.parametrize("file, name, phase", EMAIL_PHASES, ids=[p for _, _, p in EMAIL_PHASES])

@@ -142,3 +142,46 @@ def test_hallucination_surge_is_rolled_back_once_the_delayed_reviews_arrive():
     t = ms(out.commands[0]["ts"])
     # expert reviews arrive ~2 h after the interaction (review_delay_ms): detection cannot be earlier than that
     assert start + scenario.review_delay_ms // 2 < t <= start + 4 * 3_600_000
+
+
+# --- a model upgrade on 10 % of traffic (issue "compare against a control", catalogue experiments.yaml) ----------
+
+
+def upgrade_outcome(accept_delta: float, days: int):
+    """A week-long model upgrade on 10 % of 1 interaction/s, its suggestions accepted ``accept_delta`` more than the
+    control's, replayed as rows (as `replay` hands them over) through the catalogue's experiment rules."""
+    import orjson
+
+    scenario = scenario_from_args("clean", duration_ms=days * 86_400_000, mean_rate_per_s=1.0, seed=5,
+                                  treatment_share=0.1, treatment_accept_delta=accept_delta)  # fmt: skip
+    parser = EventParser(Pseudonymizer(KEY))
+    eng = Engine(load_rules([CATALOG / "experiments.yaml"]), EngineConfig())
+    out, chunk = None, []
+    for e in generate(scenario):
+        chunk.append(orjson.dumps(e))
+        if len(chunk) == 5_000:
+            o = eng.step(parser.parse_rows(b"[" + b",".join(chunk) + b"]"))
+            out = o if out is None else (out.extend(o) or out)
+            chunk = []
+    out.extend(eng.step(parser.parse_rows(b"[" + b",".join(chunk) + b"]")))
+    out.extend(eng.finish())
+    return scenario, eng, out
+
+
+def test_a_model_upgrade_three_points_worse_is_rolled_back_within_its_week():
+    scenario, eng, out = upgrade_outcome(-0.03, days=6)
+    assert eng.stats.late == 0 and sum(eng.stats.events.values()) > 800_000
+    assert [(c["action"], c["rule_id"]) for c in out.commands] == [("rollback", "upgrade-acceptance-regression")]
+    [kill] = [d for d in out.decisions if d["transition"] == "firing"]
+    evidence = kill["details"]["compare"]
+    assert evidence["control"] == "control" and evidence["treatment"] == ["model-upgrade"]
+    assert evidence["hi"] < -0.02 and evidence["lo"] < kill["value"] < evidence["hi"]  # established beyond -2 points
+    assert 0.08 < evidence["treatment_samples"] / (evidence["treatment_samples"] + evidence["control_samples"]) < 0.12
+    assert ms(kill["ts"]) < scenario.start + 6 * 86_400_000  # within the week: measured at day 4.8
+    assert "srm" in kill["details"] and not any(d["rule_id"].endswith(".srm") for d in out.decisions)
+
+
+def test_the_same_upgrade_without_a_regression_runs_a_week_without_a_decision():
+    _, eng, out = upgrade_outcome(0.0, days=7)
+    assert sum(eng.stats.events.values()) > 1_000_000
+    assert out.decisions == [] and out.commands == [] and out.pages == []

@@ -122,11 +122,13 @@ class Scenario:
     model_version: str = "reply-gen-2026-10"
     prompt_version: str = "p3"
     # a treatment arm (compare rules): this share of interactions, and their feedback, carry the treatment's model
-    # version; its suggestions are accepted `treatment_accept_delta` more (negative: less), its calls are
-    # `treatment_latency_mult` times as slow. Drawn from a random stream of their own: with no treatment (share 0)
-    # the scenario is the same bytes as without these settings.
+    # version and variant (the others the control variant); its suggestions are accepted `treatment_accept_delta`
+    # more (negative: less), its calls are `treatment_latency_mult` times as slow. Drawn from a random stream of
+    # their own: with no treatment (share 0) the scenario is the same bytes as without these settings.
     treatment_share: float = 0.0
     treatment_model_version: str = "reply-gen-2026-12"
+    treatment_variant: str = "model-upgrade"
+    control_variant: str = "control"
     treatment_accept_delta: float = 0.0
     treatment_latency_mult: float = 1.0
     utc_offset_hours: float = -5.0
@@ -321,7 +323,7 @@ class _Emitter:
 
     def __init__(self, s: Scenario, pop: _Population, arm_rng: np.random.Generator) -> None:
         self.s, self.pop, self.arm_rng = s, pop, arm_rng
-        self.versions: np.ndarray | None = None  # per interaction of the current block: its model version
+        self.treated: np.ndarray | None = None  # per interaction of the current block: served by the treatment
         self.prefix = f"{s.feature}-{s.phase}-{s.seed}-"
         self.counter = 0  # interaction candidates so far: ids stay aligned when traffic_drop thins some out
         self.plat_cdf = _cdf(p.weight for p in s.platforms)
@@ -435,7 +437,7 @@ class _Emitter:
         jitter = np.minimum(-400.0 * np.log1p(-u[:, 16:22]), s.max_arrival_jitter_ms).astype(np.int64)
 
         iids = [f"{self.prefix}{k:09d}" for k in range(first, first + n)]
-        self.versions = None if treated is None else np.where(treated, s.treatment_model_version, s.model_version)
+        self.treated = treated
         idx = np.nonzero(keep)[0]
         events = self._interactions(idx, ts, dims, user, iids, outcome, latency, tokens_in, tokens_out, cost,
                                     confidence, flagged)
@@ -499,10 +501,15 @@ class _Emitter:
         return events
 
     def _arm(self, events: list[dict[str, Any]], idx: np.ndarray) -> None:
-        """The treatment's model version on the events of treated interactions (feedback follows its interaction)."""
-        if self.versions is not None:
-            for event, mv in zip(events, self.versions[idx].tolist()):
-                event["model_version"] = mv
+        """Each event's arm: the treatment's model version and variant, or the control variant (feedback follows its
+        interaction)."""
+        if self.treated is not None:
+            s = self.s
+            for event, treated in zip(events, self.treated[idx].tolist()):
+                if treated:
+                    event["model_version"], event["variant"] = s.treatment_model_version, s.treatment_variant
+                else:
+                    event["variant"] = s.control_variant
 
 
 def write_jsonl(events: Iterable[dict[str, Any]], path: str | Path) -> int:
