@@ -59,8 +59,8 @@ def rule_unit(rule: Rule) -> str:
     """The Grafana unit of the plotted value."""
     if rule.drift is not None:
         return _DRIFT_UNITS.get(rule.drift.signal, "percentunit")
-    if rule.baseline_ms is not None:
-        return "percentunit"  # relative change against the earlier window
+    if rule.baseline_ms is not None or (rule.compare is not None and (rule.compare.relative or rule.srm_of)):
+        return "percentunit"  # relative change against the earlier window or the control; an observed share
     base, _ = parse_metric(rule.metric)
     if base.startswith("latency_"):
         return "ms"
@@ -78,6 +78,8 @@ def _condition(rule: Rule) -> str:
             + "; fires when it detects a change. Plotted: the detector's estimate."
         )
     what = f"`{rule.metric}` over {format_duration(rule.window_ms)}"
+    if rule.compare is not None:
+        return _comparison(rule, what)
     if rule.across is not None:
         what = f"spread (max − min) of {what} across `{rule.across}` values"
     if rule.baseline_ms is not None:
@@ -94,12 +96,28 @@ def _condition(rule: Rule) -> str:
     return f"{what} {rule.op} {rule.threshold:g}{hysteresis}. Plotted: the compared value."
 
 
+def _comparison(rule: Rule, what: str) -> str:
+    c = rule.compare
+    if c.by is not None:
+        arms = f"`{c.by}` = {c.treatment or 'any other value'} against `{c.by}` = {c.control}"
+    else:
+        arms = f"this phase against phase `{c.phase}`"
+    diff = "relative difference" if c.relative else "difference"
+    interval = "always-valid (sequential)" if c.test == "sequential" else "per-look (fixed)"
+    if rule.srm_of is not None:
+        return (f"sample-ratio check of {rule.srm_of}: the treatment's share of {what}, {arms}, against the configured "
+                f"{rule.threshold:.1%}; fires while a sequential test rejects the split. Plotted: the observed share.")
+    return (f"{diff} of {what}, {arms}; fires when the {interval} {1 - c.alpha:.0%} interval lies wholly "
+            f"{rule.op} {rule.threshold:g}. Plotted: the difference and its interval (band).")
+
+
 def _timing(rule: Rule) -> str:
     parts = [f"Evaluated every {format_duration(rule.every_ms)}"]
     parts.append(f"fires after {format_duration(rule.for_ms)} pending" if rule.for_ms else "fires at once")
     if rule.keep_firing_for_ms:
         parts.append(f"keeps firing for {format_duration(rule.keep_firing_for_ms)}")
-    parts.append(f"needs at least {rule.min_samples} samples" if rule.min_samples else "needs no minimum of samples")
+    per = " per arm" if rule.compare is not None else ""
+    parts.append(f"needs at least {rule.min_samples} samples{per}" if rule.min_samples else "needs no minimum of samples")
     if rule.group_by:
         parts.append(f"one instance per {', '.join(rule.group_by)}")
     return ", ".join(parts) + "."
@@ -178,6 +196,12 @@ def rule_panel(ruleset: RuleSet, rule: Rule) -> timeseries.Panel:
     if rule.drift is None and rule.resolve_threshold is not None:
         sel = selector("rollguard_rule_resolve_threshold", ident, FEATURE_PHASE)
         targets.append(query("E", f"max({sel})", "resolves at"))
+    band = rule.compare is not None and rule.srm_of is None and not rule.metric.startswith("latency_p")
+    if band:  # the difference's interval, shaded between its bounds (quantiles: the interval is of a share)
+        low = selector("rollguard_rule_interval_low", ident, FEATURE_PHASE_SEGMENT)
+        high = selector("rollguard_rule_interval_high", ident, FEATURE_PHASE_SEGMENT)
+        targets.append(query("F", f"min({low})", "interval low"))
+        targets.append(query("G", f"max({high})", "interval high"))
     for ref, state in (("C", "firing"), ("D", "pending")):
         sel = selector("rollguard_rule_state", {**ident, "state": state}, FEATURE_PHASE_SEGMENT)
         targets.append(query(ref, f"sum({sel}) > bool 0", state))
@@ -193,6 +217,11 @@ def rule_panel(ruleset: RuleSet, rule: Rule) -> timeseries.Panel:
         panel = panel.override_by_query("B", _line("red", {"fill": "dash", "dash": [10, 10]}))
     if rule.drift is None and rule.resolve_threshold is not None:
         panel = panel.override_by_query("E", _line("orange", {"fill": "dot", "dash": [0, 10]}))
+    if band:
+        panel = panel.override_by_query("F", _line("blue", {"fill": "solid"}))
+        upper = [*_line("blue", {"fill": "solid"}), prop("custom.fillBelowTo", "interval low"),
+                 prop("custom.fillOpacity", 15)]  # fmt: skip
+        panel = panel.override_by_query("G", upper)
     return panel
 
 

@@ -50,6 +50,15 @@ class Observation:
             return d["bound"]
         return self.evaluation.value
 
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The interval of a ``compare`` rule's difference, in the compared value's units (None for other rules, for
+        an undefined interval, and for quantiles, whose interval is that of the excess share: rules.compare)."""
+        c = self.evaluation.details.get("compare")
+        if c is None or c["lo"] is None or "quantile_test" in c:
+            return None
+        return c["lo"], c["hi"]
+
 
 class Instants:
     """The evaluation methods of :class:`rules.engine.Engine` (a mixin: see the module docstring)."""

@@ -159,7 +159,8 @@ rules:
     ctl, trt = arm_of(evs, "a", t, w), arm_of(evs, "b", t, w) + arm_of(evs, "c", t, w)  # every other arm pooled
     iv = compare(trt, ctl, alpha=0.05, tau=-0.02)
     d = o.evaluation.details["compare"]
-    assert (d["control"], d["treatment"], d["control_samples"], d["treatment_samples"]) == ("a", ["b", "c"], ctl.n, trt.n)
+    arms = (d["control"], d["treatment"], d["control_samples"], d["treatment_samples"])
+    assert arms == ("a", ["b", "c"], ctl.n, trt.n)
     assert math.isclose(d["control_value"], ctl.mean) and math.isclose(d["treatment_value"], trt.mean)
     assert math.isclose(o.evaluation.value, iv.delta) and math.isclose(d["lo"], iv.lo) and math.isclose(d["hi"], iv.hi)
     assert d["method"] == "sequential" and o.evaluation.samples == min(ctl.n, trt.n)
@@ -323,3 +324,50 @@ def test_variant_is_read_by_both_decoders_and_kept_in_held_state():
     assert Event.from_state(ev.to_state()) == ev
     old = Event("feedback", "e2", 1, "f", "p", {}, None, None, None, kind="thumbs", label="up")
     assert len(old.to_state()) == 21 and Event.from_state(old.to_state()) == old  # states written before variant
+
+
+# --- downstream: metrics, dashboards -------------------------------------------------------------------------------
+
+
+def test_the_worker_exposes_each_arm_and_the_interval_of_a_comparison():
+    from test_observability import Harness, one
+
+    text = """version: 1
+name: t
+features: ["*"]
+rules:
+  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 30m, min_samples: 30,
+     compare: {by: variant, control: a, test: fixed}}
+"""
+    evs = suggestions(20, {"a": (20, 0.5), "b": (10, 0.2)})
+    h = Harness(text).feed(evs)
+    fams = h.scrape()
+    lo, hi = one(fams, "rollguard_rule_interval_low", rule="r"), one(fams, "rollguard_rule_interval_high", rule="r")
+    ctl = arm_of(evs, "a", T0 + 19 * MIN, 30 * MIN)
+    trt = arm_of(evs, "b", T0 + 19 * MIN, 30 * MIN)
+    iv = compare(trt, ctl, alpha=0.05, method="fixed")
+    assert math.isclose(lo, iv.lo) and math.isclose(hi, iv.hi)
+    assert math.isclose(one(fams, "rollguard_rule_compared", rule="r"), iv.delta)
+    assert math.isclose(one(fams, "rollguard_rule_arm_value", rule="r", arm="control"), ctl.mean)
+    assert one(fams, "rollguard_rule_arm_samples", rule="r", arm="treatment") == trt.n
+
+
+def test_a_comparison_panel_draws_the_interval_as_a_band():
+    from dashboards.rulepack import rule_description, rule_panel
+
+    [rs] = load("""  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 7d,
+     min_samples: 500,
+     compare: {by: model_version, control: m1, split: {m2: 0.1}}}
+""")
+    rule, srm = rs.rules
+    panel = rule_panel(rs, rule).build()
+    exprs = {t.ref_id: t.expr for t in panel.targets}
+    assert exprs["F"].startswith("min(rollguard_rule_interval_low{")
+    assert exprs["G"].startswith("max(rollguard_rule_interval_high{")
+    upper = next(o for o in panel.field_config.overrides if o.matcher.options == "G")
+    props = {p.to_json()["id"]: p.to_json().get("value") for p in upper.properties}
+    assert props["custom.fillBelowTo"] == "interval low"
+    assert "always-valid (sequential) 95% interval lies wholly < -0.02" in rule_description(rs, rule)
+    assert "500 samples per arm" in rule_description(rs, rule)
+    assert "sample-ratio check of r" in rule_description(rs, srm)
+    assert "F" not in {t.ref_id for t in rule_panel(rs, srm).build().targets}  # a share has no difference band

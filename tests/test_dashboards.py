@@ -43,6 +43,11 @@ METRIC_NAMES = frozenset(
         "rollguard_rule_value",
         "rollguard_rule_compared",
         "rollguard_rule_threshold",
+        "rollguard_rule_resolve_threshold",
+        "rollguard_rule_interval_low",
+        "rollguard_rule_interval_high",
+        "rollguard_rule_arm_value",
+        "rollguard_rule_arm_samples",
         "rollguard_rule_samples",
         "rollguard_rule_state",
         "rollguard_rule_evaluated_timestamp_seconds",
@@ -77,7 +82,7 @@ METRIC_NAMES = frozenset(
 HISTOGRAMS = ("rollguard_batch_duration_seconds", "rollguard_redis_duration_seconds")
 ALLOWED_SERIES = METRIC_NAMES | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
 LABELS = frozenset(
-    "feature phase ruleset rule tier metric group state latch type reason transition action severity op topic "
+    "feature phase ruleset rule tier metric group state latch type reason transition action severity op topic arm "
     "partition version app_id instance job le".split()
 )
 _PROMQL_WORDS = frozenset({"bool", "and", "or", "unless", "offset", "on", "ignoring", "group_left", "group_right"})

@@ -1,7 +1,7 @@
 """The per-rule Prometheus series (``rollguard_rule_*``): latest evaluation per rule instance, rendered as text.
 
 These are most of a worker's samples — nine per rule instance (value, compared, threshold, samples, evaluated
-timestamp, four states) with seven labels each — so they are rendered here rather than through
+timestamp, four states; compare rules add their interval and both arms' values and samples) with seven labels each — so they are rendered here rather than through
 ``prometheus_client``'s generic exposition, which validates and escapes every label of every sample on every scrape
 (~20 µs a line on the development machine: 35 ms per scrape for the catalogue on four features, seconds for
 thousands of groups, all of it blocking the worker's loop). Here an instance's label block is escaped once, when it
@@ -41,6 +41,12 @@ _FAMILIES = (
     ("rollguard_rule_threshold", "The rule's threshold"),
     ("rollguard_rule_resolve_threshold", "The line a firing instance must cross back over to resolve (rules with "
      "resolve_threshold only)"),
+    ("rollguard_rule_interval_low", "Lower bound of the interval for treatment - control (compare rules on rates "
+     "and means)"),
+    ("rollguard_rule_interval_high", "Upper bound of the interval for treatment - control (compare rules on rates "
+     "and means)"),
+    ("rollguard_rule_arm_value", "The metric of each arm of a compare rule (arm: control | treatment)"),
+    ("rollguard_rule_arm_samples", "Samples of each arm of a compare rule (arm: control | treatment)"),
     ("rollguard_rule_samples", "Samples in the rule window at the last evaluation"),
     ("rollguard_rule_state", "Groups of the series in each lifecycle state"),
     ("rollguard_rule_evaluated_timestamp_seconds", "Event time of the last evaluation instant"),
@@ -121,11 +127,15 @@ class RuleSeries:
                     del rules[key]
 
     def render(self) -> str:
-        """The exposition text of the seven rule families and ``rollguard_metrics_series_dropped``."""
+        """The exposition text of the rule families and ``rollguard_metrics_series_dropped``."""
         value: list[str] = []
         compared: list[str] = []
         threshold: list[str] = []
         resolve: list[str] = []
+        lows: list[str] = []
+        highs: list[str] = []
+        arm_values: list[str] = []
+        arm_samples: list[str] = []
         samples: list[str] = []
         state: list[str] = []
         evaluated: list[str] = []
@@ -156,6 +166,18 @@ class RuleSeries:
                         threshold.append(f"rollguard_rule_threshold{{{labels}}} {th}\n")
                     if rt is not None:
                         resolve.append(f"rollguard_rule_resolve_threshold{{{labels}}} {rt}\n")
+                    cmp = ev.details.get("compare") if rule.compare is not None else None
+                    if cmp is not None:
+                        iv = o.interval
+                        if iv is not None:
+                            lows.append(f"rollguard_rule_interval_low{{{labels}}} {go(iv[0])}\n")
+                            highs.append(f"rollguard_rule_interval_high{{{labels}}} {go(iv[1])}\n")
+                        for arm in ("control", "treatment"):
+                            x = cmp[f"{arm}_value"]
+                            if x is not None:
+                                arm_values.append(f'rollguard_rule_arm_value{{{labels},arm="{arm}"}} {go(x)}\n')
+                            arm_samples.append(f'rollguard_rule_arm_samples{{{labels},arm="{arm}"}} '
+                                               f'{cmp[f"{arm}_samples"]}\n')  # fmt: skip
                     samples.append(f"rollguard_rule_samples{{{labels}}} {ev.samples}\n")
                     evaluated.append(f"rollguard_rule_evaluated_timestamp_seconds{{{labels}}} {go(o.t / 1000)}\n")
                     st = o.state
@@ -176,7 +198,8 @@ class RuleSeries:
                         state.append(f'rollguard_rule_state{{{labels},state="{s}"}} {n}\n')
         self.dropped = dropped
         out: list[str] = []
-        for (name, doc), lines in zip(_FAMILIES, (value, compared, threshold, resolve, samples, state, evaluated)):
+        families = (value, compared, threshold, resolve, lows, highs, arm_values, arm_samples, samples, state, evaluated)
+        for (name, doc), lines in zip(_FAMILIES, families):
             out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
             out += lines
         out.append("# HELP rollguard_metrics_series_dropped Rule groups folded into __overflow__ by the per-rule cap "
