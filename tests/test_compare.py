@@ -371,3 +371,45 @@ def test_a_comparison_panel_draws_the_interval_as_a_band():
     assert "500 samples per arm" in rule_description(rs, rule)
     assert "sample-ratio check of r" in rule_description(rs, srm)
     assert "F" not in {t.ref_id for t in rule_panel(rs, srm).build().targets}  # a share has no difference band
+
+
+def test_replay_reports_and_charts_a_comparison_with_its_interval(tmp_path):
+    """A day with an upgrade on 30 % of traffic accepted 15 points less: replay rolls it back, report.md shows the
+    difference with its interval and both arms, the chart holds the interval, and --compare lists the changed
+    definition of a comparison."""
+    from rules.loader import load_rules
+    from streams.offline.replay import replay
+    from streams.offline.scenario import generate, scenario_from_args, write_jsonl
+
+    pack = """version: 1
+name: upgrade
+features: ["*"]
+rules:
+  - {id: acceptance, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.05, window: 1d, every: 5m,
+     min_samples: 200, compare: {by: variant, control: control, treatment: model-upgrade, split: {model-upgrade: 0.3}}}
+"""
+    (tmp_path / "a.yaml").write_text(pack)
+    (tmp_path / "b.yaml").write_text(pack.replace("threshold: -0.05", "threshold: -0.10"))
+    scenario = scenario_from_args("clean", duration_ms=12 * 3_600_000, mean_rate_per_s=1.0, seed=3,
+                                  treatment_share=0.3, treatment_accept_delta=-0.15)  # fmt: skip
+    write_jsonl(generate(scenario), tmp_path / "events.jsonl")
+    res = replay(load_rules([str(tmp_path / "a.yaml")]), [str(tmp_path / "events.jsonl")], tmp_path / "out",
+                 config=EngineConfig(), user_key=b"k" * 32, progress=False, charts="active",
+                 compare=load_rules([str(tmp_path / "b.yaml")]))  # fmt: skip
+    collector = res.engine.observer  # the charts' SeriesCollector
+    commands = [orjson_loads(x) for x in (tmp_path / "out" / "commands.jsonl").read_bytes().splitlines()]
+    assert [c["rule_id"] for c in commands] == ["acceptance"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "model-upgrade" in report and " vs control " in report and "[-" in report
+    [series] = [rs for k, rs in collector.rules.items() if k.rule_id == "acceptance"]
+    g = next(iter(series.groups.values()))
+    _, lo = g.low.points()
+    _, hi = g.high.points()
+    assert series.info.compared == "treatment vs control" and any(a < b for a, b in zip(lo, hi) if a == a)
+    assert list((tmp_path / "out" / "charts").rglob("*.png"))
+
+
+def orjson_loads(b: bytes):
+    import orjson
+
+    return orjson.loads(b)

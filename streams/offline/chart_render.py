@@ -106,11 +106,32 @@ def _lines(ax, rs: RuleSeries, groups: Sequence[tuple[str, ...]], style: str, su
     colors = matplotlib.colormaps["tab10"].colors
     handles = []
     for i, g in enumerate(groups):
-        t, v = rs.groups[g].values.points()
+        gs = rs.groups[g]
+        t, v = gs.values.points()
         (line,) = ax.plot(_x(np.frombuffer(t, dtype=np.int64)), np.frombuffer(v, dtype=np.float64), style,
                           color=colors[i % len(colors)], linewidth=1.1, label=_group_label(rs, g) + suffix)  # fmt: skip
         handles.append(line)
+        if gs.low is not None:
+            handles += _interval(ax, gs, colors[i % len(colors)], suffix)
     return handles
+
+
+def _interval(ax, gs, color, suffix: str) -> list:
+    """A compare rule's interval for the difference: a band between its bounds (thin lines where the bounds were
+    reduced to different instants)."""
+    tl, lo = gs.low.points()
+    th, hi = gs.high.points()
+    tl, lo = np.frombuffer(tl, dtype=np.int64), np.frombuffer(lo, dtype=np.float64)
+    th, hi = np.frombuffer(th, dtype=np.int64), np.frombuffer(hi, dtype=np.float64)
+    if not np.isfinite(lo).any():
+        return []
+    if len(tl) == len(th) and (tl == th).all():
+        band = ax.fill_between(_x(tl), lo, hi, color=color, alpha=0.18, linewidth=0, step="post",
+                               label="interval" + suffix)  # fmt: skip
+        return [band]
+    ax.plot(_x(tl), lo, ":", color=color, linewidth=0.8)
+    (line,) = ax.plot(_x(th), hi, ":", color=color, linewidth=0.8, label="interval bounds" + suffix)
+    return [line]
 
 
 def _threshold(ax, rs: RuleSeries, color: str, style: str, suffix: str) -> list:

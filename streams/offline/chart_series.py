@@ -79,6 +79,10 @@ class RuleInfo:
         r = bound.rule
         if r.drift is not None:  # what the detector's level is (streams.offline.report_format.drift_evidence)
             compared = "window mean (ADWIN)" if r.drift.detector == "adwin" else "mean since detector restart"
+        elif r.compare is not None and r.srm_of is not None:
+            compared = "treatment share"
+        elif r.compare is not None:
+            compared = "treatment vs control" + (" (relative)" if r.compare.relative else "")
         elif r.baseline_ms is not None:
             compared = "change vs baseline"
         elif r.across:
@@ -92,7 +96,7 @@ class RuleInfo:
 
     @property
     def relative(self) -> bool:
-        return self.compared == "change vs baseline"
+        return self.compared in ("change vs baseline", "treatment vs control (relative)")
 
 
 def reduce_min_max(t: Iterable[int], v: Iterable[float], width: int) -> tuple[array, array]:
@@ -247,6 +251,9 @@ class GroupSeries:
 
     values: MinMaxSeries
     states: StateSpans = field(default_factory=StateSpans)
+    # compare rules: the bounds of the difference's interval (rules.instants.Observation.interval), drawn as a band
+    low: MinMaxSeries | None = None
+    high: MinMaxSeries | None = None
 
 
 @dataclass
@@ -321,6 +328,12 @@ class SeriesCollector:
             g = rs.groups[obs.group] = GroupSeries(MinMaxSeries(self.cap))
         g.values.add(t, obs.compared)
         g.states.add(t, obs.state)
+        if b.rule.compare is not None:
+            iv = obs.interval
+            if g.low is None:
+                g.low, g.high = MinMaxSeries(self.cap), MinMaxSeries(self.cap)
+            g.low.add(t, None if iv is None else iv[0])
+            g.high.add(t, None if iv is None else iv[1])
 
     def note_decisions(self, decisions: Iterable[Mapping]) -> None:
         """Count what each firing became (``firing``, ``inhibited``, ``held``): the observer sees lifecycle states

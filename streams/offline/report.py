@@ -33,7 +33,7 @@ from streams.offline.comparison import (
     _require,
     diff_outputs,
 )
-from streams.offline.report_format import drift_evidence, readable_summary
+from streams.offline.report_format import comparison_evidence, drift_evidence, percent, readable_summary
 from streams.offline.report_format import metric_value as _fmt_value
 from streams.offline.report_format import number as _num
 
@@ -123,8 +123,10 @@ def _fmt_duration(ms: int, signed: bool = False) -> str:
 
 
 def _relative(d: Mapping) -> bool:
-    # A baseline rule's threshold bounds the relative change the engine puts in ``details``, not the value.
-    return "baseline_value" in (d.get("details") or {})
+    # A baseline rule's threshold bounds the relative change the engine puts in ``details``, not the value; a
+    # relative comparison's value and threshold are changes against the control.
+    details = d.get("details") or {}
+    return "baseline_value" in details or bool((details.get("compare") or {}).get("relative"))
 
 
 def _fmt_evidence(d: Mapping) -> str:
@@ -137,6 +139,12 @@ def _fmt_evidence(d: Mapping) -> str:
     metric, details = d.get("metric"), d.get("details") or {}
     if (metric or "").startswith("drift:") and d.get("threshold") is None:
         return drift_evidence(metric, d.get("value"), details)
+    if "compare" in details:
+        return comparison_evidence(d, metric, details)
+    if "srm" in details:  # a comparison's sample-ratio companion: the treatment's share against the configured one
+        srm = details["srm"]
+        share, expected = percent(srm["treatment_share"]), percent(srm["expected_share"])
+        return f"treatment share {share} of {sum(srm['counts']):,} (expected {expected})"
     text = _fmt_value(metric, d.get("value"), False)
     if "change" in details:
         text += f", {_fmt_value(metric, details['change'], True)} vs baseline"

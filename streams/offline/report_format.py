@@ -22,7 +22,7 @@ from typing import Any
 
 from rules.metric_names import MetricNameError, is_rate_metric
 
-__all__ = ["plural", "number", "metric_value", "drift_evidence", "readable_summary"]
+__all__ = ["plural", "number", "metric_value", "drift_evidence", "readable_summary", "comparison_evidence", "percent"]
 
 # A drift rule's value is its detector's level of the signal; show it in the unit of the matching metric.
 _DRIFT_SIGNAL_METRIC = {"acceptance": "acceptance_rate", "error": "error_rate", "thumbs_down": "thumbs_down_rate",
@@ -108,3 +108,32 @@ def readable_summary(text: str) -> str:
         return text
     out = f"{m['head']}{m['metric']} = {_percent(m['value'])}"
     return out + (f" {m['op']} {_percent(m['threshold'])}" if m["op"] else "")
+
+
+def percent(x: float | None) -> str:
+    """A share as a percentage with one decimal ("—" for None)."""
+    return "—" if x is None else f"{x:.1%}"
+
+
+def comparison_evidence(d: Mapping, metric: str | None, details: Mapping) -> str:
+    """Treatment - control with its interval and both arms.
+
+    >>> comparison_evidence({"value": -0.03, "op": "<", "threshold": -0.02}, "acceptance_rate", {"compare": {
+    ...     "control": "control", "control_value": 0.3, "control_samples": 90000, "treatment": ["model-upgrade"],
+    ...     "treatment_value": 0.27, "treatment_samples": 10000, "lo": -0.041, "hi": -0.021, "relative": False}})
+    '-3% [-4.1%, -2.1%] (< -2%); model-upgrade 27% (10,000) vs control 30% (90,000)'
+    """
+    c = details["compare"]
+    rel = bool(c.get("relative"))
+    text = metric_value(metric, d.get("value"), rel)
+    if c.get("lo") is not None and "quantile_test" not in c:
+        text += f" [{metric_value(metric, c['lo'], rel)}, {metric_value(metric, c['hi'], rel)}]"
+    elif "quantile_test" in c:
+        q = c["quantile_test"]
+        beyond, line, expected = percent(q["share_beyond"]), metric_value(metric, q["line"], False), percent(q["expected_share"])
+        text += f", {beyond} beyond {line} (expected {expected})"
+    if d.get("threshold") is not None:
+        text += f" ({d.get('op')} {metric_value(metric, d['threshold'], rel)})"
+    arms = ", ".join(c["treatment"]) or "treatment"
+    return (f"{text}; {arms} {metric_value(metric, c['treatment_value'], False)} ({c['treatment_samples']:,}) vs "
+            f"{c['control']} {metric_value(metric, c['control_value'], False)} ({c['control_samples']:,})")
