@@ -146,6 +146,8 @@ def _merge_groups(fs: FeatureState, groups) -> None:
     for g in groups:
         users = None
         for spec in g.fp.stores:
+            if spec.where and not spec.admits(g.seg):
+                continue
             series = stores.get(spec.id)
             if series is None:
                 series = stores[spec.id] = {}

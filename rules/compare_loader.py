@@ -147,7 +147,7 @@ def srm_companion(rule: Rule) -> Rule:
         id=f"{rule.id}.srm", tier="investigate", mode=rule.mode, metric=rule.metric, op="<", threshold=expected,
         window_ms=rule.window_ms, every_ms=rule.every_ms, min_samples=rule.min_samples, group_by=rule.group_by,
         keep_firing_for_ms=rule.every_ms * max(1, _HOUR_MS // rule.every_ms),
-        compare=c, srm_of=rule.id, runbook=rule.runbook, line=rule.line,
+        compare=c, where=rule.where, srm_of=rule.id, runbook=rule.runbook, line=rule.line,
         summary=f"arm split {{value:.1%}} vs expected {{threshold:.1%}}: {rule.id} is withheld until the split is "
                 f"as configured",
     )  # fmt: skip

@@ -36,6 +36,7 @@ from typing import Any, get_args
 
 from detectors import BINARY_DETECTORS, DETECTORS, validate_params
 from rules.compare_loader import load_compare, srm_companion
+from rules.where_loader import load_where
 from rules.durations import DurationError, format_duration, parse_duration
 from rules.exceptions import RollguardError
 from rules.file_kinds import has_tests_key, is_cases_file, is_cases_name
@@ -69,11 +70,12 @@ _DEFAULT_KEYS = (
 _RULE_KEYS = (
     "id", "tier", "mode", "metric", "op", "threshold", "drift", "window", "every", "for", "keep_firing_for",
     "min_samples", "confidence", "group_by", "baseline", "across", "summary", "runbook", "resolve_threshold",
-    "compare",
+    "compare", "where",
 )  # fmt: skip
 _DRIFT_KEYS = ("detector", "signal", "params")
 _DURATION_KEYS = ("every", "window", "for", "keep_firing_for", "baseline")
-_NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence", "resolve_threshold", "compare")
+_BLOCKS = ("drift", "compare", "where")  # keys with a structure of their own, read by their own loaders
+_NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence", "resolve_threshold", "compare", "where")
 _BINARY_SIGNALS = ("acceptance", "error", "thumbs_down")
 _RATE_METRICS = ", ".join(name + (":<param>" if m.parameterised else "") for name, m in METRICS.items() if m.is_rate)
 
@@ -447,7 +449,7 @@ class _Checker:
         for key in ("id", "tier"):
             if key not in item:
                 scope.error(item.line, f"missing required key {key!r}")
-        v = {key: scope.field(item, key, key) for key in _RULE_KEYS if key in item and key not in ("drift", "compare")}
+        v = {key: scope.field(item, key, key) for key in _RULE_KEYS if key in item and key not in _BLOCKS}
         if v.get("id") is not None:
             if rule_id in first_lines:
                 message = f"duplicate rule id {rule_id!r} (first on line {first_lines[rule_id]})"
@@ -516,6 +518,7 @@ class _Checker:
         elif threshold_rule and is_rate and not any(k in item for k in ("across", "baseline", "compare")):
             confidence = defaults.get("confidence")
         threshold = v.get("threshold")
+        where = load_where(scope, item) if threshold_rule and "where" in item else ()
         compare = None
         if threshold_rule and "compare" in item:
             base = parse_metric(metric)[0] if metric is not None else None
@@ -540,7 +543,8 @@ class _Checker:
             threshold=threshold, drift=drift, window_ms=window, every_ms=every, for_ms=for_ms,
             keep_firing_for_ms=keep_ms, min_samples=pick("min_samples", DEFAULT_MIN_SAMPLES)[0],
             confidence=confidence, group_by=group_by, baseline_ms=baseline, across=across, summary=v.get("summary"),
-            runbook=pick("runbook", None)[0], resolve_threshold=resolve, compare=compare, line=item.line,
+            runbook=pick("runbook", None)[0], resolve_threshold=resolve, compare=compare, where=where or (),
+            line=item.line,
         )  # fmt: skip
 
     @staticmethod

@@ -41,6 +41,7 @@ __all__ = [
     "FrozenParams",
     "DriftSpec",
     "CompareSpec",
+    "Matcher",
     "ARM_FIELDS",
     "arm_key",
     "Rule",
@@ -219,6 +220,31 @@ def arm_key(by: str) -> str:
     return "@" + by if by in ARM_FIELDS else by
 
 
+class Matcher(BaseModel):
+    """One ``where`` matcher: the event's value of ``key`` (a segment key or an arm field; missing: "") is (or, with
+    ``negate``, is not) one of ``values``. ``=`` / ``in`` / ``!=`` / ``not in`` of Prometheus label matchers.
+
+    >>> m = Matcher(key="region", values=("eu",), negate=False)
+    >>> m.store_key, m.describe()
+    ('region', 'region = eu')
+    """
+
+    model_config = _FROZEN
+
+    key: str
+    values: tuple[str, ...]
+    negate: bool = False
+
+    @property
+    def store_key(self) -> str:
+        return arm_key(self.key)
+
+    def describe(self) -> str:
+        if len(self.values) == 1:
+            return f"{self.key} {'!=' if self.negate else '='} {self.values[0]}"
+        return f"{self.key} {'not in' if self.negate else 'in'} ({', '.join(self.values)})"
+
+
 class CompareSpec(BaseModel):
     """``compare:`` — the rule's value is *treatment - control* (``relative``: over the control) instead of the
     metric itself. Either arms of one dimension ``by`` (an event field of :data:`ARM_FIELDS` or a segment key),
@@ -287,6 +313,7 @@ class Rule(BaseModel):
     # hysteresis: a firing instance resolves only once the compared value crosses this line, not the threshold
     resolve_threshold: float | None = None
     compare: CompareSpec | None = None
+    where: tuple[Matcher, ...] = ()  # only events these admit count (threshold rules)
     # set on the sample-ratio companion ``<id>.srm`` the loader adds after a comparison with ``split``: the parent's id
     srm_of: str | None = None
     line: int = 0

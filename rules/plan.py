@@ -20,6 +20,13 @@ from rules.windows import StoreSpec
 __all__ = ["BoundRule", "Plan", "FeaturePlan", "FeatureProfile"]
 
 
+def _store_name(s: StoreSpec) -> str:
+    """``every:keys`` (``|`` and the filter's matchers for a filtered store): stable across reloads, so persisted
+    state finds its store again."""
+    name = f"{s.every_ms}:{','.join(s.keys)}"
+    return name + "".join(f"|{m.describe()}" for m in s.where)
+
+
 @dataclass(frozen=True, eq=False)
 class BoundRule:
     """A rule with everything the engine needs pre-computed."""
@@ -97,18 +104,21 @@ class Plan:
                     self.needs_arms = True
                 if rule.compare is not None and base in COMPARABLE_MEANS:
                     self.needs_squares = True
-                sk = (rule.every_ms, keys)
+                if any(m.store_key.startswith("@") for m in rule.where):
+                    self.needs_arms = True
+                sk = (rule.every_ms, keys, rule.where)
                 s = stores.setdefault(sk, {"lat": False, "users": False, "ret": 0})
                 s["lat"] |= needs_latency_sketch(base)
                 s["users"] |= needs_users(base)
                 s["ret"] = max(s["ret"], rule.window_ms + (rule.baseline_ms or 0))
                 bound.append((rs, rule, sk, base, param, rule.metric))
         self.stores = {
-            sk: StoreSpec(i, sk[0], sk[1], v["lat"], v["users"], v["ret"]) for i, (sk, v) in enumerate(stores.items())
+            sk: StoreSpec(i, sk[0], sk[1], v["lat"], v["users"], v["ret"], sk[2])
+            for i, (sk, v) in enumerate(stores.items())
         }
         self.store_by_id = {s.id: s for s in self.stores.values()}
         # names of the stores that stay the same across rule reloads (persisted state refers to stores by these)
-        self.store_names = {s.id: f"{s.every_ms}:{','.join(s.keys)}" for s in self.stores.values()}
+        self.store_names = {s.id: _store_name(s) for s in self.stores.values()}
         self.store_ids = {name: sid for sid, name in self.store_names.items()}
         self.rules = tuple(
             BoundRule(i, rs, rule, self.stores[sk] if sk else None, base, param, metric,

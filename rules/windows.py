@@ -81,6 +81,15 @@ class StoreSpec:
     needs_latency: bool
     needs_users: bool
     retention_ms: int  # longest window + baseline among its rules: older buckets are dropped
+    # a rule's ``where`` filter (rules.model.Matcher): only events it admits reach the store
+    where: tuple = ()
+
+    def admits(self, seg: dict[str, str]) -> bool:
+        """Whether an event whose segment (with its arm fields, ``rules.batch.with_arms``) is ``seg`` is counted."""
+        for m in self.where:
+            if (seg.get(m.store_key, "") in m.values) == m.negate:
+                return False
+        return True
 
 
 class SeriesBuckets:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.aggregate import Bucket, contributions, group_counters
+from rules.aggregate import Bucket, contributions, group_counters, square_contributions
 from rules.batch import apply_pending, finest_every
 from rules.events import Event
 from rules.loader import CATALOG, load_rules
@@ -92,11 +92,17 @@ def test_apply_pending_builds_the_buckets_per_event_adds_build(evs):
     each = FeatureState()
     for ev in evs:  # the per-event definition (tests/reference_engine's _add)
         fp = plan.for_feature(ev.feature, ev.phase)
+        seg = dict(ev.segment)
+        if plan.needs_arms:  # the catalogue compares arms (compare: {by: variant}) and keeps squares of means
+            seg.update({"@" + f: getattr(ev, f) or "" for f in ("model_version", "prompt_version", "variant")})
+        contrib = contributions(ev) + (square_contributions(ev) if plan.needs_squares else [])
         for spec in fp.stores:
+            if not spec.admits(seg):
+                continue
             series = each.stores.setdefault(spec.id, {})
-            key = (ev.phase, tuple(ev.segment.get(k, "") for k in spec.keys) if spec.keys else ())
+            key = (ev.phase, tuple(seg.get(k, "") for k in spec.keys) if spec.keys else ())
             s = series.setdefault(key, SeriesBuckets())
-            s.bucket(ev.ts, spec.every_ms, spec.needs_latency, spec.needs_users).add(contributions(ev), ev)
+            s.bucket(ev.ts, spec.every_ms, spec.needs_latency, spec.needs_users).add(contrib, ev)
     assert batched.stores.keys() == each.stores.keys()
     for sid, series in each.stores.items():
         assert batched.stores[sid].keys() == series.keys()

@@ -41,6 +41,7 @@ COMPARISON_PACKS = {  # rules judging a treatment against a control (compare)
     "experiments.yaml": "experiments",
     "email-reply-model-drift.yaml": "email-reply-model-drift",
 }
+FILTER_PACKS = {"email-reply-exclusions.yaml": "email-reply-exclusions"}  # rules on one cohort each (where)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +65,10 @@ def only(catalog, ruleset: str, *rule_ids: str):
 
 def test_every_file_loads_with_the_real_loader_as_one_named_rule_set(catalog):
     files = sorted(p.name for p in CATALOG.glob("*.yaml"))
-    expected = sorted([f for f, _, _ in EMAIL_PHASES] + list(GLOBAL_PACKS) + list(COMPARISON_PACKS))
+    expected = sorted([f for f, _, _ in EMAIL_PHASES] + list(GLOBAL_PACKS) + list(COMPARISON_PACKS) + list(FILTER_PACKS))
     assert files == expected
     by_file = {Path(rs.source).name: rs.name for rs in catalog.values()}
-    assert by_file == {**{f: n for f, n, _ in EMAIL_PHASES}, **GLOBAL_PACKS, **COMPARISON_PACKS}
+    assert by_file == {**{f: n for f, n, _ in EMAIL_PHASES}, **GLOBAL_PACKS, **COMPARISON_PACKS, **FILTER_PACKS}
 
 
 def test_the_comparison_packs_compare_every_rule_and_guard_every_split(catalog):

@@ -228,6 +228,10 @@ rules:
      compare: {by: platform, control: desktop, as: relative}}
   - {id: cmp-phase, tier: investigate, metric: error_rate, op: ">", threshold: 0.05, min_samples: 3,
      compare: {phase: q, test: fixed}}
+  - {id: w-mobile, tier: investigate, metric: error_rate, op: ">", threshold: 0.3, min_samples: 3,
+     where: {platform: mobile}}
+  - {id: w-not-m2, tier: pause, metric: latency_p95, op: ">", threshold: 450, min_samples: 3,
+     where: {model_version: {not: [m2]}, variant: [a, b]}, group_by: [platform]}
 """
 RULES = rules(RULES_TEXT, "diff")
 # a reload: thresholds moved, a rule gone, a rule new, a detector's parameters changed, a second rule set
@@ -421,13 +425,16 @@ def test_the_generated_streams_exercise_what_they_claim():
         seen["outliers"] += sum(eng.stats.outliers.values())
         drift.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("d-"))
         compared.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("cmp"))
+        filtered.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("w-"))
 
     compared: set[str] = set()
+    filtered: set[str] = set()
     sample()
     assert all(seen.values()), seen
     assert drift  # every drift rule firing is checked on a stream made for it, below
     # comparisons decide in these sparse streams too (every one of them fires on the denser stream below)
-    assert {"cmp-srm.srm", "cmp-p95"} <= compared, compared
+    assert len(compared) >= 3, compared
+    assert {"w-mobile", "w-not-m2"} <= filtered, filtered
 
 
 def test_every_comparison_fires_and_matches_the_reference():

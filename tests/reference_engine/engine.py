@@ -442,6 +442,8 @@ class ReferenceEngine:
             for name in ("model_version", "prompt_version", "variant"):
                 seg["@" + name] = getattr(ev, name) or ""
         for spec in fp.stores:
+            if spec.where and not spec.admits(seg):  # a rule's where filter (added with it)
+                continue
             series = fs.stores.get(spec.id)
             if series is None:
                 series = fs.stores[spec.id] = {}
