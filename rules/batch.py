@@ -63,7 +63,7 @@ def finest_every(plan: Plan) -> int:
 class _Group:
     """What one (phase, segment, finest bucket) adds to every store bucket it falls in."""
 
-    __slots__ = ("fp", "phase", "seg", "start", "evs", "c", "lat", "hashes")
+    __slots__ = ("fp", "phase", "seg", "start", "evs", "c", "sq", "lat", "hashes")
 
     def __init__(self, fp: FeaturePlan, phase: str, seg: dict, start: int) -> None:
         self.fp = fp
@@ -72,6 +72,7 @@ class _Group:
         self.start = start
         self.evs: list = []
         self.c: dict[str, int] = {}
+        self.sq: dict[str, int] = {}  # sums of squares, for the stores that keep them
         self.lat: DDSketch | None = None
         self.hashes: set[int] | None = None
 
@@ -81,7 +82,7 @@ class _Group:
         evs = self.evs
         self.c = group_counters(evs)
         if squares:
-            self.c.update(group_squares(evs))
+            self.sq = group_squares(evs)
         lats = [ev.latency_ms for ev in evs if ev.type == "interaction" and ev.latency_ms is not None]
         if lats:
             self.lat = DDSketch(DDSKETCH_ACCURACY)
@@ -146,7 +147,7 @@ def _merge_groups(fs: FeatureState, groups) -> None:
     for g in groups:
         users = None
         for spec in g.fp.stores:
-            if spec.where and not spec.admits(g.seg):
+            if spec.filtered and not spec.admits(g.seg):
                 continue
             series = stores.get(spec.id)
             if series is None:
@@ -160,6 +161,9 @@ def _merge_groups(fs: FeatureState, groups) -> None:
             c = b.c
             for k, d in g.c.items():
                 c[k] = c.get(k, 0) + d
+            if spec.needs_squares:
+                for k, d in g.sq.items():
+                    c[k] = c.get(k, 0) + d
             if b.lat is not None and g.lat is not None:
                 b.lat.merge(g.lat)
             if b.users is not None and g.hashes:

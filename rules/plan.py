@@ -24,7 +24,7 @@ def _store_name(s: StoreSpec) -> str:
     """``every:keys`` (``|`` and the filter's matchers for a filtered store): stable across reloads, so persisted
     state finds its store again."""
     name = f"{s.every_ms}:{','.join(s.keys)}"
-    return name + "".join(f"|{m.describe()}" for m in s.where)
+    return name + "".join(f"|{m.describe()}" for m in s.where) + (f"|arm {s.arm}" if s.arm else "")
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,8 +87,8 @@ class Plan:
         self.version = hashlib.sha256("".join(r.version for r in self.rulesets).encode()).hexdigest()
         stores: dict[tuple, dict] = {}
         bound: list[tuple] = []
-        # events are grouped by their arm fields too once a store is keyed by one (rules.batch), and counters keep
-        # sums of squares once a rule compares arms on a mean (rules.compare)
+        # events are grouped by their arm fields too once a store is keyed by (or filtered on) one (rules.batch); the
+        # stores of rules that compare arms on a mean keep sums of squares (rules.compare)
         self.needs_arms = False
         self.needs_squares = False
         for rs in self.rulesets:
@@ -99,21 +99,22 @@ class Plan:
                     continue
                 base, param = parse_metric(rule.metric)
                 keys = tuple(rule.group_by) + ((rule.across,) if rule.across else ())
-                if rule.compare is not None and rule.compare.key is not None:
-                    keys += (rule.compare.key,)
-                    self.needs_arms = True
-                if rule.compare is not None and base in COMPARABLE_MEANS:
-                    self.needs_squares = True
+                arm = rule.compare.key if rule.compare is not None else None
+                if arm is not None:  # an arm store: only events with a value for the dimension (rules.compare)
+                    keys += (arm,)
+                    self.needs_arms |= arm.startswith("@")
                 if any(m.store_key.startswith("@") for m in rule.where):
                     self.needs_arms = True
-                sk = (rule.every_ms, keys, rule.where)
-                s = stores.setdefault(sk, {"lat": False, "users": False, "ret": 0})
+                sk = (rule.every_ms, keys, rule.where, arm)
+                s = stores.setdefault(sk, {"lat": False, "users": False, "ret": 0, "sq": False})
+                s["sq"] |= rule.compare is not None and base in COMPARABLE_MEANS
+                self.needs_squares |= s["sq"]
                 s["lat"] |= needs_latency_sketch(base)
                 s["users"] |= needs_users(base)
                 s["ret"] = max(s["ret"], rule.window_ms + (rule.baseline_ms or 0))
                 bound.append((rs, rule, sk, base, param, rule.metric))
         self.stores = {
-            sk: StoreSpec(i, sk[0], sk[1], v["lat"], v["users"], v["ret"], sk[2])
+            sk: StoreSpec(i, sk[0], sk[1], v["lat"], v["users"], v["ret"], sk[2], sk[3], v["sq"])
             for i, (sk, v) in enumerate(stores.items())
         }
         self.store_by_id = {s.id: s for s in self.stores.values()}

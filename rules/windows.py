@@ -83,9 +83,19 @@ class StoreSpec:
     retention_ms: int  # longest window + baseline among its rules: older buckets are dropped
     # a rule's ``where`` filter (rules.model.Matcher): only events it admits reach the store
     where: tuple = ()
+    # the arm dimension of a comparison's store (its last key): events without a value for it belong to no arm and
+    # are not kept (a feature that runs no experiment keeps nothing here)
+    arm: str | None = None
+    needs_squares: bool = False  # sums of squares for comparisons of means
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.where) or self.arm is not None
 
     def admits(self, seg: dict[str, str]) -> bool:
         """Whether an event whose segment (with its arm fields, ``rules.batch.with_arms``) is ``seg`` is counted."""
+        if self.arm is not None and not seg.get(self.arm):
+            return False
         for m in self.where:
             if (seg.get(m.store_key, "") in m.values) == m.negate:
                 return False

@@ -95,14 +95,15 @@ def test_apply_pending_builds_the_buckets_per_event_adds_build(evs):
         seg = dict(ev.segment)
         if plan.needs_arms:  # the catalogue compares arms (compare: {by: variant}) and keeps squares of means
             seg.update({"@" + f: getattr(ev, f) or "" for f in ("model_version", "prompt_version", "variant")})
-        contrib = contributions(ev) + (square_contributions(ev) if plan.needs_squares else [])
+        contrib = contributions(ev)
         for spec in fp.stores:
             if not spec.admits(seg):
                 continue
             series = each.stores.setdefault(spec.id, {})
             key = (ev.phase, tuple(seg.get(k, "") for k in spec.keys) if spec.keys else ())
             s = series.setdefault(key, SeriesBuckets())
-            s.bucket(ev.ts, spec.every_ms, spec.needs_latency, spec.needs_users).add(contrib, ev)
+            squares = square_contributions(ev) if spec.needs_squares else []
+            s.bucket(ev.ts, spec.every_ms, spec.needs_latency, spec.needs_users).add(contrib + squares, ev)
     assert batched.stores.keys() == each.stores.keys()
     for sid, series in each.stores.items():
         assert batched.stores[sid].keys() == series.keys()

@@ -435,14 +435,15 @@ class ReferenceEngine:
     @staticmethod
     def _add(fs: FeatureState, fp: FeaturePlan, ev: Event, arms: bool, squares: bool) -> None:
         # (compare rules, added with them: arm fields under their "@" store keys, and sums of squares)
-        contrib = contributions(ev) + (square_contributions(ev) if squares else [])
+        contrib = contributions(ev)
+        with_squares = contrib + (square_contributions(ev) if squares else [])
         seg = ev.segment
         if arms:
             seg = dict(seg)
             for name in ("model_version", "prompt_version", "variant"):
                 seg["@" + name] = getattr(ev, name) or ""
         for spec in fp.stores:
-            if spec.where and not spec.admits(seg):  # a rule's where filter (added with it)
+            if spec.filtered and not spec.admits(seg):  # a where filter, an arm store (added with them)
                 continue
             series = fs.stores.get(spec.id)
             if series is None:
@@ -451,7 +452,8 @@ class ReferenceEngine:
             s = series.get(key)
             if s is None:
                 s = series[key] = SeriesBuckets()
-            frozen_windows.bucket(s, ev.ts, spec.every_ms, spec.needs_latency, spec.needs_users).add(contrib, ev)
+            b = frozen_windows.bucket(s, ev.ts, spec.every_ms, spec.needs_latency, spec.needs_users)
+            b.add(with_squares if spec.needs_squares else contrib, ev)
 
     def _update_detectors(self, fs: FeatureState, fp: FeaturePlan, ev: Event) -> None:
         for b in fp.drift_rules:
