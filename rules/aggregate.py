@@ -24,7 +24,8 @@ from rules.sketches.exceptions import SketchError
 from rules.sketches.hll import HyperLogLog
 from rules.sketches.packing import Reader, put_int, put_uint
 
-__all__ = ["Bucket", "contributions", "group_counters", "square_contributions", "group_squares", "LATENCY_SCALE", "COST_SCALE", "UNIT_SCALE", "SCORE_SCALE", "BUCKET_FORMAT",
+__all__ = ["Bucket", "contributions", "group_counters", "square_contributions", "group_squares", "share_key",
+           "share_contributions", "group_shares", "LATENCY_SCALE", "COST_SCALE", "UNIT_SCALE", "SCORE_SCALE", "BUCKET_FORMAT",
            "StateFormatError"]  # fmt: skip
 
 LATENCY_SCALE = 1_000  # ms -> µs
@@ -177,6 +178,47 @@ def square_contributions(ev: Any) -> list[tuple[str, int]]:
     if ev.score is not None and (ev.kind == "review" or (ev.kind == "survey" and ev.label == "csat")):
         return [("rs.q" if ev.kind == "review" else "csat.q", round(ev.score * SCORE_SCALE) ** 2)]
     return []
+
+
+def share_key(base: str, param: str) -> str:
+    """The counter of a share metric (``share_ge:review_score:4`` -> ``sh:review_score:4:ge``)."""
+    return f"sh:{param}:{'ge' if base == 'share_ge' else 'lt'}"
+
+
+def _share_value(ev: Any, field: str) -> float | None:
+    if field == "confidence":
+        return ev.confidence if ev.type == "interaction" else None
+    if ev.type != "feedback" or ev.score is None:
+        return None
+    if field == "review_score":
+        return ev.score if ev.kind == "review" else None
+    return ev.score if ev.kind == "survey" and ev.label == "csat" else None  # csat
+
+
+def share_contributions(ev: Any, shares: tuple) -> list[tuple[str, int]]:
+    """The share-metric counters one event adds: ``shares`` holds ``(counter, field, at_or_above, x)`` per metric
+    the rules read (``rules.plan.Plan.shares``); the denominators are the fields' existing ``.n`` counters.
+
+    >>> ev = type("E", (), dict(type="feedback", kind="review", label="ok", score=4.0))()
+    >>> share_contributions(ev, (("sh:review_score:4:ge", "review_score", True, 4.0),
+    ...                          ("sh:review_score:3:lt", "review_score", False, 3.0)))
+    [('sh:review_score:4:ge', 1)]
+    """
+    out = []
+    for key, field, ge, x in shares:
+        v = _share_value(ev, field)
+        if v is not None and (v >= x if ge else v < x):
+            out.append((key, 1))
+    return out
+
+
+def group_shares(evs: list, shares: tuple) -> dict[str, int]:
+    """The sum of :func:`share_contributions` over ``evs``."""
+    c: dict[str, int] = {}
+    for ev in evs:
+        for k, d in share_contributions(ev, shares):
+            c[k] = c.get(k, 0) + d
+    return c
 
 
 def group_squares(evs: list) -> dict[str, int]:

@@ -33,7 +33,7 @@ from functools import lru_cache
 from math import gcd
 
 from detectors import make_detector
-from rules.aggregate import DDSKETCH_ACCURACY, group_counters, group_squares
+from rules.aggregate import DDSKETCH_ACCURACY, group_counters, group_shares, group_squares
 from rules.metrics import signal_sources, signal_value
 from rules.plan import FeaturePlan, Plan
 from rules.sketches.ddsketch import DDSketch
@@ -76,11 +76,13 @@ class _Group:
         self.lat: DDSketch | None = None
         self.hashes: set[int] | None = None
 
-    def summarise(self, user_hashes: dict[str, int], squares: bool) -> None:
+    def summarise(self, user_hashes: dict[str, int], squares: bool, shares: tuple) -> None:
         """Counters (rules.aggregate.group_counters; with ``squares`` the sums of squares too), latency sketch and
         distinct user hashes of the group's events."""
         evs = self.evs
         self.c = group_counters(evs)
+        if shares:
+            self.c.update(group_shares(evs, shares))
         if squares:
             self.sq = group_squares(evs)
         lats = [ev.latency_ms for ev in evs if ev.type == "interaction" and ev.latency_ms is not None]
@@ -136,7 +138,7 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
         cache = {} if user_hashes is None else user_hashes
         squares = plan.needs_squares
         for g in groups.values():
-            g.summarise(cache, squares)
+            g.summarise(cache, squares, plan.shares)
         _merge_groups(fs, groups.values())
     if drift:
         _feed_detectors(feature, fs, drift)

@@ -51,7 +51,8 @@ COMPARABLE_MEANS = {
 COMPARABLE_QUANTILES = {"latency_p50": 0.5, "latency_p95": 0.95, "latency_p99": 0.99}
 _OTHERS = frozenset({"nps", "tickets_per_1k_users"})
 _RATES = frozenset({"error_rate", "timeout_rate", "refusal_rate", "flag_rate", "acceptance_rate", "edit_rate",
-                    "rejection_rate", "thumbs_down_rate", "review_rate", "hallucination_rate"})  # fmt: skip
+                    "rejection_rate", "thumbs_down_rate", "review_rate", "hallucination_rate", "share_ge",
+                    "share_lt"})  # fmt: skip
 
 
 def comparable(base: str) -> bool:

@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 from rules.exceptions import RollguardError
 
-__all__ = ["MetricInfo", "METRICS", "PARAM_OPTIONAL", "MetricNameError", "parse_metric", "is_rate_metric"]
+__all__ = ["MetricInfo", "METRICS", "PARAM_OPTIONAL", "SHARE_FIELDS", "MetricNameError", "parse_metric", "is_rate_metric",
+           "share_of"]  # fmt: skip
 
 
 class MetricInfo(NamedTuple):
@@ -58,7 +59,13 @@ METRICS: dict[str, MetricInfo] = {
     "tickets_per_1k_users": MetricInfo(False, False),
     "csat_mean": MetricInfo(False, False),
     "nps": MetricInfo(False, False),
+    # the share of values of a field at or above (share_ge) / below (share_lt) a number: share_ge:review_score:4
+    "share_ge": MetricInfo(True, True),
+    "share_lt": MetricInfo(True, True),
 }
+# the fields a share metric reads (their events): review scores, survey csat scores, output confidence
+SHARE_FIELDS = ("review_score", "csat", "confidence")
+_SHARE_PARAM = re.compile(r"(review_score|csat|confidence):([0-9]{1,6}(?:\.[0-9]{1,6})?)")
 
 # Parameterised bases that may also be used bare: ``tickets`` counts all tickets, ``tickets:<tag>`` one tag.
 PARAM_OPTIONAL: frozenset[str] = frozenset({"tickets"})
@@ -107,6 +114,11 @@ def parse_metric(name: str) -> tuple[str, str | None]:
         return base, None
     if not info.parameterised:
         raise MetricNameError(f"metric {base!r} takes no parameter; remove ':{param}'")
+    if base in ("share_ge", "share_lt"):
+        if not _SHARE_PARAM.fullmatch(param):
+            raise MetricNameError(f"metric {name!r}: write {base}:<field>:<number> with a field of "
+                                  f"{', '.join(SHARE_FIELDS)} (e.g. {base}:review_score:4)")  # fmt: skip
+        return base, param
     if not _PARAM.fullmatch(param):
         raise MetricNameError(f"metric {name!r}: parameter {param!r} must match [a-z0-9_]{{1,64}}")
     return base, param
@@ -119,3 +131,13 @@ def is_rate_metric(name: str) -> bool:
     (True, False)
     """
     return METRICS[parse_metric(name)[0]].is_rate
+
+
+def share_of(base: str, param: str) -> tuple[str, bool, float]:
+    """``(field, at_or_above, x)`` of a share metric: ``share_ge:review_score:4`` is ``("review_score", True, 4.0)``.
+
+    >>> share_of("share_lt", "confidence:0.7")
+    ('confidence', False, 0.7)
+    """
+    field, _, x = param.partition(":")
+    return field, base == "share_ge", float(x)

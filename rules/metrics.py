@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rules.aggregate import COST_SCALE, LATENCY_SCALE, SCORE_SCALE, UNIT_SCALE, Bucket
+from rules.aggregate import COST_SCALE, LATENCY_SCALE, SCORE_SCALE, UNIT_SCALE, Bucket, share_key
 
 __all__ = ["metric_value", "rate_counts", "needs_latency_sketch", "needs_users", "COUNT_METRICS", "signal_value",
            "metric_sources", "signal_sources"]
@@ -55,7 +55,12 @@ def _rate(c: dict[str, int], base: str, param: str | None) -> tuple[int, int]:
         return c.get("rev:" + param, 0), c.get("rev", 0)
     if base == "hallucination_rate":
         return c.get("rev:hallucination", 0), c.get("rev", 0)
+    if base in ("share_ge", "share_lt"):
+        return c.get(share_key(base, param), 0), c.get(_SHARE_DENOMINATOR[param.partition(":")[0]], 0)
     raise KeyError(base)
+
+
+_SHARE_DENOMINATOR = {"review_score": "rs.n", "csat": "csat.n", "confidence": "conf.n"}
 
 
 def rate_counts(base: str, param: str | None, b: Bucket) -> tuple[int, int]:
@@ -123,7 +128,7 @@ _METRICS: dict[str, Callable[[Bucket, str | None], tuple[float | None, int]]] = 
         r: _rate_metric(r)
         for r in (
             "error_rate", "timeout_rate", "refusal_rate", "flag_rate", "acceptance_rate", "edit_rate",
-            "rejection_rate", "thumbs_down_rate", "review_rate", "hallucination_rate",
+            "rejection_rate", "thumbs_down_rate", "review_rate", "hallucination_rate", "share_ge", "share_lt",
         )  # fmt: skip
     },
 }
@@ -140,10 +145,12 @@ _FEEDBACK_METRICS = frozenset({
 })  # fmt: skip
 
 
-def metric_sources(base: str) -> frozenset[str]:
+def metric_sources(base: str, param: str | None = None) -> frozenset[str]:
     """The event types (``interaction``, ``feedback``) a metric reads: its rules wait for their watermarks."""
     if base == "tickets_per_1k_users":
         return frozenset({"interaction", "feedback"})
+    if base in ("share_ge", "share_lt"):
+        return frozenset({"interaction" if (param or "").startswith("confidence:") else "feedback"})
     return frozenset({"feedback" if base in _FEEDBACK_METRICS else "interaction"})
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from rules.compare import COMPARABLE_MEANS
-from rules.metric_names import parse_metric
+from rules.aggregate import share_key
+from rules.metric_names import parse_metric, share_of
 from rules.metrics import metric_sources, needs_latency_sketch, needs_users, signal_sources
 from rules.model import TIER_ORDER, Rule, RuleSet
 from rules.windows import StoreSpec
@@ -44,7 +45,7 @@ class BoundRule:
     def sources(self) -> frozenset[str]:
         if self.store is None:
             return signal_sources(self.rule.drift.signal)
-        return metric_sources(self.base)
+        return metric_sources(self.base, self.param)
 
     @property
     def sort_key(self) -> tuple[int, int]:
@@ -91,6 +92,7 @@ class Plan:
         # stores of rules that compare arms on a mean keep sums of squares (rules.compare)
         self.needs_arms = False
         self.needs_squares = False
+        shares: set[tuple] = set()
         for rs in self.rulesets:
             for rule in rs.rules:
                 if rule.drift is not None:
@@ -105,6 +107,9 @@ class Plan:
                     self.needs_arms |= arm.startswith("@")
                 if any(m.store_key.startswith("@") for m in rule.where):
                     self.needs_arms = True
+                if base in ("share_ge", "share_lt"):
+                    field, ge, x = share_of(base, param)
+                    shares.add((share_key(base, param), field, ge, x))
                 sk = (rule.every_ms, keys, rule.where, arm)
                 s = stores.setdefault(sk, {"lat": False, "users": False, "ret": 0, "sq": False})
                 s["sq"] |= rule.compare is not None and base in COMPARABLE_MEANS
@@ -113,6 +118,8 @@ class Plan:
                 s["users"] |= needs_users(base)
                 s["ret"] = max(s["ret"], rule.window_ms + (rule.baseline_ms or 0))
                 bound.append((rs, rule, sk, base, param, rule.metric))
+        # (counter, field, at_or_above, x) of the share metrics the rules read (rules.aggregate.share_contributions)
+        self.shares = tuple(sorted(shares))
         self.stores = {
             sk: StoreSpec(i, sk[0], sk[1], v["lat"], v["users"], v["ret"], sk[2], sk[3], v["sq"])
             for i, (sk, v) in enumerate(stores.items())

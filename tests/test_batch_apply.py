@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.aggregate import Bucket, contributions, group_counters, square_contributions
+from rules.aggregate import Bucket, contributions, group_counters, share_contributions, square_contributions
 from rules.batch import apply_pending, finest_every
 from rules.events import Event
 from rules.loader import CATALOG, load_rules
@@ -95,7 +95,7 @@ def test_apply_pending_builds_the_buckets_per_event_adds_build(evs):
         seg = dict(ev.segment)
         if plan.needs_arms:  # the catalogue compares arms (compare: {by: variant}) and keeps squares of means
             seg.update({"@" + f: getattr(ev, f) or "" for f in ("model_version", "prompt_version", "variant")})
-        contrib = contributions(ev)
+        contrib = contributions(ev) + share_contributions(ev, plan.shares)
         for spec in fp.stores:
             if not spec.admits(seg):
                 continue

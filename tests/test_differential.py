@@ -228,6 +228,7 @@ rules:
      compare: {by: platform, control: desktop, as: relative}}
   - {id: cmp-phase, tier: investigate, metric: error_rate, op: ">", threshold: 0.05, min_samples: 3,
      compare: {phase: q, test: fixed}}
+  - {id: sh-conf, tier: investigate, metric: "share_lt:confidence:0.5", op: ">", threshold: 0.3, min_samples: 3}
   - {id: w-mobile, tier: investigate, metric: error_rate, op: ">", threshold: 0.3, min_samples: 3,
      where: {platform: mobile}}
   - {id: w-not-m2, tier: pause, metric: latency_p95, op: ">", threshold: 450, min_samples: 3,
@@ -425,7 +426,7 @@ def test_the_generated_streams_exercise_what_they_claim():
         seen["outliers"] += sum(eng.stats.outliers.values())
         drift.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("d-"))
         compared.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("cmp"))
-        filtered.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("w-"))
+        filtered.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith(("w-", "sh-")))
 
     compared: set[str] = set()
     filtered: set[str] = set()
@@ -434,7 +435,7 @@ def test_the_generated_streams_exercise_what_they_claim():
     assert drift  # every drift rule firing is checked on a stream made for it, below
     # comparisons decide in these sparse streams too (every one of them fires on the denser stream below)
     assert len(compared) >= 3, compared
-    assert {"w-mobile", "w-not-m2"} <= filtered, filtered
+    assert {"w-mobile", "w-not-m2", "sh-conf"} <= filtered, filtered
 
 
 def test_every_comparison_fires_and_matches_the_reference():

@@ -27,7 +27,7 @@ import yaml
 from detectors import DETECTORS
 from rules import loader
 from rules.loader import CATALOG, RulesInvalid, load_rules, load_rules_text
-from rules.metric_names import METRICS, PARAM_OPTIONAL, is_rate_metric, parse_metric
+from rules.metric_names import METRICS, PARAM_OPTIONAL, SHARE_FIELDS, is_rate_metric, parse_metric
 from rules.metrics import metric_sources
 from rules.model import SUMMARY_FIELDS, Signal
 from rules.outputs import page
@@ -237,7 +237,9 @@ def _metric_rows() -> list[list[str]]:
 
 
 def _concrete(name: str) -> str:
-    """``flag_rate:<flag>`` as a rule would write it."""
+    """``flag_rate:<flag>`` as a rule would write it (a share's ``<x>`` as a number)."""
+    if name.startswith("share_"):
+        return name.replace("<x>", "0.5")
     return re.sub(r"<\w+>", METRIC_PARAM, name)
 
 
@@ -252,9 +254,8 @@ def test_metric_table_row_is_accepted_and_described_as_the_engine_computes_it(ro
     text = (f'version: 1\nname: t\nfeatures: ["*"]\nrules:\n  - {{id: m, tier: investigate, metric: "{metric}", '
             f'op: "{op}", threshold: {threshold}, window: 1m}}\n')  # fmt: skip
     load_rules_text(text)
-    base, _ = parse_metric(metric)
     reads = {part.strip() for part in row[1].split(",")}
-    assert reads == set(metric_sources(base)), f"{name}: reads {row[1]!r}"
+    assert reads == set(metric_sources(*parse_metric(metric))), f"{name}: reads {row[1]!r}"
     assert row[4] == ("yes" if is_rate_metric(metric) else "no"), f"{name}: rate column {row[4]!r}"
 
 
@@ -264,6 +265,9 @@ def test_metric_table_covers_every_metric():
 
     expected = set()
     for base, info in METRICS.items():
+        if base in ("share_ge", "share_lt"):  # one row per field: the field decides what the metric reads
+            expected.update(f"{base}:{field}:<param>" for field in SHARE_FIELDS)
+            continue
         if not info.parameterised or base in PARAM_OPTIONAL:
             expected.add(base)
         if info.parameterised:

@@ -45,9 +45,32 @@ def test_the_rate_metrics_are_exactly_those_a_confidence_bound_applies_to():
     rates = {name for name, info in METRICS.items() if info.is_rate}
     assert rates == {
         "error_rate", "timeout_rate", "refusal_rate", "flag_rate", "acceptance_rate", "edit_rate", "rejection_rate",
-        "thumbs_down_rate", "review_rate", "hallucination_rate",
+        "thumbs_down_rate", "review_rate", "hallucination_rate", "share_ge", "share_lt",
     }  # fmt: skip
     assert is_rate_metric("review_rate:hallucination") and not is_rate_metric("flag_count:pii_leak")
+    assert is_rate_metric("share_ge:review_score:4") and is_rate_metric("share_lt:confidence:0.7")
+
+
+@pytest.mark.parametrize("name", ["share_ge:score:4", "share_ge:review_score", "share_lt:confidence:x",
+                                  "share_lt:confidence:-1", "share_ge"])  # fmt: skip
+def test_a_share_metric_names_a_known_field_and_a_number(name):
+    with pytest.raises(MetricNameError, match="share_|needs a parameter"):
+        parse_metric(name)
+
+
+def test_a_share_counts_the_values_on_its_side_of_the_line_among_those_carrying_the_field():
+    from rules.aggregate import Bucket, group_counters, group_shares, share_key
+    from rules.metrics import metric_value, rate_counts
+
+    shares = (("sh:review_score:4:ge", "review_score", True, 4.0),)
+    mk = lambda **kw: type("E", (), {"type": "feedback", "label": "ok", "score": None, **kw})()  # noqa: E731
+    evs = [mk(kind="review", score=s) for s in (5.0, 4.0, 3.5, 2.0)] + [mk(kind="review"), mk(kind="thumbs", label="up")]
+    c = group_counters(evs)
+    c.update(group_shares(evs, shares))
+    b = Bucket(c, None, None)
+    assert share_key("share_ge", "review_score:4") == "sh:review_score:4:ge"
+    assert rate_counts("share_ge", "review_score:4", b) == (2, 4)  # the review without a score is not counted
+    assert metric_value("share_ge", "review_score:4", b) == (0.5, 4)
 
 
 REJECTED = {

@@ -205,7 +205,7 @@ def _beyond_the_run(run: Run) -> dict[tuple[str, str], str]:
             if r.baseline_ms is not None and r.baseline_ms >= span:
                 out[(rs.name, r.id)] = f"baseline {r.baseline_ms // 3_600_000} h > {span // 3_600_000} h of traffic"
             elif r.across is not None:
-                sources = metric_sources(parse_metric(r.metric)[0])
+                sources = metric_sources(*parse_metric(r.metric))
                 most = max(sum(counts.get((ph, t), 0) for t in sources) for ph in phases)
                 if 2 * r.min_samples > most:
                     out[(rs.name, r.id)] = f"across {r.across}: min_samples {r.min_samples} per value > {most // 2}"

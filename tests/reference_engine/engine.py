@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from detectors import make_detector
-from rules.aggregate import contributions, square_contributions
+from rules.aggregate import contributions, share_contributions, square_contributions
 from rules.compare import evaluate_compare
 from rules.clock import ClockConfig, ClockGuard, StreamClock, approx_duration
 from rules.events import Control, Event
@@ -207,7 +207,7 @@ class ReferenceEngine:
         if not fp.metric_rules and not fp.drift_rules and not fp.stores:  # (a compare rule's control phase)
             stats.unmatched += 1
         if fp.stores:
-            self._add(fs, fp, ev, self.plan.needs_arms, self.plan.needs_squares)
+            self._add(fs, fp, ev, self.plan.needs_arms, self.plan.needs_squares, self.plan.shares)
         if fp.drift_rules:
             self._update_detectors(fs, fp, ev)
         if fs.max_ts is None or ts > fs.max_ts:
@@ -433,9 +433,9 @@ class ReferenceEngine:
             fs.next_eval[every] = origin - origin % every + every
 
     @staticmethod
-    def _add(fs: FeatureState, fp: FeaturePlan, ev: Event, arms: bool, squares: bool) -> None:
+    def _add(fs: FeatureState, fp: FeaturePlan, ev: Event, arms: bool, squares: bool, shares: tuple) -> None:
         # (compare rules, added with them: arm fields under their "@" store keys, and sums of squares)
-        contrib = contributions(ev)
+        contrib = contributions(ev) + share_contributions(ev, shares)  # (share metrics: added with them)
         with_squares = contrib + (square_contributions(ev) if squares else [])
         seg = ev.segment
         if arms:
