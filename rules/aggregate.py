@@ -25,7 +25,8 @@ from rules.sketches.hll import HyperLogLog
 from rules.sketches.packing import Reader, put_int, put_uint
 
 __all__ = ["Bucket", "contributions", "group_counters", "square_contributions", "group_squares", "share_key",
-           "share_contributions", "group_shares", "LATENCY_SCALE", "COST_SCALE", "UNIT_SCALE", "SCORE_SCALE", "BUCKET_FORMAT",
+           "share_contributions", "group_shares", "LATENCY_SCALE", "COST_SCALE", "UNIT_SCALE", "SCORE_SCALE",
+           "BUCKET_FORMAT",
            "StateFormatError"]  # fmt: skip
 
 LATENCY_SCALE = 1_000  # ms -> µs

@@ -64,7 +64,8 @@ def test_a_share_counts_the_values_on_its_side_of_the_line_among_those_carrying_
 
     shares = (("sh:review_score:4:ge", "review_score", True, 4.0),)
     mk = lambda **kw: type("E", (), {"type": "feedback", "label": "ok", "score": None, **kw})()  # noqa: E731
-    evs = [mk(kind="review", score=s) for s in (5.0, 4.0, 3.5, 2.0)] + [mk(kind="review"), mk(kind="thumbs", label="up")]
+    evs = [mk(kind="review", score=s) for s in (5.0, 4.0, 3.5, 2.0)]
+    evs += [mk(kind="review"), mk(kind="thumbs", label="up")]
     c = group_counters(evs)
     c.update(group_shares(evs, shares))
     b = Bucket(c, None, None)
