@@ -79,7 +79,8 @@ def test_the_comparison_packs_compare_every_rule_and_guard_every_split(catalog):
             if r.compare.split and r.srm_of is None:  # its companion follows it
                 assert any(c.srm_of == r.id and c.id == f"{r.id}.srm" for c in rules)
     experiments = catalog["experiments"].rules
-    assert {r.compare.by for r in experiments} == {"variant"} and {r.compare.control for r in experiments} == {"control"}
+    assert {r.compare.by for r in experiments} == {"variant"}
+    assert {r.compare.control for r in experiments} == {"control", "ai-off"}  # ai-off: the dual run
     assert all(r.compare.phase == "internal" for r in catalog["email-reply-model-drift"].rules)
 
 
