@@ -8,6 +8,7 @@ scenario generator's clean traffic and like its incidents.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -297,3 +298,16 @@ def test_drift_rule_is_quiet_on_a_clean_day_and_flags_its_incident(ruleset, r):
     shifted = INCIDENT[signal](rng, 5_000).tolist()
     first = next((i for i, x in enumerate(shifted) if detector.update(x)), None)
     assert first is not None, f"{ruleset}/{r.id} missed its incident"
+
+
+def test_the_seed_requirements_table_names_real_rules_and_counts_right(catalog):
+    readme = (CATALOG / "README.md").read_text()
+    table = readme.split("## Seed requirements, row by row", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [int(r[0]) for r in rows] == list(range(1, 77))
+    ids = {r.id for rs in catalog.values() for r in rs.rules}
+    named = {name for r in rows for name in re.findall(r"`([a-z0-9_.-]+)`", r[3])}
+    assert named and named <= ids, sorted(named - ids)
+    status = Counter(r[2].strip().rstrip("¹²") for r in rows)
+    stated = re.search(r"\*\*Counts: (\d+) full, (\d+) partial, (\d+) none\*\*", table)
+    assert (status["full"], status["partial"], status["none"]) == tuple(map(int, stated.groups()))
