@@ -34,6 +34,25 @@ def rules(text: str, name: str = "t"):
     return load_rules_text(text, source=f"{name}.yaml")
 
 
+RULES_HEAD = "version: 1\nname: t\nfeatures: ['*']\nrules:\n"  # four lines: a rule body starts on line 5
+
+
+def rule_body(body: str):
+    """Rule set ``t`` for every feature with the rules of ``body`` (YAML list items), loaded from ``t.yaml``."""
+    return load_rules_text(RULES_HEAD + body, source="t.yaml")
+
+
+def rule_errors(body: str) -> list[str]:
+    """``line: message`` of each problem the loader finds in :func:`rule_body` of ``body`` (which must fail)."""
+    import pytest
+
+    from rules.loader import RulesInvalid
+
+    with pytest.raises(RulesInvalid) as exc:
+        rule_body(body)
+    return [f"{e.line}: {e.message}" for e in exc.value.errors]
+
+
 def interactions(minute: int, n: int, *, errors: int = 0, latency: float = 100.0, feature: str = "f",
                  phase: str = "p", segment: dict | None = None, flags: tuple = (), prefix: str = "") -> list[Event]:  # fmt: skip
     """``n`` interactions spread over one minute, the first ``errors`` of them failing."""

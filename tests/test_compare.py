@@ -11,31 +11,17 @@ import math
 import random
 
 import pytest
-from engine_kit import MIN, T0, rules, run
+from engine_kit import MIN, T0, rule_body, rule_errors, rules, run
 
 from rules.engine import Engine, EngineConfig
 from rules.events import Event, EventParser, Pseudonymizer
-from rules.loader import RulesInvalid, load_rules_text
 from rules.sequential import Arm, compare
-
-HEAD = "version: 1\nname: t\nfeatures: ['*']\nrules:\n"
-
-
-def load(rule: str):
-    return load_rules_text(HEAD + rule, source="t.yaml")
-
-
-def errors(rule: str) -> list[str]:
-    with pytest.raises(RulesInvalid) as exc:
-        load(rule)
-    return [f"{e.line}: {e.message}" for e in exc.value.errors]
-
 
 # --- loading ------------------------------------------------------------------------------------------------------
 
 
 def test_a_comparison_loads_with_its_defaults_and_an_srm_companion():
-    [rs] = load("""  - id: up
+    [rs] = rule_body("""  - id: up
     tier: kill
     metric: acceptance_rate
     op: "<"
@@ -95,13 +81,13 @@ def test_a_comparison_loads_with_its_defaults_and_an_srm_companion():
     ],
 )  # fmt: skip
 def test_a_wrong_comparison_is_refused_with_located_errors(rule, expected):
-    got = errors(f"  - id: r\n    tier: kill\n    {rule}\n")
+    got = rule_errors(f"  - id: r\n    tier: kill\n    {rule}\n")
     for want in expected:
         assert any(g.startswith(want) for g in got), (want, got)
 
 
 def test_a_rate_comparison_takes_a_negative_threshold():
-    [rs] = load("  - {id: r, tier: kill, metric: acceptance_rate, op: '<', threshold: -0.02, window: 1h,\n"
+    [rs] = rule_body("  - {id: r, tier: kill, metric: acceptance_rate, op: '<', threshold: -0.02, window: 1h,\n"
                 "     compare: {by: variant, control: a}}\n")  # fmt: skip
     assert rs.rules[0].threshold == -0.02 and rs.rules[0].confidence is None
 
@@ -355,7 +341,7 @@ rules:
 def test_a_comparison_panel_draws_the_interval_as_a_band():
     from dashboards.rulepack import rule_description, rule_panel
 
-    [rs] = load("""  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 7d,
+    [rs] = rule_body("""  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 7d,
      min_samples: 500,
      compare: {by: model_version, control: m1, split: {m2: 0.1}}}
 """)

@@ -6,29 +6,15 @@ The engine's equality with the per-event reference under filters is checked in t
 from __future__ import annotations
 
 import pytest
-from engine_kit import MIN, T0, rules, run
+from engine_kit import MIN, T0, rule_body, rule_errors, rules, run
 
 from rules.engine import Engine, EngineConfig
 from rules.events import Event
-from rules.loader import RulesInvalid, load_rules_text
 from rules.model import Matcher
 from rules.windows import StoreSpec
 
-HEAD = "version: 1\nname: t\nfeatures: ['*']\nrules:\n"
-
-
-def load(body: str):
-    return load_rules_text(HEAD + body, source="t.yaml")
-
-
-def problems(body: str) -> list[str]:
-    with pytest.raises(RulesInvalid) as exc:
-        load(body)
-    return [f"{e.line}: {e.message}" for e in exc.value.errors]
-
-
 def test_matchers_load_sorted_with_their_operators():
-    [rs] = load("  - {id: r, tier: kill, metric: requests, op: '>', threshold: 0, window: 1m,\n"
+    [rs] = rule_body("  - {id: r, tier: kill, metric: requests, op: '>', threshold: 0, window: 1m,\n"
                 "     where: {region: eu, plan: {not: [trial, free]}, variant: [b, a]}}\n")  # fmt: skip
     where = rs.rules[0].where
     assert [m.describe() for m in where] == ["plan not in (free, trial)", "region = eu", "variant in (a, b)"]
@@ -48,12 +34,12 @@ def test_matchers_load_sorted_with_their_operators():
     ],
 )
 def test_a_wrong_filter_is_refused_with_a_located_error(where, message):
-    got = problems(f"  - {{id: r, tier: kill, metric: requests, op: '>', threshold: 0, window: 1m, where: {where}}}\n")
+    got = rule_errors(f"  - {{id: r, tier: kill, metric: requests, op: '>', threshold: 0, window: 1m, where: {where}}}\n")
     assert any(g.startswith(f"5: {message}") for g in got), got
 
 
 def test_drift_rules_take_no_filter():
-    got = problems("  - {id: r, tier: kill, drift: {detector: adwin, signal: error}, where: {plan: x}}\n")
+    got = rule_errors("  - {id: r, tier: kill, drift: {detector: adwin, signal: error}, where: {plan: x}}\n")
     assert any("where: drift rules take no where" in g for g in got), got
 
 
