@@ -15,7 +15,9 @@ catalogue, ``streams.live.store.RedisStore.commit`` — into a real ``redis-serv
    ever more slowly with the rate.
 3. *steady state*: one feature for the catalogue's longest retention plus a day, measured; and the steady state
    projected for every rate of part 2 (measured bucket sizes × the number of buckets the retention keeps), whose
-   error against the measured run is printed.
+   error against the measured run is printed. *experiment*: the same feature with and without a 10 % model upgrade
+   (events tagged ``variant``) for a week and a day: what the ``experiments`` pack's arm stores add while it runs
+   (``--only-experiment`` runs just this).
 4. *worker heap*: the Python memory (``tracemalloc``) a worker holds per feature once it has loaded the state;
 5. *idle worker*: the RSS of a real ``rollguard worker`` on the embedded broker and Redis before it holds a feature
    (``--no-worker`` skips it, ``--only-worker`` runs only it).
@@ -81,6 +83,7 @@ class Profile:
 
     name: str
     feature: str  # feature name, or a prefix numbered per feature when several are generated
+    treatment_share: float = 0.0  # a model upgrade on this share of traffic (the catalogue's experiments pack)
 
     def features(self, n: int) -> list[str]:
         if not self.feature.endswith("-"):  # one named feature (its rule sets name it)
@@ -89,6 +92,7 @@ class Profile:
 
 
 GENERIC = Profile("generic (rule sets for every feature)", "feature-")
+EXPERIMENT = Profile("generic, running a 10 % model upgrade", "feature-", 0.10)
 EMAIL_REPLY = Profile("email-reply closed_beta (+ its launch runbook)", "email-reply")
 
 
@@ -161,19 +165,21 @@ class _DropPublisher:
         return None
 
 
-def traffic(feature: str, seed: int, rate: float, duration_ms: int) -> Iterator[dict]:
+def traffic(feature: str, seed: int, rate: float, duration_ms: int, treatment_share: float = 0.0) -> Iterator[dict]:
     return generate_scenario(scenario_from_args("clean", feature=feature, phase=PHASE, seed=seed,
-                                                mean_rate_per_s=rate, duration_ms=duration_ms))  # fmt: skip
+                                                mean_rate_per_s=rate, duration_ms=duration_ms,
+                                                treatment_share=treatment_share))  # fmt: skip
 
 
-async def feed(proc: Processor, features: list[str], rate: float, duration_ms: int) -> int:
+async def feed(proc: Processor, features: list[str], rate: float, duration_ms: int,
+               treatment_share: float = 0.0) -> int:  # fmt: skip
     """Every feature's traffic through ``proc`` in batches of ``BATCH`` messages (one event per message, keyed by
     feature onto one of ``PARTITIONS`` partitions); returns the events processed."""
     topics = proc.topics
     offsets: dict[tuple[str, int], int] = {}
     n = 0
     for i, feature in enumerate(features):
-        events = traffic(feature, 101 + i, rate, duration_ms)
+        events = traffic(feature, 101 + i, rate, duration_ms, treatment_share)
         part = i % PARTITIONS
         while chunk := list(itertools.islice(events, BATCH)):
             msgs = []
@@ -244,7 +250,7 @@ async def run(redis_url: str, plan: Plan, profile: Profile, part: str, n: int, r
                          detector_key=DETECTOR_KEY, clock=lambda: 0.0)  # fmt: skip
         features = profile.features(n)
         t0 = time.perf_counter()
-        events = await feed(proc, features, rate, int(days * DAY_MS))
+        events = await feed(proc, features, rate, int(days * DAY_MS), profile.treatment_share)
         seconds = time.perf_counter() - t0
         fp = weigh(sync, store, features, used_before)
         proc.forget(set(features))
@@ -354,6 +360,14 @@ def report(runs: list[Run], plan: Plan, redis_version: str, worker_rss: int | No
         out += ["", "Measured (MEMORY USAGE of every key; used_memory delta for comparison):", "", table(["part", "profile", "features", "interactions/s per feature", "days", "rules per feature", "events",
                 "events/s (this bench)", "Redis keys", "used_memory delta", "per feature", "per feature × rule",
                 "worker heap per feature"], rows)]  # fmt: skip
+    exp = {r.profile: r for r in runs if r.part == "experiment"}
+    if EXPERIMENT.name in exp and GENERIC.name in exp:
+        with_, without = exp[EXPERIMENT.name], exp[GENERIC.name]
+        extra = with_.per_feature - without.per_feature
+        arms = {name: size for name, size in with_.footprint.stores.items() if "arm" in name}
+        out += ["", f"An experiment's cost ({with_.days:g} days at {with_.rate:g} interactions/s, 10 % on the upgrade):"
+                f" {kb(with_.per_feature)} per feature against {kb(without.per_feature)} without, {kb(extra)} more;"
+                " arm stores: " + ", ".join(f"{n} {s.buckets} buckets, {kb(s.value_bytes)}" for n, s in arms.items())]
     steady = [r for r in runs if r.part == "steady"]
     if steady:
         s = steady[0]
@@ -408,6 +422,10 @@ def plan_runs(args: argparse.Namespace, plan: Plan) -> list[tuple[str, Profile, 
     runs += [("rates", GENERIC, 1, r, args.rate_days) for r in args.rates]
     runs += [("rates", EMAIL_REPLY, 1, r, args.rate_days) for r in args.email_reply_rates]
     runs += [("steady", GENERIC, 1, args.steady_rate, steady_days)]
+    if args.experiment_days:  # the same feature with and without an experiment, over the experiment's week + 1 day
+        runs += [("experiment", p, 1, args.steady_rate, args.experiment_days) for p in (GENERIC, EXPERIMENT)]
+    if args.only_experiment:
+        runs = [r for r in runs if r[0] == "experiment"]
     return runs
 
 
@@ -421,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-days", type=float, default=1.0)
     ap.add_argument("--steady-rate", type=float, default=1.0)
     ap.add_argument("--steady-days", type=float, default=0, help="default: the longest store retention + 1 day")
+    ap.add_argument("--experiment-days", type=float, default=8.0,
+                    help="part 'experiment': a feature with and without a 10 %% model upgrade this long (0: skip)")
+    ap.add_argument("--only-experiment", action="store_true", help="only part 'experiment' (implies --no-worker)")
     ap.add_argument("--no-worker", action="store_true", help="skip the idle worker's RSS (starts broker + worker)")
     ap.add_argument("--only-worker", action="store_true", help="only the idle worker's RSS")
     ap.add_argument("--quick", action="store_true", help="a smoke run (~1 min): small sweep, short steady run")
@@ -428,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.features, args.sweep_days, args.rates, args.email_reply_rates = [1, 10], 0.1, [0.2], []
-        args.steady_rate, args.steady_days = 0.2, 2
+        args.steady_rate, args.steady_days, args.experiment_days = 0.2, 2, 1
+    if args.only_experiment:
+        args.no_worker = True
     plan = Plan(tuple(load_rules([str(CATALOG)])))
     tmp = Path(tempfile.mkdtemp(prefix="rollguard-sizing-"))
     stack = EmbeddedStack(workdir=tmp)

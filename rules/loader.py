@@ -77,7 +77,8 @@ _DURATION_KEYS = ("every", "window", "for", "keep_firing_for", "baseline")
 _BLOCKS = ("drift", "compare", "where")  # keys with a structure of their own, read by their own loaders
 _NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence", "resolve_threshold", "compare", "where")
 _BINARY_SIGNALS = ("acceptance", "error", "thumbs_down")
-_RATE_METRICS = ", ".join(name + (":<param>" if m.parameterised else "") for name, m in METRICS.items() if m.is_rate)
+_RATE_METRICS = ", ".join(name + (":<field>:<x>" if name.startswith("share_") else ":<param>" if m.parameterised else "")
+                          for name, m in METRICS.items() if m.is_rate)  # fmt: skip
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 _RULE_ID = re.compile(r"[a-z0-9_-]{1,128}")
