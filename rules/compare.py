@@ -38,6 +38,7 @@ from rules.aggregate import COST_SCALE, LATENCY_SCALE, SCORE_SCALE, UNIT_SCALE, 
 from rules.evaluation import Evaluation, WindowCache
 from rules.metrics import rate_counts
 from rules.sequential import Arm, Interval, compare, srm_log_e
+from rules.sketches.ddsketch import DDSketch
 from rules.windows import SeriesBuckets, SeriesKey, StoreSpec
 
 __all__ = ["evaluate_compare", "arm_stats", "COMPARABLE_MEANS", "COMPARABLE_QUANTILES", "comparable"]
@@ -110,15 +111,15 @@ def _arms(rule, spec: StoreSpec, series: Mapping[SeriesKey, SeriesBuckets], phas
     return control, treatment
 
 
-def srm_check(rule, base: str, param: str | None, control: Bucket | None, treatment: dict[str, Bucket]) -> dict | None:
+def srm_check(rule, control_n: int, treatment_n: dict[str, int]) -> dict | None:
     """The sample-ratio evidence of a comparison with ``split`` (None without one, or before the treatment's first
-    sample in the window: no experiment runs yet): the counts per arm (control first, then the split's arms in name
-    order), the expected shares, and whether the split is rejected."""
+    sample in the window: no experiment runs yet), from the arms' sample counts: the counts per arm (control first,
+    then the split's arms in name order), the expected shares, and whether the split is rejected."""
     split = rule.compare.split
     if not split:
         return None
     names = sorted(split)
-    counts = [_samples(base, param, control)] + [_samples(base, param, treatment.get(a)) for a in names]
+    counts = [control_n] + [treatment_n.get(a, 0) for a in names]
     if not any(counts[1:]):
         return None
     expected = [1 - math.fsum(split[a] for a in names)] + [split[a] for a in names]
@@ -130,14 +131,6 @@ def srm_check(rule, base: str, param: str | None, control: Bucket | None, treatm
             "rejected": log_e >= -math.log(rule.compare.alpha)}  # fmt: skip
 
 
-def _samples(base: str, param: str | None, b: Bucket | None) -> int:
-    if b is None:
-        return 0
-    if base in COMPARABLE_QUANTILES:
-        return b.c.get("lat.n", 0)
-    return arm_stats(base, param, b).n
-
-
 def evaluate_compare(rule, base: str, param: str | None, spec: StoreSpec, series: Mapping[SeriesKey, SeriesBuckets],
                      phase: str, group: tuple[str, ...], t: int, cache: WindowCache) -> Evaluation:  # fmt: skip
     """Evaluate a ``compare`` rule (or its ``.srm`` companion, ``rule.srm_of`` set) for ``(phase, group)`` at ``t``."""
@@ -146,20 +139,28 @@ def evaluate_compare(rule, base: str, param: str | None, spec: StoreSpec, series
     if c.phase is not None and phase == c.phase:
         return ev  # the control phase is not compared with itself
     control, treatment = _arms(rule, spec, series, phase, group, t, cache)
-    srm = srm_check(rule, base, param, control, treatment)
+    quantile = base in COMPARABLE_QUANTILES
+    if quantile:  # a quantile's samples are the calls with a latency; its test reads the sketches (_quantile)
+        carm, tarms = None, {}
+        control_n = control.c.get("lat.n", 0) if control is not None else 0
+        treatment_n = {a: b.c.get("lat.n", 0) for a, b in treatment.items()}
+    else:  # each arm's statistics once: the split check counts them, the interval pools them
+        carm = arm_stats(base, param, control) if control is not None else Arm()
+        tarms = {a: arm_stats(base, param, b) for a, b in treatment.items()}
+        control_n, treatment_n = carm.n, {a: x.n for a, x in tarms.items()}
+    srm = srm_check(rule, control_n, treatment_n)
     if rule.srm_of is not None:
         return _srm_evaluation(rule, srm, ev)
     if control is None or not treatment:
         return ev
-    if base in COMPARABLE_QUANTILES:
+    if quantile:
         iv, tv, cv, nt, nc, extra = _quantile(rule, COMPARABLE_QUANTILES[base], control, treatment)
     else:
-        tarm = sum((arm_stats(base, param, b) for b in treatment.values()), Arm())
-        carm = arm_stats(base, param, control)
+        tarm = sum(tarms.values(), Arm())
         iv = compare(tarm, carm, alpha=c.alpha, method=c.test, tau=rule.threshold, relative=c.relative)
         tv, cv, nt, nc, extra = _mean(tarm), _mean(carm), tarm.n, carm.n, {}
     ev.samples = min(nt, nc)
-    value = iv.delta if base not in COMPARABLE_QUANTILES else extra.pop("delta")
+    value = extra.pop("delta") if quantile else iv.delta
     ev.value = None if value is None or math.isnan(value) else value
     evidence = {"control": c.control if c.by is not None else c.phase, "control_value": cv, "control_samples": nc,
                 "treatment": sorted(treatment), "treatment_value": tv, "treatment_samples": nt,
@@ -171,7 +172,7 @@ def evaluate_compare(rule, base: str, param: str | None, spec: StoreSpec, series
         return ev
     if srm is not None and srm["rejected"]:
         return ev  # withheld: the split is not as configured (the companion .srm rule pages)
-    if base in COMPARABLE_QUANTILES:
+    if quantile:
         ev.verdict = iv.lo > 0  # the share beyond the line is above the expected share: the quantile is beyond it
     else:
         ev.verdict = iv.beyond(rule.op, rule.threshold)
@@ -216,8 +217,6 @@ def _quantile(rule, q: float, control: Bucket, treatment: dict[str, Bucket]):
 def _merged_quantile(sketches, q: float) -> float | None:
     if len(sketches) == 1:
         return sketches[0].quantile(q)
-    from rules.sketches.ddsketch import DDSketch
-
     return DDSketch.merged(*sketches).quantile(q)
 
 
