@@ -231,7 +231,7 @@ rules:
   - {id: sh-conf, tier: investigate, metric: "share_lt:confidence:0.5", op: ">", threshold: 0.3, min_samples: 3}
   - {id: w-mobile, tier: investigate, metric: error_rate, op: ">", threshold: 0.3, min_samples: 3,
      where: {platform: mobile}}
-  - {id: w-not-m2, tier: pause, metric: latency_p95, op: ">", threshold: 450, min_samples: 3,
+  - {id: w-not-m2, tier: pause, metric: latency_p95, op: ">", threshold: 300, min_samples: 3,
      where: {model_version: {not: [m2]}, variant: [a, b]}, group_by: [platform]}
 """
 RULES = rules(RULES_TEXT, "diff")
