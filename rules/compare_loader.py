@@ -13,12 +13,11 @@ fires while the sequential sample-ratio test rejects the configured split, and p
 from __future__ import annotations
 
 import math
-import re
 from typing import TYPE_CHECKING, Any
 
 from rules.compare import comparable
 from rules.located_yaml import LocatedMap, describe, line_of
-from rules.model import CompareSpec, Rule
+from rules.model import PHASE_NAME, SEGMENT_KEY, CompareSpec, Rule
 
 if TYPE_CHECKING:
     from rules.loader import _Scope
@@ -26,9 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["load_compare", "srm_companion", "COMPARE_KEYS"]
 
 COMPARE_KEYS = ("by", "control", "treatment", "phase", "as", "test", "alpha", "split")
-_ARM_VALUE = re.compile(r".{1,128}", re.S)
-_SEGMENT_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-_PHASE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _HOUR_MS = 3_600_000
 _EXCLUSIVE = ("baseline", "across", "confidence", "resolve_threshold")
 
@@ -54,7 +50,7 @@ def load_compare(scope: _Scope, item: LocatedMap, base: str | None, group_by: tu
     if ("by" in c) == ("phase" in c):
         scope.error(c.line, "compare: give either by (arms of one feature and phase) or phase (another phase)")
     if "by" in c:
-        by = scope.string(c, "by", "compare.by", _SEGMENT_KEY)
+        by = scope.string(c, "by", "compare.by", SEGMENT_KEY)
         if by is not None and by in group_by:
             scope.error(line_of(c, "by"), f"compare.by: {by!r} is also in group_by; arms must share a group")
         values["by"] = by
@@ -72,7 +68,7 @@ def load_compare(scope: _Scope, item: LocatedMap, base: str | None, group_by: tu
             if key in c:
                 scope.error(line_of(c, key), f"compare.{key}: only for a comparison of arms (by:), not of phases")
         if "phase" in c:
-            values["phase"] = scope.string(c, "phase", "compare.phase", _PHASE)
+            values["phase"] = scope.string(c, "phase", "compare.phase", PHASE_NAME)
     if "as" in c:
         values["relative"] = scope.choice(c, "as", "compare.as", ("absolute", "relative")) == "relative"
     if "test" in c:

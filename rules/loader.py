@@ -54,6 +54,8 @@ from rules.model import (
     Rule,
     RuleSet,
     Signal,
+    PHASE_NAME,
+    SEGMENT_KEY,
     Tier,
     summary_problems,
 )
@@ -83,8 +85,8 @@ _RATE_METRICS = ", ".join(name + (":<field>:<x>" if name.startswith("share_") el
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 _RULE_ID = re.compile(r"[a-z0-9_-]{1,128}")
 _FEATURE_GLOB = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,128}")
-_PHASE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_SEGMENT_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_PHASE = PHASE_NAME
+_SEGMENT_KEY = SEGMENT_KEY
 _MAX_MIN_SAMPLES = 1_000_000_000
 
 

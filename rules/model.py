@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import re
 import string
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
@@ -43,6 +44,8 @@ __all__ = [
     "CompareSpec",
     "Matcher",
     "ARM_FIELDS",
+    "SEGMENT_KEY",
+    "PHASE_NAME",
     "arm_key",
     "Rule",
     "RuleSet",
@@ -205,6 +208,11 @@ class DriftSpec(BaseModel):
     def _plain_dict(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return dict(params)
 
+
+# The names a rule may give a segment key (group_by, across, compare.by, where) and a phase. A segment key never
+# starts with "@", which is what keeps the arm fields' store keys (arm_key) apart from it.
+SEGMENT_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+PHASE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 # Event fields a comparison can split arms by (besides segment keys). In a store's keys they are spelled
 # ``@<field>`` so they can never collide with a segment key (segment keys cannot start with "@").

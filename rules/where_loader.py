@@ -13,18 +13,16 @@ has the value "". Every matcher must admit an event for it to count toward the r
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from rules.located_yaml import LocatedMap, describe, line_of
-from rules.model import Matcher
+from rules.model import SEGMENT_KEY, Matcher
 
 if TYPE_CHECKING:
     from rules.loader import _Scope
 
 __all__ = ["load_where"]
 
-_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _EXAMPLE = "{region: eu} or {plan: {not: [free, trial]}}"
 
 
@@ -38,9 +36,9 @@ def load_where(scope: _Scope, item: LocatedMap) -> tuple[Matcher, ...] | None:
     out, ok = [], not w.duplicates
     for key, spec in w.items():
         line = line_of(w, key)
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
+        if not isinstance(key, str) or not SEGMENT_KEY.fullmatch(key):
             shown = repr(key) if isinstance(key, str) else describe(key)
-            message = f"{shown} must be a segment key matching {_KEY.pattern} (or an arm field such as variant)"
+            message = f"{shown} must be a segment key matching {SEGMENT_KEY.pattern} (or an arm field such as variant)"
             scope.error(line, f"where: {message}")
             ok = False
             continue
