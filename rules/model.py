@@ -247,6 +247,10 @@ class Matcher(BaseModel):
     def store_key(self) -> str:
         return arm_key(self.key)
 
+    def admits(self, seg: Mapping[str, str]) -> bool:
+        """Whether an event whose segment, with its arm fields under their store keys, is ``seg`` matches."""
+        return (seg.get(self.store_key, "") in self.values) != self.negate
+
     def describe(self) -> str:
         if len(self.values) == 1:
             return f"{self.key} {'!=' if self.negate else '='} {self.values[0]}"

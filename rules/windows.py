@@ -96,10 +96,7 @@ class StoreSpec:
         """Whether an event whose segment (with its arm fields, ``rules.batch.with_arms``) is ``seg`` is counted."""
         if self.arm is not None and not seg.get(self.arm):
             return False
-        for m in self.where:
-            if (seg.get(m.store_key, "") in m.values) == m.negate:
-                return False
-        return True
+        return all(m.admits(seg) for m in self.where)
 
 
 class SeriesBuckets:

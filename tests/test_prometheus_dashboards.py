@@ -185,7 +185,7 @@ _RULE_OF = re.compile(r'ruleset="([^"]+)",\s*rule="([^"]+)"')
 def _admitted(rule, event: dict[str, Any]) -> bool:
     seg = {**event.get("segment", {}), **{"@" + f: event.get(f) or "" for f in ("model_version", "prompt_version",
                                                                                "variant")}}  # fmt: skip
-    return all((seg.get(m.store_key, "") in m.values) != m.negate for m in rule.where)
+    return all(m.admits(seg) for m in rule.where)
 
 
 def _beyond_the_run(run: Run) -> dict[tuple[str, str], str]:
