@@ -129,11 +129,7 @@ def arm_of(evs, arm: str, t: int, window: int) -> Arm:
 
 
 def test_the_evidence_is_the_arms_over_the_window_and_the_interval_of_their_difference():
-    rs = rules("""version: 1
-name: t
-features: ["*"]
-rules:
-  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 30m, min_samples: 50,
+    rs = rule_body("""  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 30m, min_samples: 50,
      compare: {by: variant, control: a}}
 """)
     evs = suggestions(60, {"a": (20, 0.3), "b": (5, 0.15), "c": (3, 0.15)})
@@ -156,11 +152,7 @@ rules:
 
 
 def test_a_named_treatment_leaves_other_arms_out_and_min_samples_is_per_arm():
-    rs = rules("""version: 1
-name: t
-features: ["*"]
-rules:
-  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 30m, min_samples: 100,
+    rs = rule_body("""  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 30m, min_samples: 100,
      compare: {by: model_version, control: m1, treatment: m2, test: fixed}}
 """)
     evs = suggestions(30, {"m1": (20, 0.3), "m2": (3, 0.1), "m3": (20, 0.0)}, field="model_version")
@@ -173,11 +165,7 @@ rules:
 
 
 def test_a_mean_comparison_uses_the_stored_sums_of_squares():
-    rs = rules("""version: 1
-name: t
-features: ["*"]
-rules:
-  - {id: r, tier: pause, metric: latency_mean, op: ">", threshold: 0.1, window: 10m, min_samples: 10,
+    rs = rule_body("""  - {id: r, tier: pause, metric: latency_mean, op: ">", threshold: 0.1, window: 10m, min_samples: 10,
      compare: {by: variant, control: a, as: relative}}
 """)
     rnd = random.Random(3)
@@ -201,11 +189,7 @@ rules:
 
 
 def test_a_quantile_comparison_tests_the_share_of_treatment_values_beyond_the_moved_control_quantile():
-    rs = rules("""version: 1
-name: t
-features: ["*"]
-rules:
-  - {id: r, tier: kill, metric: latency_p95, op: ">", threshold: 0.2, window: 10m, min_samples: 50,
+    rs = rule_body("""  - {id: r, tier: kill, metric: latency_p95, op: ">", threshold: 0.2, window: 10m, min_samples: 50,
      compare: {by: variant, control: a, as: relative, test: fixed}}
 """)
     evs = []
@@ -227,11 +211,7 @@ rules:
 
 
 def test_a_wrong_split_withholds_the_verdict_and_the_companion_pages():
-    rs = rules("""version: 1
-name: t
-features: ["*"]
-rules:
-  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 30m, min_samples: 30,
+    rs = rule_body("""  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 30m, min_samples: 30,
      compare: {by: variant, control: a, test: fixed, split: {b: 0.5}}}
 """)
     evs = suggestions(40, {"a": (20, 0.5), "b": (4, 0.05)})  # b is far worse, but gets 17 % instead of 50 %
@@ -245,11 +225,7 @@ rules:
 
 
 def test_a_split_is_not_checked_before_the_treatment_starts():
-    rs = rules("""version: 1
-name: t
-features: ["*"]
-rules:
-  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 30m, min_samples: 30,
+    rs = rule_body("""  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 30m, min_samples: 30,
      compare: {by: variant, control: a, split: {b: 0.1}}}
 """)
     _, _, decisions, pages = run(rs, suggestions(60, {"a": (20, 0.3)}))
@@ -257,11 +233,7 @@ rules:
 
 
 def test_shadow_and_group_by_combine_with_a_comparison():
-    rs = rules("""version: 1
-name: t
-features: ["*"]
-rules:
-  - {id: r, tier: kill, mode: shadow, metric: acceptance_rate, op: "<", threshold: -0.02, window: 30m,
+    rs = rule_body("""  - {id: r, tier: kill, mode: shadow, metric: acceptance_rate, op: "<", threshold: -0.02, window: 30m,
      min_samples: 30, group_by: [platform], compare: {by: variant, control: a, test: fixed}}
 """)
     evs = suggestions(40, {"a": (20, 0.5), "b": (20, 0.1)}, segment={"platform": "ios"})
