@@ -25,6 +25,13 @@ runs that fired within the 7 days.
 Rates and p95 excesses are simulated exactly per minute (binomial counts). Latency means at 1 and 10 events/s are
 simulated per event (log-normal draws, summed per minute); at 100 events/s, where a minute holds 600 treatment
 values, per minute from the normal approximation of (sum, sum of squares) with the log-normal's exact moments.
+*Sample-ratio tests* (``rules.sequential``), on the arms' sample counts per 10-minute bucket (the catalogue's
+``every`` for week-long comparisons; both tests only move at bucket boundaries), the treatment's first bucket left
+out as the engine does: ``split`` (the Dirichlet-multinomial e-value against the configured 10 %), a per-look
+binomial z-test of the same (the naive check), and ``stable`` (the universal-inference change test, no split
+configured). A/A: a steady 10 % split; detection: the treatment's share falls to 5 % on day 3 (half its events lost
+to a logging bug), time from the change to the first rejection.
+
 Everything is seeded (``--seed``): the same command prints the same table. The arithmetic is vectorised here and
 checked against :func:`rules.sequential.compare` on sampled looks before anything is printed.
 """
@@ -42,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rules.sequential import MIN_TAU_SHARE, Arm, compare  # noqa: E402
+from rules.sequential import MIN_TAU_SHARE, Arm, compare, srm_log_e, stability_log_e  # noqa: E402
 
 MINUTES = 7 * 24 * 60
 SHARE_T = 0.10
@@ -197,12 +204,132 @@ def main() -> None:
             p90 = _dur(float(np.percentile(hit, 90))) if hit else "-"
             print(f"{metric:14s} {rate:8d} {n:6d} {len(hit) / n:6.0%} {med:>9s} {p90:>9s}", flush=True)
     worst = max(r[3] for r in rows)
+    worst_srm = srm_tables(args.seed, runs)
     print()
+    print(f"worst A/A false-alarm rate of the sample-ratio tests: {worst_srm:.3f} (aim <= {ALPHA})")
     print(f"worst A/A false-alarm rate of the sequential test: {worst:.3f} (aim <= {ALPHA}); naive fixed test: "
           f"{min(r[4] for r in rows):.3f} .. {max(r[4] for r in rows):.3f}; {time.perf_counter() - t0:.0f}s")  # fmt: skip
 
 
+BUCKET_MIN = 10
+BUCKETS = MINUTES // BUCKET_MIN
+CHANGE_BUCKET = 3 * 1440 // BUCKET_MIN
+
+
+def srm_buckets(rng, rate: int, change: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Treatment and control samples per 10-minute bucket (the first, where the treatment starts, left out)."""
+    total = rng.poisson(60.0 * rate * diurnal()).reshape(BUCKETS, BUCKET_MIN).sum(axis=1)
+    share = np.full(BUCKETS, SHARE_T)
+    if change:
+        share[CHANGE_BUCKET:] = SHARE_T / 2
+    nt = rng.binomial(total, share)
+    return nt[1:], (total - nt)[1:]
+
+
+def _gammaln(x: np.ndarray) -> np.ndarray:
+    from scipy.special import gammaln  # river's dependency; only this bench needs it vectorised
+
+    return gammaln(x)
+
+
+def _kt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return _gammaln(a + 0.5) + _gammaln(b + 0.5) - _gammaln(a + b + 1) - 2 * math.lgamma(0.5)
+
+
+def _loglik(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    n = a + b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        la = np.where(a > 0, a * np.log(np.where(a > 0, a, 1) / n), 0.0)
+        lb = np.where(b > 0, b * np.log(np.where(b > 0, b, 1) / n), 0.0)
+    return la + lb
+
+
+def stable_log_e(nt: np.ndarray, nc: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`rules.sequential.stability_log_e` at every look (after each bucket; no empty buckets)."""
+    pa = np.concatenate([[0.0], np.cumsum(nt, dtype=np.float64)])
+    pb = np.concatenate([[0.0], np.cumsum(nc, dtype=np.float64)])
+    m = nt.size
+    look = np.arange(1, m + 1)[:, None]  # look i sees buckets < i
+    k = np.arange(1, m + 1)[None, :]
+    valid = k < look
+    ka, kb = np.broadcast_to(pa[1:][None, :], (m, m)), np.broadcast_to(pb[1:][None, :], (m, m))
+    ta, tb = pa[1:][:, None], pb[1:][:, None]
+    kt_before = _kt(pa[1:], pb[1:])[None, :]
+    after = _kt(np.where(valid, ta - ka, 0.0), np.where(valid, tb - kb, 0.0))
+    terms = np.where(valid, kt_before + after - np.log(k) - np.log(k + 1), -np.inf)
+    none = (_kt(pa[1:], pb[1:]) - np.log(np.arange(1, m + 1)))[:, None]
+    terms = np.concatenate([terms, none], axis=1)
+    top = terms.max(axis=1, keepdims=True)
+    log_q = top[:, 0] + np.log(np.exp(terms - top).sum(axis=1))
+    return log_q - _loglik(pa[1:], pb[1:])
+
+
+def split_log_e(nt: np.ndarray, nc: np.ndarray, concentration: float = 100.0) -> np.ndarray:
+    """Vectorised :func:`rules.sequential.srm_log_e` (treatment, control; expected 10 %) at every look."""
+    a, b = np.cumsum(nt, dtype=np.float64), np.cumsum(nc, dtype=np.float64)
+    at, ac = concentration * SHARE_T, concentration * (1 - SHARE_T)
+    return (math.lgamma(concentration) - _gammaln(concentration + a + b) + _gammaln(at + a) - math.lgamma(at)
+            - a * math.log(SHARE_T) + _gammaln(ac + b) - math.lgamma(ac) - b * math.log(1 - SHARE_T))  # fmt: skip
+
+
+def split_z(nt: np.ndarray, nc: np.ndarray) -> np.ndarray:
+    """The naive per-look check: |z| of the treatment's share against 10 %."""
+    a, n = np.cumsum(nt, dtype=np.float64), np.cumsum(nt + nc, dtype=np.float64)
+    return np.abs(a - n * SHARE_T) / np.sqrt(n * SHARE_T * (1 - SHARE_T))
+
+
+def srm_cross_check(rng, nt: np.ndarray, nc: np.ndarray) -> None:
+    """The vectorised tests equal rules.sequential's on sampled looks."""
+    stable, split = stable_log_e(nt, nc), split_log_e(nt, nc)
+    for i in rng.choice(nt.size, size=8, replace=False):
+        want = stability_log_e(list(nt[: i + 1]), list(nc[: i + 1])).log_e
+        assert math.isclose(stable[i], want, rel_tol=1e-9, abs_tol=1e-7), ("stable", i, stable[i], want)
+        want = srm_log_e([int(nc[: i + 1].sum()), int(nt[: i + 1].sum())], [1 - SHARE_T, SHARE_T])
+        assert math.isclose(split[i], want, rel_tol=1e-9, abs_tol=1e-7), ("split", i, split[i], want)
+
+
+def srm_tables(seed: int, runs: int) -> float:
+    """Print the sample-ratio A/A and detection tables; the worst sequential A/A rate."""
+    bound, z = -math.log(ALPHA), NormalDist().inv_cdf(1 - ALPHA / 2)
+    print()
+    print(f"Sample-ratio tests, treatment {SHARE_T:.0%}, {BUCKET_MIN}-minute buckets ({BUCKETS - 1:,} looks)")
+    print(f"{'A/A':14s} {'events/s':>8s} {'runs':>6s} {'split':>7s} {'stable':>7s} {'z-test, every look':>19s}")
+    worst = 0.0
+    for rate in RATES:
+        rng = np.random.default_rng([seed, 200 + RATES.index(rate)])
+        fired = np.zeros(3)
+        for r in range(runs):
+            nt, nc = srm_buckets(rng, rate, False)
+            if r == 0:
+                srm_cross_check(rng, nt, nc)
+            fired += [(split_log_e(nt, nc) >= bound).any(), (stable_log_e(nt, nc) >= bound).any(),
+                      (split_z(nt, nc) >= z).any()]  # fmt: skip
+        worst = max(worst, fired[0] / runs, fired[1] / runs)
+        print(f"{'steady 10 %':14s} {rate:8d} {runs:6d} {fired[0] / runs:7.3f} {fired[1] / runs:7.3f} "
+              f"{fired[2] / runs:19.3f}", flush=True)  # fmt: skip
+    print(f"{'detection':14s} {'events/s':>8s} {'runs':>6s} {'split: median':>14s} {'p90':>7s} "
+          f"{'stable: median':>15s} {'p90':>7s}  (from the change on day 3)")  # fmt: skip
+    for rate in RATES:
+        rng = np.random.default_rng([seed, 300 + RATES.index(rate)])
+        n = max(runs // 5, 20)
+        times: dict[str, list[float]] = {"split": [], "stable": []}
+        for _ in range(n):
+            nt, nc = srm_buckets(rng, rate, True)
+            for name, e in (("split", split_log_e(nt, nc)), ("stable", stable_log_e(nt, nc))):
+                after = np.flatnonzero(e[CHANGE_BUCKET - 1:] >= bound)  # look i covers buckets 1..i+1
+                times[name].append(float((after[0] + 1) * BUCKET_MIN) if after.size else math.inf)
+        cells = []
+        for name in ("split", "stable"):
+            t = np.array(times[name])
+            cells += [_dur(float(np.median(t))), _dur(float(np.percentile(t, 90)))]
+        print(f"{'10 % -> 5 %':14s} {rate:8d} {n:6d} {cells[0]:>14s} {cells[1]:>7s} {cells[2]:>15s} {cells[3]:>7s}",
+              flush=True)  # fmt: skip
+    return worst
+
+
 def _dur(minutes: float) -> str:
+    if math.isinf(minutes):
+        return "never"
     if minutes < 60:
         return f"{minutes:.0f}m"
     if minutes < 1440:

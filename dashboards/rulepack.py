@@ -59,6 +59,8 @@ def rule_unit(rule: Rule) -> str:
     """The Grafana unit of the plotted value."""
     if rule.drift is not None:
         return _DRIFT_UNITS.get(rule.drift.signal, "percentunit")
+    if rule.compare is not None and rule.srm_of is not None and not rule.compare.split:
+        return "none"  # the stable-split test's log e-value
     if rule.baseline_ms is not None or (rule.compare is not None and (rule.compare.relative or rule.srm_of)):
         return "percentunit"  # relative change against the earlier window or the control; an observed share
     base, _ = parse_metric(rule.metric)
@@ -104,9 +106,13 @@ def _comparison(rule: Rule, what: str) -> str:
         arms = f"this phase against phase `{c.phase}`"
     diff = "relative difference" if c.relative else "difference"
     interval = "always-valid (sequential)" if c.test == "sequential" else "per-look (fixed)"
-    if rule.srm_of is not None:
+    if rule.srm_of is not None and c.split:
         return (f"sample-ratio check of {rule.srm_of}: the treatment's share of {what}, {arms}, against the configured "
                 f"{rule.threshold:.1%}; fires while a sequential test rejects the split. Plotted: the observed share.")
+    if rule.srm_of is not None:
+        return (f"stable-split check of {rule.srm_of}: whether the treatment's share of {what}, {arms}, has changed "
+                f"over the window; fires while the sequential test's log e-value is at least {rule.threshold:.2f} "
+                f"(log 1/alpha). Plotted: the log e-value.")
     return (f"{diff} of {what}, {arms}; fires when the {interval} {1 - c.alpha:.0%} interval lies wholly "
             f"{rule.op} {rule.threshold:g}. Plotted: the difference and its interval (band).")
 

@@ -37,7 +37,8 @@ from collections.abc import Mapping
 from rules.aggregate import COST_SCALE, LATENCY_SCALE, SCORE_SCALE, UNIT_SCALE, Bucket
 from rules.evaluation import Evaluation, WindowCache
 from rules.metrics import rate_counts
-from rules.sequential import Arm, Interval, compare, srm_log_e
+from rules.outputs import iso
+from rules.sequential import Arm, Interval, compare, srm_log_e, stability_log_e
 from rules.sketches.ddsketch import DDSketch
 from rules.windows import SeriesBuckets, SeriesKey, StoreSpec
 
@@ -90,25 +91,70 @@ def _known(p: float) -> Arm:
     return Arm(2, 2 * p, 2 * p * p)
 
 
-def _arms(rule, spec: StoreSpec, series: Mapping[SeriesKey, SeriesBuckets], phase: str, group: tuple[str, ...],
-          t: int, cache: WindowCache) -> tuple[Bucket | None, dict[str, Bucket]]:  # fmt: skip
-    """(the control's window, the treatment arms' windows by arm value)."""
+def _arm_keys(rule, series: Mapping[SeriesKey, SeriesBuckets], phase: str,
+              group: tuple[str, ...]) -> tuple[SeriesKey | None, dict[str, SeriesKey]]:  # fmt: skip
+    """(the control's series key, the treatment arms' series keys by arm value), of those present."""
     c = rule.compare
-    w = rule.window_ms
     if c.by is None:  # another phase of the feature is the control
         ctl, trt = (c.phase, group), (phase, group)
-        control = cache.get(spec, ctl, series[ctl], t, w) if ctl in series else None
-        return control, ({phase: cache.get(spec, trt, series[trt], t, w)} if trt in series else {})
+        return (ctl if ctl in series else None), ({phase: trt} if trt in series else {})
     n = len(group)
     control = None
-    treatment: dict[str, Bucket] = {}
+    treatment: dict[str, SeriesKey] = {}
     for key in sorted(k for k in series if k[0] == phase and k[1][:n] == group):
         arm = key[1][n]
         if arm == c.control:
-            control = cache.get(spec, key, series[key], t, w)
+            control = key
         elif arm and (c.treatment is None or arm == c.treatment):
-            treatment[arm] = cache.get(spec, key, series[key], t, w)
+            treatment[arm] = key
     return control, treatment
+
+
+def _arms(rule, spec: StoreSpec, series: Mapping[SeriesKey, SeriesBuckets], phase: str, group: tuple[str, ...],
+          t: int, cache: WindowCache) -> tuple[Bucket | None, dict[str, Bucket]]:  # fmt: skip
+    """(the control's window, the treatment arms' windows by arm value)."""
+    w = rule.window_ms
+    ckey, tkeys = _arm_keys(rule, series, phase, group)
+    control = cache.get(spec, ckey, series[ckey], t, w) if ckey is not None else None
+    return control, {arm: cache.get(spec, key, series[key], t, w) for arm, key in tkeys.items()}
+
+
+def _samples(base: str, param: str | None, b: Bucket) -> int:
+    """An arm's samples of the metric in one bucket (what the split tests count)."""
+    return b.c.get("lat.n", 0) if base in COMPARABLE_QUANTILES else arm_stats(base, param, b).n
+
+
+def _split_stability(rule, base: str, param: str | None, series: Mapping[SeriesKey, SeriesBuckets], phase: str,
+                     group: tuple[str, ...], t: int) -> dict | None:  # fmt: skip
+    """The stable-split evidence of a comparison of arms without ``split`` (``rules.sequential.stability_log_e``
+    over the window's buckets in time order), or None before the treatment's first sample in the window. The bucket
+    holding that first sample is left out: an experiment that starts mid-bucket would look like a change."""
+    ckey, tkeys = _arm_keys(rule, series, phase, group)
+    if not tkeys:
+        return None
+    lo = t - rule.window_ms
+    arms = [series[k].buckets for k in tkeys.values()]
+    control = series[ckey].buckets if ckey is not None else {}
+    starts = sorted({s for b in (control, *arms) for s in b if lo <= s < t})
+    seq: list[tuple[int, int, int]] = []  # (bucket start, treatment samples, control samples)
+    started = False
+    for s in starts:
+        nt = sum(_samples(base, param, b[s]) for b in arms if s in b)
+        if not started:
+            started = nt > 0  # the experiment's first bucket in the window: left out
+            continue
+        nc = _samples(base, param, control[s]) if s in control else 0
+        if nt or nc:
+            seq.append((s, nt, nc))
+    if not started:
+        return None
+    st = stability_log_e([x[1] for x in seq], [x[2] for x in seq])
+    nt, nc = sum(x[1] for x in seq), sum(x[2] for x in seq)
+    return {"test": "stable", "arms": [rule.compare.control, *sorted(tkeys)], "counts": [nc, nt],
+            "treatment_share": nt / (nt + nc) if nt + nc else None, "log_e": st.log_e,
+            "changed_at": iso(seq[st.change][0]) if st.change is not None else None,
+            "share_before": st.share_before, "share_after": st.share_after,
+            "rejected": st.log_e >= -math.log(rule.compare.alpha)}  # fmt: skip
 
 
 def srm_check(rule, control_n: int, treatment_n: dict[str, int]) -> dict | None:
@@ -126,7 +172,7 @@ def srm_check(rule, control_n: int, treatment_n: dict[str, int]) -> dict | None:
     log_e = srm_log_e(counts, expected)
     total = sum(counts)
     observed = math.fsum(counts[1:]) / total if total else None
-    return {"arms": [rule.compare.control, *names], "counts": counts, "expected": expected,
+    return {"test": "split", "arms": [rule.compare.control, *names], "counts": counts, "expected": expected,
             "treatment_share": observed, "expected_share": math.fsum(expected[1:]), "log_e": log_e,
             "rejected": log_e >= -math.log(rule.compare.alpha)}  # fmt: skip
 
@@ -148,7 +194,10 @@ def evaluate_compare(rule, base: str, param: str | None, spec: StoreSpec, series
         carm = arm_stats(base, param, control) if control is not None else Arm()
         tarms = {a: arm_stats(base, param, b) for a, b in treatment.items()}
         control_n, treatment_n = carm.n, {a: x.n for a, x in tarms.items()}
-    srm = srm_check(rule, control_n, treatment_n)
+    if c.split is None and c.by is not None and c.check_split:
+        srm = _split_stability(rule, base, param, series, phase, group, t)
+    else:
+        srm = srm_check(rule, control_n, treatment_n)
     if rule.srm_of is not None:
         return _srm_evaluation(rule, srm, ev)
     if control is None or not treatment:
@@ -221,15 +270,17 @@ def _merged_quantile(sketches, q: float) -> float | None:
 
 
 def _srm_details(srm: dict) -> dict:
-    return {k: srm[k] for k in ("arms", "counts", "expected", "treatment_share", "expected_share", "log_e")}
+    return {k: v for k, v in srm.items() if k != "rejected"}
 
 
 def _srm_evaluation(rule, srm: dict | None, ev: Evaluation) -> Evaluation:
-    """The companion rule's evaluation: true while the sequential SRM test rejects the configured split. Its value
-    is the treatment arms' observed share of the samples; insufficient until each arm has ``min_samples``."""
+    """The companion rule's evaluation: true while the sequential SRM test rejects the configured split (or, without
+    one, a stable split). Its value is the treatment arms' observed share of the samples (with ``split``) or the
+    test's log e-value (stable split: the threshold is ``log(1/alpha)``); insufficient until each arm has
+    ``min_samples``."""
     if srm is None:
         return ev
-    ev.value = srm["treatment_share"]
+    ev.value = srm["treatment_share"] if srm["test"] == "split" else srm["log_e"]
     ev.samples = sum(srm["counts"])
     ev.details["srm"] = _srm_details(srm)
     if min(srm["counts"]) < rule.min_samples and not srm["rejected"]:

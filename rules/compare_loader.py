@@ -6,8 +6,9 @@
               alpha: 0.05, split: {m-2026-03: 0.10}}
     compare: {phase: internal}
 
-A comparison with ``split`` gets a companion rule ``<id>.srm`` (:func:`srm_companion`): an ``investigate`` rule that
-fires while the sequential sample-ratio test rejects the configured split, and pages with the observed share.
+A comparison of arms gets a companion rule ``<id>.srm`` (:func:`srm_companion`): an ``investigate`` rule that fires
+while the sequential sample-ratio test rejects the configured ``split`` (and pages with the observed share), or,
+without one, while the stable-split test finds the split has changed (``split: unchecked`` turns that off).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def load_compare(scope: _Scope, item: LocatedMap, base: str | None, group_by: tu
                 values[key] = _arm_value(scope, c, key)
         if values.get("treatment") is not None and values["treatment"] == values.get("control"):
             scope.error(line_of(c, "treatment"), "compare.treatment: must differ from control")
-        if "split" in c:
+        if "split" in c and c["split"] in ("stable", "unchecked"):
+            values["check_split"] = c["split"] == "stable"
+        elif "split" in c:
             values["split"] = _split(scope, c, values.get("control"), values.get("treatment"))
     else:
         for key in ("control", "treatment", "split"):
@@ -104,7 +107,8 @@ def _split(scope: _Scope, c: LocatedMap, control: str | None, treatment: str | N
     s = c["split"]
     where = line_of(c, "split")
     if not isinstance(s, LocatedMap) or not s:
-        message = f"expected a mapping of arm value to share such as {{m-2: 0.1}}, got {describe(s)}"
+        message = (f"expected a mapping of arm value to share such as {{m-2: 0.1}}, or stable (the default) or "
+                   f"unchecked, got {describe(s)}")  # fmt: skip
         scope.error(where, f"compare.split: {message}")
         return None
     scope.keys(s, tuple(s), "compare.split: ")
@@ -133,18 +137,30 @@ def _split(scope: _Scope, c: LocatedMap, control: str | None, treatment: str | N
 
 
 def srm_companion(rule: Rule) -> Rule:
-    """The ``<id>.srm`` rule of a comparison with ``split``: same feature scope, window, clock, groups and arms; tier
-    ``investigate``; value the treatment arms' observed share, threshold the expected one (``rules.compare``). It
-    keeps firing for an hour (at least one ``every``) after the test last rejected, so a split that hovers at the
-    edge of rejection pages once, not once per minute."""
+    """The ``<id>.srm`` rule of a comparison of arms: same feature scope, window, clock, groups and arms; tier
+    ``investigate``. With ``split``, value the treatment arms' observed share and threshold the expected one; without,
+    value the stable-split test's log e-value and threshold ``log(1/alpha)`` (``rules.compare``). It keeps firing for
+    an hour (at least one ``every``) after the test last rejected, so a split that hovers at the edge of rejection
+    pages once, not once per minute."""
     c = rule.compare
-    expected = math.fsum(c.split.values())
+    if c.split:
+        threshold, op = math.fsum(c.split.values()), "<"
+        summary = (f"arm split {{value:.1%}} vs expected {{threshold:.1%}}: {rule.id} is withheld until the split is "
+                   f"as configured")  # fmt: skip
+    else:
+        threshold, op = round(-math.log(c.alpha), 6), ">="
+        summary = (f"arm split changed: treatment {{details[srm][share_after]:.1%}} of samples since "
+                   f"{{details[srm][changed_at]}}, {{details[srm][share_before]:.1%}} before: {rule.id} is withheld "
+                   f"until the split is stable")  # fmt: skip
     return Rule(
-        id=f"{rule.id}.srm", tier="investigate", mode=rule.mode, metric=rule.metric, op="<", threshold=expected,
+        id=f"{rule.id}.srm", tier="investigate", mode=rule.mode, metric=rule.metric, op=op, threshold=threshold,
         window_ms=rule.window_ms, every_ms=rule.every_ms, min_samples=rule.min_samples, group_by=rule.group_by,
         keep_firing_for_ms=rule.every_ms * max(1, _HOUR_MS // rule.every_ms),
-        compare=c, where=rule.where, srm_of=rule.id, runbook=rule.runbook, line=rule.line,
-        summary=f"arm split {{value:.1%}} vs expected {{threshold:.1%}}: {rule.id} is withheld until the split is "
-                f"as configured",
+        compare=c, where=rule.where, srm_of=rule.id, runbook=rule.runbook, line=rule.line, summary=summary,
     )  # fmt: skip
 
+
+def needs_srm(rule: Rule) -> bool:
+    """Whether a rule gets an ``<id>.srm`` companion: a comparison of arms whose split is checked."""
+    c = rule.compare
+    return c is not None and c.by is not None and (bool(c.split) or c.check_split) and rule.srm_of is None

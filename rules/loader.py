@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from detectors import BINARY_DETECTORS, DETECTORS, validate_params
-from rules.compare_loader import load_compare, srm_companion
+from rules.compare_loader import load_compare, needs_srm, srm_companion
 from rules.where_loader import load_where
 from rules.durations import DurationError, format_duration, parse_duration
 from rules.exceptions import RollguardError
@@ -438,7 +438,7 @@ class _Checker:
             rule = self._rule(name, item, defaults, first_lines)
             if rule is not None:
                 rules.append(rule)
-                if rule.compare is not None and rule.compare.split:
+                if needs_srm(rule):
                     rules.append(srm_companion(rule))
         return tuple(rules)
 

@@ -262,7 +262,8 @@ class CompareSpec(BaseModel):
     metric itself. Either arms of one dimension ``by`` (an event field of :data:`ARM_FIELDS` or a segment key),
     ``control`` being one value and the treatment ``treatment`` (or every other value); or the same window of
     another ``phase`` of the feature as the control. ``split``: the expected share of traffic per arm value (the
-    control has the rest), checked by a sequential sample-ratio-mismatch test."""
+    control has the rest), checked by a sequential sample-ratio-mismatch test; without it a comparison of arms tests
+    that the split stays stable (``check_split``; ``split: unchecked`` turns that off)."""
 
     model_config = _FROZEN
 
@@ -274,6 +275,7 @@ class CompareSpec(BaseModel):
     test: Literal["sequential", "fixed"] = "sequential"
     alpha: float = 0.05
     split: Mapping[str, float] | None = None
+    check_split: bool = True
 
     @field_validator("split", mode="after")
     @classmethod

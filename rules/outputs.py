@@ -87,7 +87,7 @@ def decision(
         "window_start": iso(window_start),
         "window_end": iso(window_end),
     }
-    fields = dict(d, window=format_duration(window_end - window_start))
+    fields = dict(d, window=format_duration(window_end - window_start), details=details or {})
     d["summary"] = render_summary(rule.summary, fields)
     if rule.resolve_threshold is not None:
         d["resolve_threshold"] = rule.resolve_threshold

@@ -113,13 +113,14 @@ def suggestions(n_minutes: int, per_minute: dict[str, tuple[int, float]], *, pha
     return evs
 
 
-def observe(rulesets, evs):
+def observe(rulesets, evs, companions: bool = False):
+    """(engine, observations: of the rules themselves, unless ``companions``, then all, outputs)."""
     eng = Engine(rulesets, EngineConfig(allowed_lateness_ms=0))
     seen = []
     eng.observer = seen.append
     out = eng.step(evs)
     out.extend(eng.finish())
-    return eng, seen, out
+    return eng, [o for o in seen if companions or o.bound.rule.srm_of is None], out
 
 
 def arm_of(evs, arm: str, t: int, window: int) -> Arm:
@@ -371,3 +372,73 @@ def orjson_loads(b: bytes):
     import orjson
 
     return orjson.loads(b)
+
+
+# --- the stable-split check (no split configured) ------------------------------------------------------------------
+
+
+def _shifted(evs: list[Event], minutes: int, tag: str) -> list[Event]:
+    for e in evs:
+        e.ts += minutes * MIN
+        e.event_id += tag
+    return evs
+
+
+def test_without_a_split_a_stable_split_is_checked_and_a_steady_one_passes():
+    [rs] = rule_body("""  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 2h, min_samples: 30,
+     compare: {by: variant, control: a, test: fixed}}
+""")
+    r, srm = rs.rules
+    assert (srm.id, srm.op, srm.threshold, r.compare.check_split) == ("r.srm", ">=", round(math.log(20), 6), True)
+    evs = suggestions(90, {"a": (20, 0.5), "b": (6, 0.1)})  # b is far worse; its share stays 23 %
+    _, seen, out = observe([rs], evs, companions=True)
+    checks = [o for o in seen if o.bound.rule.id == "r.srm" and o.evaluation.verdict is not None]
+    assert checks and all(o.evaluation.verdict is False for o in checks)
+    last = [o for o in seen if o.bound.rule.id == "r"][-1].evaluation
+    assert last.details["srm"]["test"] == "stable" and last.details["srm"]["log_e"] < 0
+    assert [c["rule_id"] for c in out.commands][:1] == ["r"]  # the verdict is not withheld: b is rolled back
+    assert not [p for p in out.pages if p["payload"]["class"] == "r.srm"]
+
+
+def test_without_a_split_a_split_that_changes_withholds_the_verdict_and_pages():
+    [rs] = rule_body("""  - {id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 2h, min_samples: 30,
+     compare: {by: variant, control: a, test: fixed}}
+""")
+    evs = suggestions(45, {"a": (20, 0.5), "b": (10, 0.45)})  # a third of the samples, b as good as a
+    evs += _shifted(suggestions(60, {"a": (20, 0.5), "b": (2, 0.05)}, seed=2), 45, "-late")  # a tenth, b bad
+    evs.sort(key=lambda e: (e.ts, e.event_id))
+    _, seen, out = observe([rs], evs, companions=True)
+    assert out.commands == []  # the regression is not trusted: the split moved when it appeared
+    withheld = [o.evaluation for o in seen if o.bound.rule.id == "r" and o.evaluation.details.get("srm", {}).get(
+        "rejected", o.evaluation.details.get("srm", {}).get("log_e", 0) >= math.log(20))]  # fmt: skip
+    assert withheld and all(ev.verdict is None for ev in withheld)
+    [page] = [p for p in out.pages if p["event_action"] == "trigger"]
+    summary = page["payload"]["summary"]
+    assert page["payload"]["class"] == "r.srm" and summary.startswith("arm split changed: treatment 9.1% of samples")
+    assert "since 2026-" in summary and "33.3% before" in summary and "r is withheld" in summary
+
+
+def test_split_stable_is_the_default_and_unchecked_turns_the_check_off():
+    body = """  - {{id: r, tier: kill, metric: acceptance_rate, op: "<", threshold: -0.02, window: 1h, min_samples: 30,
+     compare: {{by: variant, control: a{extra}}}}}
+"""
+    [default], [stable], [off] = (rule_body(body.format(extra=x)) for x in ("", ", split: stable", ", split: unchecked"))
+    assert [r.id for r in default.rules] == [r.id for r in stable.rules] == ["r", "r.srm"]
+    assert [r.id for r in off.rules] == ["r"] and off.rules[0].compare.check_split is False
+    evs = suggestions(45, {"a": (20, 0.5), "b": (10, 0.45)})
+    evs += _shifted(suggestions(30, {"a": (20, 0.5), "b": (2, 0.05)}, seed=2), 45, "-late")
+    evs.sort(key=lambda e: (e.ts, e.event_id))
+    _, seen, out = observe([off], evs)
+    assert all("srm" not in o.evaluation.details for o in seen) and out.pages == []
+    errors = rule_errors(body.format(extra=", split: sometimes"))
+    assert any("compare.split: expected a mapping of arm value to share" in e and "unchecked" in e for e in errors)
+
+
+def test_a_cross_phase_comparison_has_no_split_check():
+    [rs] = rules("""version: 1
+name: t
+features: ["*"]
+rules:
+  - {id: r, tier: pause, metric: acceptance_rate, op: "<", threshold: -0.05, window: 30m, compare: {phase: internal}}
+""")
+    assert [r.id for r in rs.rules] == ["r"]

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from rules.sequential import Arm, Interval, compare, srm_log_e, srm_rejects
+from rules.sequential import Arm, Interval, Stability, compare, srm_log_e, srm_rejects, stability_log_e
 
 
 def test_arm_statistics():
@@ -131,3 +131,68 @@ def test_srm_arguments_are_checked():
         srm_log_e([1, 2], [0.5, 0.6])
     with pytest.raises(ValueError):
         srm_log_e([1, 2], [0.0, 1.0])
+
+
+# --- the stable-split test -----------------------------------------------------------------------------------------
+
+
+def _kt_sequence(arms: list[int]) -> float:
+    """Log KT probability of a 0/1 sequence, by its predictive probabilities one sample at a time (the definition)."""
+    out, n1, n = 0.0, 0, 0
+    for x in arms:
+        p1 = (n1 + 0.5) / (n + 1)
+        out += math.log(p1 if x else 1 - p1)
+        n1, n = n1 + x, n + 1
+    return out
+
+
+def test_the_stable_split_e_value_is_its_definition_on_a_small_sequence():
+    """Q: after the k-th bucket, weight 1/(k(k+1)), a KT estimator before and one after; positions not reached yet
+    weigh 1/m and see one KT estimator. Divided by the likelihood at the best constant share."""
+    buckets = [(2, 5), (0, 3), (1, 1), (4, 2)]  # (treatment, control)
+    seqs = [[1] * a + [0] * b for a, b in buckets]
+    m = len(buckets)
+    terms = [math.log(1 / m) + _kt_sequence([x for s in seqs for x in s])]
+    for k in range(1, m):
+        before = [x for s in seqs[:k] for x in s]
+        after = [x for s in seqs[k:] for x in s]
+        terms.append(math.log(1 / (k * (k + 1))) + _kt_sequence(before) + _kt_sequence(after))
+    log_q = math.log(sum(math.exp(x) for x in terms))
+    a, n = sum(b[0] for b in buckets), sum(b[0] + b[1] for b in buckets)
+    log_l = a * math.log(a / n) + (n - a) * math.log(1 - a / n)
+    got = stability_log_e([b[0] for b in buckets], [b[1] for b in buckets])
+    assert got.log_e == pytest.approx(log_q - log_l, abs=1e-9)
+    # empty buckets take no position; no samples, no evidence
+    with_empty = stability_log_e([2, 0, 0, 1, 4], [5, 0, 3, 1, 2])
+    assert with_empty.log_e == pytest.approx(got.log_e, abs=1e-12)
+    assert stability_log_e([], []) == stability_log_e([0, 0], [0, 0]) == Stability(0.0, None, None, None)
+
+
+def test_the_stable_split_test_keeps_its_level_and_finds_a_change():
+    rnd = random.Random(7)
+    runs, buckets, per_bucket = 300, 60, 200
+    false = 0
+    for _ in range(runs):
+        t, c = [], []
+        for _ in range(buckets):
+            k = sum(rnd.random() < 0.1 for _ in range(per_bucket))
+            t.append(k)
+            c.append(per_bucket - k)
+            if stability_log_e(t, c).log_e >= math.log(20):  # looked at after every bucket
+                false += 1
+                break
+    assert false / runs <= 0.05, false / runs
+    # 10 % for 40 buckets, then 5 %: found, placed at the change, both shares reported
+    t = [20] * 40 + [10] * 10
+    c = [per_bucket - x for x in t]
+    s = stability_log_e(t, c)
+    assert s.log_e >= math.log(20) and s.change == 40
+    assert (s.share_before, s.share_after) == (0.1, 0.05)
+    assert stability_log_e(t[:40], c[:40]).log_e < 0  # the same split throughout: evidence for the null
+
+
+def test_stable_split_arguments_are_checked():
+    with pytest.raises(ValueError):
+        stability_log_e([1, 2], [1])
+    with pytest.raises(ValueError):
+        stability_log_e([1, -2], [1, 1])

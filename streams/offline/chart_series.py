@@ -80,7 +80,7 @@ class RuleInfo:
         if r.drift is not None:  # what the detector's level is (streams.offline.report_format.drift_evidence)
             compared = "window mean (ADWIN)" if r.drift.detector == "adwin" else "mean since detector restart"
         elif r.compare is not None and r.srm_of is not None:
-            compared = "treatment share"
+            compared = "treatment share" if r.compare.split else "stable-split log e-value"
         elif r.compare is not None:
             compared = "treatment vs control" + (" (relative)" if r.compare.relative else "")
         elif r.baseline_ms is not None:
