@@ -218,6 +218,8 @@ def evaluate_compare(rule, base: str, param: str | None, spec: StoreSpec, series
     if srm is not None:
         ev.details["srm"] = _srm_details(srm)
     if nt < rule.min_samples or nc < rule.min_samples or ev.value is None or math.isnan(iv.lo):
+        # starved (rules.starvation) when both arms have data in the window but too little of the metric
+        ev.live = any(control.c.values()) and any(any(b.c.values()) for b in treatment.values())
         return ev
     if srm is not None and srm["rejected"]:
         return ev  # withheld: the split is not as configured (the companion .srm rule pages)

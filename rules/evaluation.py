@@ -43,6 +43,8 @@ class Evaluation:
     window_start: int
     window_end: int
     details: dict = field(default_factory=dict)
+    # set on an insufficient evaluation whose window holds data (rules.starvation: the rule is starved, not idle)
+    live: bool = False
 
 
 def wilson_bound(successes: int, trials: int, confidence: float, upper: bool) -> float:
@@ -127,10 +129,12 @@ def evaluate_metric(
         ev.details.update(baseline_value=then, baseline_samples=then_samples)
         enough = then_samples >= rule.min_samples and (base in COUNT_METRICS or enough)
         if compared is None or then is None or then == 0:
+            ev.live = any(now.c.values())
             return ev
         compared = (compared - then) / then
         ev.details["change"] = compared
     if not enough or compared is None or math.isnan(compared):
+        ev.live = any(now.c.values())
         return ev
     ev.verdict = OPS[rule.op](compared, _line(rule, firing))
     return ev
@@ -146,15 +150,18 @@ def _evaluate_across(rule, base, param, spec, series, phase, group, t, cache, ev
     n = len(group)
     values: dict[str, float] = {}
     total = 0
+    live = False
     for key in sorted(k for k in series if k[0] == phase and k[1][:n] == group):
         b = cache.get(spec, key, series[key], t, rule.window_ms)
         value, samples = metric_value(base, param, b)
+        live = live or any(b.c.values())
         if value is not None and samples >= rule.min_samples:
             values[key[1][n]] = value
             total += samples
     ev.details["by"] = values
     ev.samples = total
     if len(values) < 2:
+        ev.live = live
         return ev
     ev.value = max(values.values()) - min(values.values())
     ev.verdict = OPS[rule.op](ev.value, _line(rule, firing))

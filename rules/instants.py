@@ -15,6 +15,7 @@ from rules.evaluation import Evaluation, WindowCache, evaluate_metric
 from rules.lifecycle import Instance, advance
 from rules.plan import BoundRule
 from rules.policy import Outputs
+from rules.starvation import track as track_starvation
 from rules.state import FeatureState
 from rules.windows import RunningWindows
 
@@ -214,6 +215,7 @@ class Instants:
                 state = inst.state
                 if inst.state in ("inactive", "resolved") and not inst.paged:
                     del fs.instances[key]  # back to rest: the windows (or the detector) alone carry what matters
+        track_starvation(out, fs, b, feature, phase, group, t, ev)
         if self.observer is not None:
             if state not in ("pending", "firing"):
                 state = "insufficient" if ev.verdict is None else "inactive"

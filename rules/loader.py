@@ -68,16 +68,18 @@ CATALOG = Path(__file__).resolve().parent / "catalog"
 _TOP_KEYS = ("version", "name", "features", "phases", "defaults", "rules")
 _DEFAULT_KEYS = (
     "every", "window", "for", "keep_firing_for", "min_samples", "confidence", "mode", "group_by", "runbook",
+    "max_starved",
 )  # fmt: skip
 _RULE_KEYS = (
     "id", "tier", "mode", "metric", "op", "threshold", "drift", "window", "every", "for", "keep_firing_for",
     "min_samples", "confidence", "group_by", "baseline", "across", "summary", "runbook", "resolve_threshold",
-    "compare", "where",
+    "compare", "where", "max_starved",
 )  # fmt: skip
 _DRIFT_KEYS = ("detector", "signal", "params")
 _DURATION_KEYS = ("every", "window", "for", "keep_firing_for", "baseline")
 _BLOCKS = ("drift", "compare", "where")  # keys with a structure of their own, read by their own loaders
-_NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence", "resolve_threshold", "compare", "where")
+_NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence", "resolve_threshold", "compare", "where",
+                  "max_starved")  # fmt: skip
 _BINARY_SIGNALS = ("acceptance", "error", "thumbs_down")
 _RATE_METRICS = ", ".join(name + (":<field>:<x>" if name.startswith("share_") else ":<param>" if m.parameterised else "")
                           for name, m in METRICS.items() if m.is_rate)  # fmt: skip
@@ -277,8 +279,8 @@ class _Scope:
         except DurationError as exc:
             self.error(line_of(m, key), f"{path}: {exc}")
             return None
-        if ms == 0 and key in ("every", "window", "baseline"):
-            self.error(line_of(m, key), f"{path}: must be longer than 0s")
+        if ms == 0 and key in ("every", "window", "baseline", "max_starved"):
+            self.error(line_of(m, key), f"{path}: must be longer than 0s" + (" (or off)" if key == "max_starved" else ""))
             return None
         return ms
 
@@ -324,6 +326,8 @@ class _Scope:
         """The validated value of a rule or defaults key (durations in ms), or None after reporting why not."""
         if key in _DURATION_KEYS:
             return self.duration(m, key, path)
+        if key == "max_starved":  # a duration, or off (YAML reads a bare off as false)
+            return 0 if m[key] is False or m[key] == "off" else self.duration(m, key, path)
         if key == "min_samples":
             return self.count(m, key, path)
         if key in ("threshold", "confidence", "resolve_threshold"):
@@ -547,7 +551,7 @@ class _Checker:
             keep_firing_for_ms=keep_ms, min_samples=pick("min_samples", DEFAULT_MIN_SAMPLES)[0],
             confidence=confidence, group_by=group_by, baseline_ms=baseline, across=across, summary=v.get("summary"),
             runbook=pick("runbook", None)[0], resolve_threshold=resolve, compare=compare, where=where or (),
-            line=item.line,
+            max_starved_ms=pick("max_starved", None)[0] if threshold_rule else None, line=item.line,
         )  # fmt: skip
 
     @staticmethod

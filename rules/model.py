@@ -330,6 +330,9 @@ class Rule(BaseModel):
     where: tuple[Matcher, ...] = ()  # only events these admit count (threshold rules)
     # set on the sample-ratio companion ``<id>.srm`` the loader adds after a comparison with ``split``: the parent's id
     srm_of: str | None = None
+    # how long the rule may stay insufficient while its window holds data before it pages (rules.starvation); None:
+    # the tier's default, 0: never
+    max_starved_ms: int | None = None
     line: int = 0
 
     @model_validator(mode="after")

@@ -9,6 +9,8 @@ What survives a reload is what still means the same thing under the new rules:
   and so do instances of rules whose ``mode`` changed (``cause: mode_changed``): a shadow rule promoted to enforce
   fires afresh, with its command, if its condition still holds;
 * drift detectors whose rule kept the same detector, signal and parameters;
+* starvation clocks (``rules.starvation``) of rules that still exist with the same mode and a ``max_starved``;
+  a flagged one of a rule removed, switched off or changed in mode ends with ``fed`` and its page resolves;
 * latches (a killed feature stays killed until an operator resumes it) and evaluation clocks of every kept
   ``every``; a new ``every`` starts at the next instant after the feature's current position.
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 from rules.outputs import decision, iso, page
 from rules.plan import Plan
 from rules.policy import Outputs
+from rules.starvation import end as end_starvation
+from rules.starvation import max_starved_ms
 from rules.state import FeatureState
 
 __all__ = ["migrate"]
@@ -55,6 +59,14 @@ def migrate(fs: FeatureState, feature: str, old: Plan, new: Plan, out: Outputs) 
         out.decisions.append(d)
         if inst.paged:
             out.pages.append(page(action="resolve", dec=d, incident=inst.incident))
+
+    for key in sorted(fs.starving):
+        b, nb = old.by_key.get((key[0], key[1])), new.by_key.get((key[0], key[1]))
+        if nb is not None and b is not None and b.rule.mode == nb.rule.mode and max_starved_ms(nb.rule) is not None:
+            continue  # the clock runs on (a changed max_starved applies from the next evaluation)
+        cause = "rule_removed" if nb is None else "mode_changed" if b is None or b.rule.mode != nb.rule.mode else (
+            "max_starved_off")  # fmt: skip
+        end_starvation(out, fs, b, feature, key, t, cause)
 
     for key in list(fs.detectors):
         ob, nb = old.by_key.get((key[0], key[1])), new.by_key.get((key[0], key[1]))

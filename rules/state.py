@@ -28,7 +28,7 @@ class FeatureState:
 
     __slots__ = ("max_ts", "src_max", "src_first", "seen", "stores", "next_eval", "instances", "detectors",
                  "drift_pending", "drift_last", "latches", "phases", "chain", "command_seq", "clocks", "outliers",
-                 "skew", "applied_min", "control_ts", "windows")  # fmt: skip
+                 "skew", "applied_min", "control_ts", "starving", "windows")  # fmt: skip
 
     def __init__(self) -> None:
         self.max_ts: int | None = None  # highest event time of any source
@@ -55,6 +55,8 @@ class FeatureState:
         self.skew: list | None = None  # [hour, outliers in it, hour paged or None, worst offset ms]
         self.applied_min: int | None = None  # in memory: earliest event time applied since the shell last looked
         self.control_ts: int | None = None  # time of the last signed control accepted (rules.control_auth)
+        # rules insufficient while their window holds data (rules.starvation): instance key -> [since, flagged]
+        self.starving: dict[InstanceKey, list] = {}
         # transient, never persisted: the running windows (rules.windows.RunningWindows) the engine keeps to move
         # windows along instead of merging them afresh; None after a load, rebuilt from the buckets on first use
         self.windows = None
@@ -92,6 +94,8 @@ class FeatureState:
             "skew": self.skew,
             # only once a signed control was accepted: states of unsigned deployments are unchanged
             **({"control_ts": self.control_ts} if self.control_ts is not None else {}),
+            # only while a rule is starved: states without one are unchanged
+            **({"starving": {ik(k): v for k, v in sorted(self.starving.items())}} if self.starving else {}),
         }
 
     # --- split form for incremental persistence: a small "core" plus one entry per window bucket --------------
@@ -191,6 +195,7 @@ class FeatureState:
         fs.outliers = dict(d.get("outliers", {}))
         fs.skew = d.get("skew")
         fs.control_ts = d.get("control_ts")
+        fs.starving = {ik(k): list(v) for k, v in d.get("starving", {}).items()}  # absent before max_starved
         return fs
 
 

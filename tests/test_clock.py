@@ -282,6 +282,8 @@ rules:
      keep_firing_for: 4m, every: 2m}
   - {id: drop, tier: investigate, metric: requests, op: "<", threshold: -0.5, window: 30m, baseline: 1h,
      min_samples: 5, every: 5m}
+  - {id: starve, tier: kill, metric: error_rate, op: ">", threshold: 0.9, window: 3m, min_samples: 15,
+     max_starved: 3m}
 """
 )
 

@@ -233,12 +233,16 @@ rules:
      where: {platform: mobile}}
   - {id: w-not-m2, tier: pause, metric: latency_p95, op: ">", threshold: 300, min_samples: 3,
      where: {model_version: {not: [m2]}, variant: [a, b]}, group_by: [platform]}
+  - {id: starve, tier: kill, metric: error_rate, op: ">", threshold: 0.9, min_samples: 12, max_starved: 2m}
+  - {id: starve-sh, tier: pause, mode: shadow, metric: acceptance_rate, op: "<", threshold: 0.01, min_samples: 8,
+     max_starved: 3m, group_by: [platform]}
 """
 RULES = rules(RULES_TEXT, "diff")
 # a reload: thresholds moved, a rule gone, a rule new, a detector's parameters changed, a second rule set
 RELOADED = rules(
     RULES_TEXT.replace("threshold: 0.3, for: 2m", "threshold: 0.25, for: 1m")
     .replace("  - {id: users,", "  - {id: users2,")
+    .replace("max_starved: 2m}", "max_starved: off}")
     .replace("params: {delta: 0.9, clock: 1", "params: {delta: 0.5, clock: 2")
     .replace('  - {id: quiet, tier: investigate, metric: requests, op: "<", threshold: 1, min_samples: 0, window: 5m}\n',
              ""),
@@ -427,15 +431,18 @@ def test_the_generated_streams_exercise_what_they_claim():
         drift.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("d-"))
         compared.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("cmp"))
         filtered.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith(("w-", "sh-")))
+        starved.update(d["transition"] for o in outs for d in o.decisions if d["rule_id"].startswith("starve"))
 
     compared: set[str] = set()
     filtered: set[str] = set()
+    starved: set[str] = set()
     sample()
     assert all(seen.values()), seen
     assert drift  # every drift rule firing is checked on a stream made for it, below
     # comparisons decide in these sparse streams too (every one of them fires on the denser stream below)
     assert len(compared) >= 3, compared
     assert {"w-mobile", "w-not-m2", "sh-conf"} <= filtered, filtered
+    assert {"starved", "fed"} <= starved, starved  # starvation clocks flag and end in both engines
 
 
 def test_every_comparison_fires_and_matches_the_reference():

@@ -44,16 +44,24 @@ def ms(ts: str) -> int:
 
 
 def triggers(out, severity=None):
+    """Trigger pages about the feature (not the rules' own starvation, which a scenario's traffic may cause)."""
     return [
         p for p in out.pages
         if p["event_action"] == "trigger" and (severity is None or p["payload"]["severity"] == severity)
+        and not p["payload"]["class"].endswith(".starved")
     ]  # fmt: skip
 
 
 def test_clean_control_day_takes_no_action():
     _, eng, out = outcome("clean")
     assert out.commands == []
-    assert out.pages == []
+    # the only pages say that two review-based kill rules cannot decide: at this traffic a 6-hour window holds ~250
+    # expert reviews, half of their min_samples (rules.starvation); nothing about the feature itself pages
+    starved = [p for p in out.pages if p["payload"]["class"].endswith(".starved")]
+    assert [p for p in out.pages if p not in starved] == []
+    assert sorted(p["payload"]["class"] for p in starved) == [
+        "hallucination-above-2pct.starved", "offensive-above-2pct.starved"]  # fmt: skip
+    assert all(p["event_action"] == "trigger" and p["payload"]["severity"] == "warning" for p in starved)
     assert all(d["mode"] == "shadow" for d in out.decisions if d["transition"] == "firing")
     assert eng.stats.late == 0
 

@@ -176,7 +176,7 @@ tests:
         "5: test 'typos': tests[0]: no inputs: give events, series or both",
         "6: test 'typos': tests[0]: unknown key 'serie' (did you mean 'series'?)",
         "7: test 'typos': tests[0].expect[0].transition: must be one of pending, firing, resolved, cleared, inhibited, "
-        "held; got string 'fireing' (did you mean 'firing'?)",
+        "held, starved, fed; got string 'fireing' (did you mean 'firing'?)",
         "7: test 'typos': tests[0].expect[0].rule: no rule 'leek' in demo (did you mean 'leak'?)",
         "10: test 'bad inputs': tests[1].series[0].fields: unknown key 'flgs' (did you mean 'flags'?)",
         "10: test 'bad inputs': tests[1].series[0].fields.latency_ms: '200+x3' is not a value: write a number, a+bxN, "
@@ -406,9 +406,12 @@ def test_catalogue_cases_pass(pack):
     results = [run_case(cf, case) for case in cf.cases]
     failed = {r.name: r.failures for r in results if not r.passed}
     assert not failed, failed
-    clean = [c for c, r in zip(cf.cases, results) if c.exact == "all" and not (r.outputs.commands or r.outputs.pages)]
-    assert clean, "no clean-traffic case (exact: all, no command, no page)"
-    assert any(p["event_action"] == "trigger" for r in results for p in r.outputs.pages), "nothing ever fires"
+    # a rule left without data by a short synthetic stream may page that it is starved: not a page about the feature
+    clean = [c for c, r in zip(cf.cases, results) if c.exact == "all" and not r.outputs.commands
+             and not [p for p in r.outputs.pages if not p["payload"]["class"].endswith(".starved")]]  # fmt: skip
+    assert clean, "no clean-traffic case (exact: all, no command, no page but starved-rule pages)"
+    assert any(p["event_action"] == "trigger" and not p["payload"]["class"].endswith(".starved")
+               for r in results for p in r.outputs.pages), "nothing ever fires"  # fmt: skip
     actions = {"kill": "rollback", "pause": "pause_rollout"}
     enforced = {actions[r.tier] for rs in cf.rulesets for r in rs.rules if r.mode == "enforce" and r.tier in actions}
     assert enforced <= {c["action"] for r in results for c in r.outputs.commands}

@@ -182,6 +182,8 @@ class _Collector:
                                   labels=["feature", "phase", "latch"])  # fmt: skip
         firing = GaugeMetricFamily("rollguard_feature_firing_rules", "Firing rule instances",
                                    labels=["feature", "phase"])  # fmt: skip
+        starved = GaugeMetricFamily("rollguard_feature_starved_rules", "Rule instances with too little data to "
+                                    "decide for longer than max_starved", labels=["feature", "phase"])  # fmt: skip
         delay = GaugeMetricFamily("rollguard_watermark_delay_seconds", "Wall clock minus the feature's event-time "
                                   "watermark", labels=["feature"])  # fmt: skip
         mark = GaugeMetricFamily("rollguard_feature_watermark_timestamp_seconds", "The feature's event-time "
@@ -194,11 +196,12 @@ class _Collector:
                 for lt in LATCHES:
                     latch.add_metric([feature, phase, lt], 1 if p["latch"] == lt else 0)
                 firing.add_metric([feature, phase], sum(1 for r in p["rules"] if r["state"] == "firing"))
+                starved.add_metric([feature, phase], len(p.get("starved", ())))
             wm = eng.watermark(feature)
             if wm is not None:
                 delay.add_metric([feature], now - wm / 1000)
                 mark.add_metric([feature], wm / 1000)
-        yield from (tier, latch, firing, delay, mark)
+        yield from (tier, latch, firing, starved, delay, mark)
 
     def _counters(self) -> Iterator[Metric]:
         m, st = self.m, self.m.engine.stats

@@ -102,6 +102,14 @@ def render_status(rows: list[dict], now_ms: int) -> str:
             )  # fmt: skip
             lines.append(f"{s['feature']:<24} {phase:<16} {p['tier'].upper():<12} {p['latch'] or '-':<6} "
                          f"{(s['watermark'] or '-')[:20]:<21} {age:>8}  {rules or '-'}")  # fmt: skip
+    starved = [(s["feature"], ph, r) for s in rows for ph, p in sorted(s["phases"].items())
+               for r in p.get("starved", ())]  # fmt: skip
+    if starved:
+        lines.append("")
+        lines.append("starved rules (too little data to decide for longer than max_starved, see docs/oncall.md):")
+        for f, ph, r in starved:
+            group = f" [{'/'.join(r['group'])}]" if r["group"] else ""
+            lines.append(f"  {f}/{ph}: {r['ruleset']}/{r['rule_id']}{group} since {r['since']}")
     clocks = [(s["feature"], s["clock"]) for s in rows if s.get("clock") and (any(s["clock"]["outliers"].values())
                                                                              or s["clock"]["held"])]  # fmt: skip
     if clocks:

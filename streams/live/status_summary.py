@@ -36,6 +36,11 @@ def summary_of(engine: Engine, feature: str, fs: FeatureState) -> dict:
             continue
         if inst.state == "firing" and TIER_ORDER[tier] > TIER_ORDER.get(p["tier"], -1):
             p["tier"] = tier
+    for (rs, rid, ph, group), (since, flagged) in sorted(fs.starving.items()):
+        if flagged:  # rules.starvation: the rule cannot decide for want of data (a starved page is open)
+            p = phases.setdefault(ph, {"tier": "ok", "latch": fs.latches.get(ph), "rules": []})
+            p.setdefault("starved", []).append({"ruleset": rs, "rule_id": rid, "group": list(group),
+                                                "since": iso(since)})  # fmt: skip
     for p in phases.values():
         if p["latch"] and TIER_ORDER[p["latch"]] > TIER_ORDER.get(p["tier"], -1):
             p["tier"] = p["latch"]

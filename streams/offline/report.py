@@ -198,6 +198,7 @@ class _Digest:
         self.notable: list[Mapping] | None = [] if keep_notable else None
         self.commands: list[Mapping] = []
         self.page_records: list[Mapping] = []
+        self.starved: dict[str, list[Mapping]] = defaultdict(list)
 
     def add_decision(self, d: Mapping, where: str) -> None:
         _require(d, _DECISION_FIELDS, where)
@@ -206,6 +207,10 @@ class _Digest:
         self.feature_phases.add(fp)
         self.versions.setdefault(rs, d.get("ruleset_version") or "")
         self.transitions[rs][transition] += 1
+        if transition in ("starved", "fed"):  # about the rule's data, not its condition (rules.starvation)
+            if transition == "starved":
+                self.starved[rs].append(d)
+            return
         lifecycle = (rs, d["rule_id"], *fp, _group_key(d.get("group")))
         if lifecycle not in self.last or self.last[lifecycle][0] <= ts:
             self.last[lifecycle] = (ts, d)
@@ -311,6 +316,11 @@ def _render_header(stats: ReplayStats, sides: Sequence[tuple[str, ReplayStats]])
     return lines
 
 
+def _starved_group(d: Mapping) -> str:
+    group = _fmt_group(d.get("group"))
+    return "" if group == "—" else f" [{group}]"
+
+
 def _place(r: Mapping) -> str:
     return f"{r['feature']} / {r['phase']}"
 
@@ -379,6 +389,13 @@ def _render_timelines(digest: _Digest, stats: ReplayStats, label: str, cap: int)
         quiet = [r for r in rule_ids.get(rs, ()) if r not in digest.fired[rs]]
         if quiet:
             lines.append(f"Quiet rules: {', '.join(quiet)}.")
+        starved = digest.starved.get(rs)
+        if starved:
+            shown_starved = [f"{d['rule_id']} ({_place(d)}{_starved_group(d)} since "
+                             f"{_fmt_ts(_ms(d['starved_since'], 'decision'))})" for d in starved[:cap]]
+            more = f" and {len(starved) - cap:,} more" if len(starved) > cap else ""
+            lines.append(f"Starved rules (too little data to decide for longer than `max_starved`): "
+                         f"{', '.join(shown_starved)}{more}.")
         if not shown:
             continue
         rows = []

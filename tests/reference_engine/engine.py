@@ -45,6 +45,7 @@ from rules.plan import BoundRule, FeaturePlan, Plan
 from rules.policy import HOUR_MS, Outputs, Policy
 from rules.reload import migrate
 from rules.seal import Sealer
+from rules.starvation import track as track_starvation
 from rules.state import BreakerState, FeatureState
 from rules.windows import SeriesBuckets
 
@@ -626,6 +627,7 @@ class ReferenceEngine:
                 state = inst.state
                 if inst.state in ("inactive", "resolved") and not inst.paged:
                     del fs.instances[key]  # back to rest: the windows (or the detector) alone carry what matters
+        track_starvation(out, fs, b, feature, phase, group, t, ev)
         if self.observer is not None:
             if state not in ("pending", "firing"):
                 state = "insufficient" if ev.verdict is None else "inactive"
