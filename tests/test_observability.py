@@ -341,7 +341,7 @@ SPEC_FAMILIES = {
     "rollguard_rule_samples",
     "rollguard_rule_state", "rollguard_rule_evaluated_timestamp_seconds",
     "rollguard_feature_tier", "rollguard_feature_latch", "rollguard_feature_firing_rules",
-    "rollguard_watermark_delay_seconds", "rollguard_feature_watermark_timestamp_seconds",
+    "rollguard_feature_starved_rules", "rollguard_watermark_delay_seconds", "rollguard_feature_watermark_timestamp_seconds",
     "rollguard_events", "rollguard_invalid_events", "rollguard_late_events", "rollguard_duplicate_events",
     "rollguard_messages", "rollguard_decisions", "rollguard_commands", "rollguard_pages", "rollguard_breaker_held",
     "rollguard_batches", "rollguard_batch_failures", "rollguard_clock_outliers", "rollguard_clock_held_events",
