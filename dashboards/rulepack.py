@@ -95,6 +95,10 @@ def _condition(rule: Rule) -> str:
         if rule.op in (">=", "<="):
             back = "below" if _BAD_ABOVE[rule.op] else "above"
         hysteresis = f"; once firing, resolves only when the value is {back} {rule.resolve_threshold:g}"
+    if rule.threshold_high is not None:  # a band
+        side = "inside" if rule.op == "between" else "outside"
+        return (f"{what} {side} [{rule.threshold:g}, {rule.threshold_high:g}] (bounds in the band). "
+                f"Plotted: the compared value.")  # fmt: skip
     return f"{what} {rule.op} {rule.threshold:g}{hysteresis}. Plotted: the compared value."
 
 
@@ -153,7 +157,11 @@ def rule_description(ruleset: RuleSet, rule: Rule) -> str:
 def _thresholds(rule: Rule) -> tuple[list[dm.Threshold], cm.GraphTresholdsStyleMode]:
     if rule.drift is not None:
         return [dm.Threshold(value=None, color="green")], cm.GraphTresholdsStyleMode.OFF
-    if _BAD_ABOVE[rule.op]:
+    if rule.threshold_high is not None:  # a band: red inside it (between) or on both sides of it (outside)
+        inside, outside = ("red", "transparent") if rule.op == "between" else ("transparent", "red")
+        steps = [dm.Threshold(value=None, color=outside), dm.Threshold(value=rule.threshold, color=inside),
+                 dm.Threshold(value=rule.threshold_high, color=outside)]  # fmt: skip
+    elif _BAD_ABOVE[rule.op]:
         steps = [dm.Threshold(value=None, color="transparent"), dm.Threshold(value=rule.threshold, color="red")]
     else:
         steps = [dm.Threshold(value=None, color="red"), dm.Threshold(value=rule.threshold, color="transparent")]
@@ -199,6 +207,9 @@ def rule_panel(ruleset: RuleSet, rule: Rule) -> timeseries.Panel:
     ]
     if rule.drift is None:
         targets.append(query("B", f"max({selector('rollguard_rule_threshold', ident, FEATURE_PHASE)})", "threshold"))
+    if rule.threshold_high is not None:
+        targets.append(query("H", f"max({selector('rollguard_rule_threshold_high', ident, FEATURE_PHASE)})",
+                             "band high"))  # fmt: skip
     if rule.drift is None and rule.resolve_threshold is not None:
         sel = selector("rollguard_rule_resolve_threshold", ident, FEATURE_PHASE)
         targets.append(query("E", f"max({sel})", "resolves at"))
@@ -221,6 +232,8 @@ def rule_panel(ruleset: RuleSet, rule: Rule) -> timeseries.Panel:
     )
     if rule.drift is None:
         panel = panel.override_by_query("B", _line("red", {"fill": "dash", "dash": [10, 10]}))
+    if rule.threshold_high is not None:
+        panel = panel.override_by_query("H", _line("red", {"fill": "dash", "dash": [10, 10]}))
     if rule.drift is None and rule.resolve_threshold is not None:
         panel = panel.override_by_query("E", _line("orange", {"fill": "dot", "dash": [0, 10]}))
     if band:

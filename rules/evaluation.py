@@ -21,8 +21,7 @@ True
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -30,9 +29,7 @@ from rules.aggregate import Bucket
 from rules.metrics import COUNT_METRICS, metric_value, rate_counts
 from rules.windows import RunningWindows, SeriesBuckets, SeriesKey, StoreSpec
 
-__all__ = ["Evaluation", "WindowCache", "evaluate_metric", "wilson_bound", "OPS"]
-
-OPS: dict[str, Callable[[float, float], bool]] = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+__all__ = ["Evaluation", "WindowCache", "evaluate_metric", "wilson_bound"]
 
 
 @dataclass(slots=True)
@@ -136,7 +133,7 @@ def evaluate_metric(
     if not enough or compared is None or math.isnan(compared):
         ev.live = any(now.c.values())
         return ev
-    ev.verdict = OPS[rule.op](compared, _line(rule, firing))
+    ev.verdict = rule.holds(compared, _line(rule, firing))
     return ev
 
 
@@ -164,5 +161,5 @@ def _evaluate_across(rule, base, param, spec, series, phase, group, t, cache, ev
         ev.live = live
         return ev
     ev.value = max(values.values()) - min(values.values())
-    ev.verdict = OPS[rule.op](ev.value, _line(rule, firing))
+    ev.verdict = rule.holds(ev.value, _line(rule, firing))
     return ev

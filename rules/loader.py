@@ -43,6 +43,7 @@ from rules.file_kinds import has_tests_key, is_cases_file, is_cases_name
 from rules.located_yaml import LocatedMap, YamlSyntaxError, describe, did_you_mean, line_of, parse_documents
 from rules.metric_names import METRICS, MetricNameError, parse_metric
 from rules.model import (
+    BAND_OPS,
     DEFAULT_EVERY_MS,
     DEFAULT_FOR_MS,
     DEFAULT_KEEP_FIRING_FOR_MS,
@@ -322,6 +323,21 @@ class _Scope:
                 ok = False
         return tuple(value) if ok else None
 
+    def band(self, m: LocatedMap, key: str, path: str) -> tuple[float, float] | None:
+        """``[low, high]``: two finite numbers, low below high."""
+        value = m[key]
+        ok = len(value) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                     for x in value)  # fmt: skip
+        if not ok:
+            message = f"a band is two finite numbers [low, high] such as [0.15, 0.165], got {describe(value)}"
+            self.error(line_of(m, key), f"{path}: {message}")
+            return None
+        lo, hi = float(value[0]), float(value[1])
+        if not lo < hi:
+            self.error(line_of(m, key), f"{path}: the band's low line must be below its high line, got [{lo:g}, {hi:g}]")
+            return None
+        return lo, hi
+
     def field(self, m: LocatedMap, key: str, path: str) -> Any:
         """The validated value of a rule or defaults key (durations in ms), or None after reporting why not."""
         if key in _DURATION_KEYS:
@@ -330,6 +346,8 @@ class _Scope:
             return 0 if m[key] is False or m[key] == "off" else self.duration(m, key, path)
         if key == "min_samples":
             return self.count(m, key, path)
+        if key == "threshold" and isinstance(m[key], list):  # a band, for op between / outside
+            return self.band(m, key, path)
         if key in ("threshold", "confidence", "resolve_threshold"):
             value = self.number(m, key, path)
             if key == "confidence" and value is not None and not 0 < value < 1:
@@ -522,21 +540,23 @@ class _Checker:
             for key in ("across", "baseline"):
                 if key in item:
                     scope.error(line_of(item, "confidence"), f"confidence: cannot be combined with {key}")
-        elif threshold_rule and is_rate and not any(k in item for k in ("across", "baseline", "compare")):
+        elif (threshold_rule and is_rate and not any(k in item for k in ("across", "baseline", "compare"))
+              and v.get("op") not in BAND_OPS):  # fmt: skip
             confidence = defaults.get("confidence")
-        threshold = v.get("threshold")
+        threshold, threshold_high = self._band(scope, item, v)
         where = load_where(scope, item) if threshold_rule and "where" in item else ()
         compare = None
         if threshold_rule and "compare" in item:
             base = parse_metric(metric)[0] if metric is not None else None
             compare = load_compare(scope, item, base, group_by or ())
         plain_rate = is_rate and "compare" not in item and "baseline" not in item  # a fraction, not a change
-        if plain_rate and threshold is not None and not 0 <= threshold <= 1:
-            guess = f" (did you mean {threshold / 100:g}?)" if 1 < threshold <= 100 else ""
-            message = f"{metric} is a fraction in [0, 1], so {threshold:g} can never be crossed{guess}"
-            scope.error(line_of(item, "threshold"), f"threshold: {message}")
+        for line in (threshold, threshold_high) if plain_rate else ():
+            if line is not None and not 0 <= line <= 1:
+                guess = f" (did you mean {line / 100:g}?)" if 1 < line <= 100 else ""
+                message = f"{metric} is a fraction in [0, 1], so {line:g} can never be crossed{guess}"
+                scope.error(line_of(item, "threshold"), f"threshold: {message}")
         resolve = v.get("resolve_threshold") if threshold_rule else None
-        if resolve is not None:
+        if resolve is not None and v.get("op") not in BAND_OPS:
             self._check_resolve(scope, item, v, resolve, threshold, is_rate and "baseline" not in item)
         if v.get("summary") is not None:
             for problem in summary_problems(v["summary"], drift=is_drift and not metric_keys):
@@ -547,12 +567,32 @@ class _Checker:
             return None
         return Rule(
             id=rule_id, tier=v["tier"], mode=pick("mode", DEFAULT_MODE)[0], metric=metric, op=v.get("op"),
-            threshold=threshold, drift=drift, window_ms=window, every_ms=every, for_ms=for_ms,
+            threshold=threshold, threshold_high=threshold_high, drift=drift, window_ms=window, every_ms=every, for_ms=for_ms,
             keep_firing_for_ms=keep_ms, min_samples=pick("min_samples", DEFAULT_MIN_SAMPLES)[0],
             confidence=confidence, group_by=group_by, baseline_ms=baseline, across=across, summary=v.get("summary"),
             runbook=pick("runbook", None)[0], resolve_threshold=resolve, compare=compare, where=where or (),
             max_starved_ms=pick("max_starved", None)[0] if threshold_rule else None, line=item.line,
         )  # fmt: skip
+
+    @staticmethod
+    def _band(scope: _Scope, item: LocatedMap, v: dict) -> tuple[float | None, float | None]:
+        """(threshold, threshold_high): a band ``[low, high]`` goes with ``op: between`` / ``outside`` and only with
+        them, and not with what judges one side of a line (``confidence``, ``compare``, ``resolve_threshold``)."""
+        threshold, op = v.get("threshold"), v.get("op")
+        band = isinstance(threshold, tuple)
+        if op is None or threshold is None:
+            return (None, None) if band else (threshold, None)
+        if (op in BAND_OPS) != band:
+            message = (f"op {op} takes a band [low, high], got one number" if op in BAND_OPS else
+                       f"a band [low, high] goes with op between or outside, not {op}")  # fmt: skip
+            scope.error(line_of(item, "threshold"), f"threshold: {message}")
+            return None, None
+        if not band:
+            return threshold, None
+        for key in ("confidence", "compare", "resolve_threshold"):
+            if key in item:
+                scope.error(line_of(item, key), f"{key}: cannot be combined with op {op} (a band has two sides)")
+        return threshold
 
     @staticmethod
     def _check_resolve(scope: _Scope, item: LocatedMap, v: dict, resolve: float, threshold: float | None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import operator
 import re
 import string
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,7 @@ __all__ = [
     "Tier",
     "Mode",
     "Op",
+    "BAND_OPS",
     "Signal",
     "TIER_ORDER",
     "worst",
@@ -53,7 +55,9 @@ __all__ = [
 
 Tier = Literal["investigate", "pause", "kill"]
 Mode = Literal["enforce", "shadow"]
-Op = Literal[">", ">=", "<", "<="]
+Op = Literal[">", ">=", "<", "<=", "between", "outside"]
+BAND_OPS = ("between", "outside")  # ops on a band [threshold, threshold_high]
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 Signal = Literal["acceptance", "error", "latency_ms", "cost_usd", "confidence", "thumbs_down"]
 
 TIER_ORDER: dict[str, int] = {"ok": 0, "investigate": 1, "pause": 2, "kill": 3}
@@ -74,6 +78,7 @@ SUMMARY_FIELDS: Mapping[str, Any] = MappingProxyType(
     {
         "value": 0.25,
         "threshold": 0.1,
+        "threshold_high": 0.2,  # op between / outside: the band's upper line (None otherwise)
         "samples": 120,
         "metric": "error_rate",
         "op": ">",
@@ -312,6 +317,8 @@ class Rule(BaseModel):
     metric: str | None = None
     op: Op | None = None
     threshold: float | None = None
+    # the band's upper line of ``op: between`` (fires inside [threshold, threshold_high]) or ``outside`` (outside it)
+    threshold_high: float | None = None
     drift: DriftSpec | None = None
     window_ms: int | None = None
     every_ms: int = DEFAULT_EVERY_MS
@@ -342,7 +349,21 @@ class Rule(BaseModel):
             raise ValueError("a metric rule needs metric, op, threshold and window_ms (or give drift instead)")
         if self.drift is not None and any(part is not None for part in metric_parts):
             raise ValueError("a drift rule takes no metric, op, threshold or window_ms")
+        if (self.op in BAND_OPS) != (self.threshold_high is not None):
+            raise ValueError("op between/outside takes a band: threshold and threshold_high, and only they do")
+        if self.threshold_high is not None and not self.threshold < self.threshold_high:
+            raise ValueError("a band's threshold must be below its threshold_high")
         return self
+
+    def holds(self, x: float, line: float | None = None) -> bool:
+        """Whether the compared value ``x`` is on the firing side: of ``line`` (default the threshold; hysteresis
+        passes ``resolve_threshold``) for the comparison ops, inside / outside the band for ``between`` /
+        ``outside`` (bounds included in the band)."""
+        if self.op == "between":
+            return self.threshold <= x <= self.threshold_high
+        if self.op == "outside":
+            return x < self.threshold or x > self.threshold_high
+        return _OPS[self.op](x, self.threshold if line is None else line)
 
 
 class RuleSet(BaseModel):

@@ -50,8 +50,15 @@ def render_summary(template: str | None, fields: dict[str, Any]) -> str:
     return (
         f"{fields['tier']}: {fields['ruleset']}/{fields['rule_id']} on {fields['feature']}/{fields['phase']}"
         f"{_group_text(fields['group'])}: {fields['metric']} = {_num(fields['value'])}"
-        + (f" {fields['op']} {_num(fields['threshold'])}" if fields.get("op") else "")
+        + (f" {fields['op']} {_threshold_text(fields)}" if fields.get("op") else "")
     )
+
+
+def _threshold_text(fields: dict) -> str:
+    """``0.05``, or a band: ``[0.15, 0.165]``."""
+    if fields.get("threshold_high") is not None:
+        return f"[{_num(fields['threshold'])}, {_num(fields['threshold_high'])}]"
+    return _num(fields["threshold"])
 
 
 def _group_text(group: dict) -> str:
@@ -82,12 +89,14 @@ def decision(
         "metric": metric,
         "value": value,
         "threshold": rule.threshold,
+        **({"threshold_high": rule.threshold_high} if rule.threshold_high is not None else {}),
         "op": rule.op,
         "samples": samples,
         "window_start": iso(window_start),
         "window_end": iso(window_end),
     }
-    fields = dict(d, window=format_duration(window_end - window_start), details=details or {})
+    fields = dict(d, window=format_duration(window_end - window_start), details=details or {},
+                  threshold_high=rule.threshold_high)
     d["summary"] = render_summary(rule.summary, fields)
     if rule.resolve_threshold is not None:
         d["resolve_threshold"] = rule.resolve_threshold
@@ -138,6 +147,7 @@ def page(*, action: str, dec: dict, incident: int, severity: str | None = None) 
                 "metric": dec["metric"],
                 "value": dec["value"],
                 "threshold": dec["threshold"],
+                **({"threshold_high": dec["threshold_high"]} if "threshold_high" in dec else {}),
                 **({"resolve_threshold": dec["resolve_threshold"]} if "resolve_threshold" in dec else {}),
                 "op": dec["op"],
                 "samples": dec["samples"],

@@ -236,6 +236,9 @@ rules:
   - {id: starve, tier: kill, metric: error_rate, op: ">", threshold: 0.9, min_samples: 12, max_starved: 2m}
   - {id: starve-sh, tier: pause, mode: shadow, metric: acceptance_rate, op: "<", threshold: 0.01, min_samples: 8,
      max_starved: 3m, group_by: [platform]}
+  - {id: band-in, tier: investigate, metric: error_rate, op: between, threshold: [0.1, 0.5], min_samples: 3}
+  - {id: band-out, tier: pause, metric: latency_p95, op: outside, threshold: [50, 700], min_samples: 3,
+     group_by: [platform]}
 """
 RULES = rules(RULES_TEXT, "diff")
 # a reload: thresholds moved, a rule gone, a rule new, a detector's parameters changed, a second rule set
@@ -432,10 +435,12 @@ def test_the_generated_streams_exercise_what_they_claim():
         compared.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("cmp"))
         filtered.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith(("w-", "sh-")))
         starved.update(d["transition"] for o in outs for d in o.decisions if d["rule_id"].startswith("starve"))
+        banded.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("band-"))
 
     compared: set[str] = set()
     filtered: set[str] = set()
     starved: set[str] = set()
+    banded: set[str] = set()
     sample()
     assert all(seen.values()), seen
     assert drift  # every drift rule firing is checked on a stream made for it, below
@@ -443,6 +448,7 @@ def test_the_generated_streams_exercise_what_they_claim():
     assert len(compared) >= 3, compared
     assert {"w-mobile", "w-not-m2", "sh-conf"} <= filtered, filtered
     assert {"starved", "fed"} <= starved, starved  # starvation clocks flag and end in both engines
+    assert {"band-in", "band-out"} <= banded, banded
 
 
 def test_every_comparison_fires_and_matches_the_reference():

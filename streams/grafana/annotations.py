@@ -123,15 +123,18 @@ def _text(record: dict, key: str, kind: str) -> str:
 
 def _evidence(record: dict, kind: str) -> str:
     value, threshold, op = record.get("value"), record.get("threshold"), record.get("op")
-    for key, x in (("value", value), ("threshold", threshold)):
+    high = record.get("threshold_high")
+    for key, x in (("value", value), ("threshold", threshold), ("threshold_high", high)):
         if x is not None and (isinstance(x, bool) or not isinstance(x, int | float)):
             raise InvalidRecord(f"{kind}: {key} must be a number or null")
-    if op is not None and op not in (">", ">=", "<", "<="):
-        raise InvalidRecord(f"{kind}: op must be one of > >= < <= or null")
+    if op is not None and op not in (">", ">=", "<", "<=", "between", "outside"):
+        raise InvalidRecord(f"{kind}: op must be one of > >= < <= between outside or null")
     if value is None:
         return ""
     if threshold is None or op is None:
         return f" (value {_num(value)})"
+    if high is not None:
+        return f" (value {_num(value)} {op} [{_num(threshold)}, {_num(high)}])"
     return f" (value {_num(value)} {op} threshold {_num(threshold)})"
 
 

@@ -38,7 +38,8 @@ _FAMILIES = (
      "estimation); absent when undefined"),
     ("rollguard_rule_compared", "Value compared with the threshold: relative change for baseline rules, Wilson bound "
      "for confidence rules, else the value"),
-    ("rollguard_rule_threshold", "The rule's threshold"),
+    ("rollguard_rule_threshold", "The rule's threshold (op between / outside: the band's lower line)"),
+    ("rollguard_rule_threshold_high", "The band's upper line (rules with op between / outside only)"),
     ("rollguard_rule_resolve_threshold", "The line a firing instance must cross back over to resolve (rules with "
      "resolve_threshold only)"),
     ("rollguard_rule_interval_low", "Lower bound of the interval for treatment - control (compare rules on rates "
@@ -132,6 +133,7 @@ class RuleSeries:
         compared: list[str] = []
         threshold: list[str] = []
         resolve: list[str] = []
+        high: list[str] = []
         lows: list[str] = []
         highs: list[str] = []
         arm_values: list[str] = []
@@ -148,6 +150,7 @@ class RuleSeries:
                 drift = rule.drift is not None
                 th = None if drift else go(rule.threshold)
                 rt = None if drift or rule.resolve_threshold is None else go(rule.resolve_threshold)
+                tb = None if rule.threshold_high is None else go(rule.threshold_high)
                 groups = r.groups
                 if len(groups) > cap:
                     ordered = sorted(groups.items(), key=lambda kv: (_KEEP_FIRST.get(kv[1][1].state, 2), kv[0]))
@@ -164,6 +167,8 @@ class RuleSeries:
                         if c is not None and c == c:
                             compared.append(f"rollguard_rule_compared{{{labels}}} {go(c)}\n")
                         threshold.append(f"rollguard_rule_threshold{{{labels}}} {th}\n")
+                    if tb is not None:
+                        high.append(f"rollguard_rule_threshold_high{{{labels}}} {tb}\n")
                     if rt is not None:
                         resolve.append(f"rollguard_rule_resolve_threshold{{{labels}}} {rt}\n")
                     cmp = ev.details.get("compare") if rule.compare is not None else None
@@ -188,6 +193,8 @@ class RuleSeries:
                     labels = r.labels(OVERFLOW)
                     if th is not None:
                         threshold.append(f"rollguard_rule_threshold{{{labels}}} {th}\n")
+                    if tb is not None:
+                        high.append(f"rollguard_rule_threshold_high{{{labels}}} {tb}\n")
                     if rt is not None:
                         resolve.append(f"rollguard_rule_resolve_threshold{{{labels}}} {rt}\n")
                     samples.append(f"rollguard_rule_samples{{{labels}}} {sum(o.evaluation.samples for o in folded)}\n")
@@ -198,7 +205,8 @@ class RuleSeries:
                         state.append(f'rollguard_rule_state{{{labels},state="{s}"}} {n}\n')
         self.dropped = dropped
         out: list[str] = []
-        families = (value, compared, threshold, resolve, lows, highs, arm_values, arm_samples, samples, state, evaluated)
+        families = (value, compared, threshold, high, resolve, lows, highs, arm_values, arm_samples, samples, state,
+                    evaluated)  # fmt: skip
         for (name, doc), lines in zip(_FAMILIES, families):
             out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
             out += lines

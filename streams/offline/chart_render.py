@@ -57,6 +57,9 @@ def _deviation(rs: RuleSeries, group: tuple[str, ...]) -> float:
     info = rs.info
     if info.threshold is None or info.op is None:
         return float(v.max() - v.min())
+    if info.threshold_high is not None:  # a band: how far into it (between) or out of it (outside)
+        inside = np.minimum(v - info.threshold, info.threshold_high - v)
+        return float(inside.max() if info.op == "between" else (-inside).max())
     return float((v - info.threshold).max() if info.op.startswith(">") else (info.threshold - v).max())
 
 
@@ -139,6 +142,10 @@ def _threshold(ax, rs: RuleSeries, color: str, style: str, suffix: str) -> list:
     if info.threshold is None:
         return []
     text = f"threshold {info.op} {_fmt_value(info.metric, info.threshold, info.relative)}{suffix}"
+    if info.threshold_high is not None:  # a band: both lines, one label
+        text = (f"{info.op} {_fmt_value(info.metric, info.threshold, info.relative)} – "
+                f"{_fmt_value(info.metric, info.threshold_high, info.relative)}{suffix}")  # fmt: skip
+        ax.axhline(info.threshold_high, color=color, linestyle=style, linewidth=1.3)
     lines = [ax.axhline(info.threshold, color=color, linestyle=style, linewidth=1.3, label=text)]
     if info.resolve_threshold is not None:  # hysteresis: a firing instance holds until the value is back over this
         text = f"resolves at {_fmt_value(info.metric, info.resolve_threshold, info.relative)}{suffix}"

@@ -73,6 +73,7 @@ class RuleInfo:
     group_by: tuple[str, ...]
     compared: str
     resolve_threshold: float | None = None  # hysteresis: where a firing instance resolves
+    threshold_high: float | None = None  # op between / outside: the band's upper line
 
     @classmethod
     def of(cls, bound) -> RuleInfo:
@@ -92,7 +93,7 @@ class RuleInfo:
         else:
             compared = "value"
         return cls(r.tier, r.mode, bound.metric, r.op, r.threshold, r.every_ms, tuple(r.group_by), compared,
-                   r.resolve_threshold)  # fmt: skip
+                   r.resolve_threshold, r.threshold_high)  # fmt: skip
 
     @property
     def relative(self) -> bool:

@@ -21,7 +21,7 @@ Timestamp = int | str | datetime  # epoch milliseconds, RFC 3339 with offset, or
 # What a reader looks at; pending and cleared are counted only, they happen at every flap of a condition.
 NOTABLE = ("firing", "resolved", "inhibited", "held")
 # Fields of a matched decision pair whose difference is a change of rule definition worth showing.
-_DEFINITION_FIELDS = ("tier", "mode", "metric", "op", "threshold", "resolve_threshold")
+_DEFINITION_FIELDS = ("tier", "mode", "metric", "op", "threshold", "threshold_high", "resolve_threshold")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _DECISION_FIELDS = ("ts", "ruleset", "rule_id", "tier", "mode", "feature", "phase", "transition")
 _COMMAND_FIELDS = ("ts", "feature", "phase", "action", "rule_id")

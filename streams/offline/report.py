@@ -143,6 +143,9 @@ def _fmt_evidence(d: Mapping) -> str:
         return comparison_evidence(d, metric, details)
     if "srm" in details:  # a comparison's sample-ratio companion: the treatment's share against the configured one
         srm = details["srm"]
+        if srm.get("test") == "stable":  # no configured split: the share before and after the likeliest change
+            return (f"treatment share {percent(srm['share_after'])} since {srm['changed_at'] or '—'}, "
+                    f"{percent(srm['share_before'])} before (log e-value {srm['log_e']:.1f})")
         share, expected = percent(srm["treatment_share"]), percent(srm["expected_share"])
         return f"treatment share {share} of {sum(srm['counts']):,} (expected {expected})"
     text = _fmt_value(metric, d.get("value"), False)
@@ -152,7 +155,10 @@ def _fmt_evidence(d: Mapping) -> str:
         text += f", bound {_fmt_value(metric, details['bound'], False)}"
     if d.get("threshold") is None:
         return text
-    return f"{text} ({d.get('op') or 'vs'} {_fmt_value(metric, d['threshold'], _relative(d))})"
+    line = _fmt_value(metric, d["threshold"], _relative(d))
+    if d.get("threshold_high") is not None:  # op between / outside: a band
+        line = f"{line} – {_fmt_value(metric, d['threshold_high'], _relative(d))}"
+    return f"{text} ({d.get('op') or 'vs'} {line})"
 
 
 def _fmt_group(group: Any) -> str:

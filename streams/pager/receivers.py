@@ -80,8 +80,11 @@ def alertmanager_alert(page: Page, *, now_ms: int, ttl_ms: int) -> dict[str, Any
     if page.runbook:
         annotations["runbook_url"] = page.runbook
     if details.get("metric"):
+        line = details.get("threshold")
+        if details.get("threshold_high") is not None:  # op between / outside: a band
+            line = f"[{line}, {details['threshold_high']}]"
         annotations["description"] = (f"{details['metric']} = {details.get('value')} {details.get('op') or ''} "
-                                      f"{details.get('threshold')} over {details.get('window', '?')}")  # fmt: skip
+                                      f"{line} over {details.get('window', '?')}")  # fmt: skip
     at = rfc3339(pl.time)
     if page.event_action == "resolve":
         return {"labels": labels, "annotations": annotations, "startsAt": at, "endsAt": at}

@@ -134,7 +134,7 @@ def evaluate_metric(
     if not enough or compared is None or math.isnan(compared):
         ev.live = any(now.c.values())
         return ev
-    ev.verdict = OPS[rule.op](compared, rule.threshold)
+    ev.verdict = _holds(rule, compared)
     return ev
 
 
@@ -156,5 +156,13 @@ def _evaluate_across(rule, base, param, spec, series, phase, group, t, cache, ev
         ev.live = live
         return ev
     ev.value = max(values.values()) - min(values.values())
-    ev.verdict = OPS[rule.op](ev.value, rule.threshold)
+    ev.verdict = _holds(rule, ev.value)
     return ev
+
+
+def _holds(rule, x: float) -> bool:
+    if rule.op == "between":
+        return rule.threshold <= x <= rule.threshold_high
+    if rule.op == "outside":
+        return x < rule.threshold or x > rule.threshold_high
+    return OPS[rule.op](x, rule.threshold)
