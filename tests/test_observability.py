@@ -337,6 +337,7 @@ def test_degraded_ready_and_last_state_write():
 
 SPEC_FAMILIES = {
     "rollguard_rule_value", "rollguard_rule_compared", "rollguard_rule_threshold", "rollguard_rule_resolve_threshold",
+    "rollguard_rule_threshold_high",
     "rollguard_rule_interval_low", "rollguard_rule_interval_high", "rollguard_rule_arm_value", "rollguard_rule_arm_samples",
     "rollguard_rule_samples",
     "rollguard_rule_state", "rollguard_rule_evaluated_timestamp_seconds",
