@@ -79,7 +79,7 @@ def arm_stats(base: str, param: str | None, b: Bucket) -> Arm:
         p, d = c.get("nps.p", 0), c.get("nps.d", 0)
         return Arm(c.get("nps.n", 0), 100.0 * (p - d), 10_000.0 * (p + d))
     if base == "tickets_per_1k_users":
-        users, k = (b.users.cardinality() if b.users is not None else 0), c.get("tk", 0)
+        users, k = (b.users.cardinality() if b.users is not None else 0), c.get("tk:" + param if param else "tk", 0)
         # per-user counts as Poisson: sum of squares = k + k^2 / users gives the sample variance k / (users - 1)
         return Arm(users, 1000.0 * k, 1e6 * (k + k * k / users)) if users else Arm()
     k, n = rate_counts(base, param, b)

@@ -56,7 +56,7 @@ METRICS: dict[str, MetricInfo] = {
     "hallucination_rate": MetricInfo(False, True),
     "review_score_mean": MetricInfo(False, False),
     "tickets": MetricInfo(True, False),
-    "tickets_per_1k_users": MetricInfo(False, False),
+    "tickets_per_1k_users": MetricInfo(True, False),
     "csat_mean": MetricInfo(False, False),
     "nps": MetricInfo(False, False),
     # the share of values of a field at or above (share_ge) / below (share_lt) a number: share_ge:review_score:4
@@ -67,8 +67,9 @@ METRICS: dict[str, MetricInfo] = {
 SHARE_FIELDS = ("review_score", "csat", "confidence")
 _SHARE_PARAM = re.compile(r"(review_score|csat|confidence):([0-9]{1,6}(?:\.[0-9]{1,6})?)")
 
-# Parameterised bases that may also be used bare: ``tickets`` counts all tickets, ``tickets:<tag>`` one tag.
-PARAM_OPTIONAL: frozenset[str] = frozenset({"tickets"})
+# Parameterised bases that may also be used bare: ``tickets`` counts all tickets, ``tickets:<tag>`` one tag; the same
+# for ``tickets_per_1k_users`` (``tickets_per_1k_users:escalation``: one tag's tickets per 1,000 active users).
+PARAM_OPTIONAL: frozenset[str] = frozenset({"tickets", "tickets_per_1k_users"})
 
 _PARAM = re.compile(r"[a-z0-9_]{1,64}")
 

@@ -86,9 +86,10 @@ def _active_users(b: Bucket, _p: str | None) -> tuple[float | None, int]:
     return float(n), n
 
 
-def _tickets_per_1k(b: Bucket, _p: str | None) -> tuple[float | None, int]:
+def _tickets_per_1k(b: Bucket, p: str | None) -> tuple[float | None, int]:
+    """Tickets (of tag ``p``, or all) per 1,000 distinct users of the window; samples: the users."""
     users = b.users.cardinality() if b.users is not None else 0
-    return (b.c.get("tk", 0) / users * 1000 if users else None), users
+    return (b.c.get("tk:" + p if p else "tk", 0) / users * 1000 if users else None), users
 
 
 def _nps(b: Bucket, _p: str | None) -> tuple[float | None, int]:
