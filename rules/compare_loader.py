@@ -21,7 +21,7 @@ from rules.located_yaml import LocatedMap, describe, line_of
 from rules.model import PHASE_NAME, SEGMENT_KEY, CompareSpec, Rule
 
 if TYPE_CHECKING:
-    from rules.loader import _Scope
+    from rules.loader_scope import Scope
 
 __all__ = ["load_compare", "srm_companion", "COMPARE_KEYS"]
 
@@ -30,7 +30,7 @@ _HOUR_MS = 3_600_000
 _EXCLUSIVE = ("baseline", "across", "confidence", "resolve_threshold")
 
 
-def load_compare(scope: _Scope, item: LocatedMap, base: str | None, group_by: tuple[str, ...]) -> CompareSpec | None:
+def load_compare(scope: Scope, item: LocatedMap, base: str | None, group_by: tuple[str, ...]) -> CompareSpec | None:
     """The validated ``compare`` block of ``item`` (a threshold rule), or None after reporting what is wrong."""
     c = item["compare"]
     where = line_of(item, "compare")
@@ -91,7 +91,7 @@ def load_compare(scope: _Scope, item: LocatedMap, base: str | None, group_by: tu
     return CompareSpec(**values)
 
 
-def _arm_value(scope: _Scope, c: LocatedMap, key: str) -> str | None:
+def _arm_value(scope: Scope, c: LocatedMap, key: str) -> str | None:
     value = c[key]
     if isinstance(value, bool) or not isinstance(value, str):
         hint = " (quote it: arm values are strings, as in events)" if isinstance(value, (int, float)) else ""
@@ -103,7 +103,7 @@ def _arm_value(scope: _Scope, c: LocatedMap, key: str) -> str | None:
     return value
 
 
-def _split(scope: _Scope, c: LocatedMap, control: str | None, treatment: str | None) -> dict[str, float] | None:
+def _split(scope: Scope, c: LocatedMap, control: str | None, treatment: str | None) -> dict[str, float] | None:
     s = c["split"]
     where = line_of(c, "split")
     if not isinstance(s, LocatedMap) or not s:

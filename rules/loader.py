@@ -27,21 +27,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-from detectors import BINARY_DETECTORS, DETECTORS, validate_params
 from rules.compare_loader import load_compare, needs_srm, srm_companion
-from rules.where_loader import load_where
-from rules.durations import DurationError, format_duration, parse_duration
+from rules.drift_loader import DRIFT_KEYS, load_drift
+from rules.durations import format_duration
 from rules.exceptions import RollguardError
 from rules.file_kinds import has_tests_key, is_cases_file, is_cases_name
-from rules.located_yaml import LocatedMap, YamlSyntaxError, describe, did_you_mean, line_of, parse_documents
-from rules.metric_names import METRICS, MetricNameError, parse_metric
+from rules.loader_scope import RuleError, Scope
+from rules.located_yaml import LocatedMap, YamlSyntaxError, describe, line_of, parse_documents
+from rules.metric_names import METRICS, parse_metric
 from rules.model import (
     BAND_OPS,
     DEFAULT_EVERY_MS,
@@ -49,17 +47,12 @@ from rules.model import (
     DEFAULT_KEEP_FIRING_FOR_MS,
     DEFAULT_MIN_SAMPLES,
     DEFAULT_MODE,
-    DriftSpec,
-    Mode,
-    Op,
+    PHASE_NAME,
     Rule,
     RuleSet,
-    Signal,
-    PHASE_NAME,
-    SEGMENT_KEY,
-    Tier,
     summary_problems,
 )
+from rules.where_loader import load_where
 
 __all__ = ["RuleError", "RulesInvalid", "load_rules", "load_rules_text", "CATALOG"]
 
@@ -76,42 +69,14 @@ _RULE_KEYS = (
     "min_samples", "confidence", "group_by", "baseline", "across", "summary", "runbook", "resolve_threshold",
     "compare", "where", "max_starved",
 )  # fmt: skip
-_DRIFT_KEYS = ("detector", "signal", "params")
-_DURATION_KEYS = ("every", "window", "for", "keep_firing_for", "baseline")
 _BLOCKS = ("drift", "compare", "where")  # keys with a structure of their own, read by their own loaders
 _NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence", "resolve_threshold", "compare", "where",
                   "max_starved")  # fmt: skip
-_BINARY_SIGNALS = ("acceptance", "error", "thumbs_down")
 _RATE_METRICS = ", ".join(name + (":<field>:<x>" if name.startswith("share_") else ":<param>" if m.parameterised else "")
                           for name, m in METRICS.items() if m.is_rate)  # fmt: skip
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
-_RULE_ID = re.compile(r"[a-z0-9_-]{1,128}")
 _FEATURE_GLOB = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,128}")
-_PHASE = PHASE_NAME
-_SEGMENT_KEY = SEGMENT_KEY
-_MAX_MIN_SAMPLES = 1_000_000_000
-
-
-@dataclass(frozen=True)
-class RuleError:
-    """One problem in a rule file. ``line`` is 1-based; ``ruleset``/``rule_id`` are None when unknown.
-
-    >>> print(RuleError("r.yaml", 12, "x", "y", "unknown key 'treshold'"))
-    r.yaml:12: ruleset 'x' rule 'y': unknown key 'treshold'
-    """
-
-    file: str
-    line: int | None
-    ruleset: str | None
-    rule_id: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        scope = f" ruleset {self.ruleset!r}" if self.ruleset else ""
-        scope += f" rule {self.rule_id!r}" if self.rule_id else ""
-        return f"{where}:{scope}: {self.message}" if scope else f"{where}: {self.message}"
 
 
 class RulesInvalid(RollguardError):
@@ -227,150 +192,6 @@ def _load_text(text: str, source: str, seen_names: dict[str, str], errors: list[
     return rulesets
 
 
-class _Scope:
-    """What errors are attributed to (ruleset, rule); its typed readers report into the file's checker."""
-
-    def __init__(self, checker: _Checker, ruleset: str | None = None, rule_id: str | None = None) -> None:
-        self.checker, self.ruleset, self.rule_id = checker, ruleset, rule_id
-
-    def error(self, line: int | None, message: str) -> None:
-        self.checker.errors.append(RuleError(self.checker.source, line, self.ruleset, self.rule_id, message))
-
-    def keys(self, m: LocatedMap, allowed: Sequence[str], where: str, misplaced: dict[str, str] | None = None) -> None:
-        """Report duplicate and unknown keys of ``m``; ``where`` prefixes messages (``"defaults: "``)."""
-        self.checker.visited.add(id(m))
-        for key, line, first in m.duplicates:
-            self.error(line, f"{where}duplicate key {key!r} (first on line {first})")
-        for key in m:
-            if key in allowed:
-                continue
-            if misplaced and key in misplaced:
-                self.error(line_of(m, key), f"{where}key {key!r} {misplaced[key]}")
-            else:
-                self.error(line_of(m, key), f"{where}unknown key {key!r}{did_you_mean(key, allowed)}")
-
-    def string(self, m: LocatedMap, key: str, path: str, pattern: re.Pattern[str] | None = None) -> str | None:
-        value = m[key]
-        if not isinstance(value, str):
-            self.error(line_of(m, key), f"{path}: expected a string, got {describe(value)}")
-        elif pattern is not None and not pattern.fullmatch(value):
-            self.error(line_of(m, key), f"{path}: {value!r} must match {pattern.pattern}")
-        else:
-            return value
-        return None
-
-    def choice(self, m: LocatedMap, key: str, path: str, options: Sequence[str]) -> str | None:
-        value = m[key]
-        if isinstance(value, str) and value in options:
-            return value
-        hint = did_you_mean(value, options) if isinstance(value, str) else ""
-        if key == "op" and value in ("", None):
-            hint = ' (quote it, e.g. op: ">": an unquoted > starts a YAML block scalar)'
-        self.error(line_of(m, key), f"{path}: must be one of {', '.join(options)}; got {describe(value)}{hint}")
-        return None
-
-    def duration(self, m: LocatedMap, key: str, path: str) -> int | None:
-        value = m[key]
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            message = f"expected a duration such as '30s', '5m' or '1h', got {describe(value)}"
-            self.error(line_of(m, key), f"{path}: {message}")
-            return None
-        try:
-            ms = parse_duration(str(value))
-        except DurationError as exc:
-            self.error(line_of(m, key), f"{path}: {exc}")
-            return None
-        if ms == 0 and key in ("every", "window", "baseline", "max_starved"):
-            self.error(line_of(m, key), f"{path}: must be longer than 0s" + (" (or off)" if key == "max_starved" else ""))
-            return None
-        return ms
-
-    def number(self, m: LocatedMap, key: str, path: str) -> float | None:
-        value = m[key]
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value) if abs(value) < 1e300 else math.inf
-            if math.isfinite(number):
-                return number
-        self.error(line_of(m, key), f"{path}: expected a finite number, got {describe(value)}")
-        return None
-
-    def count(self, m: LocatedMap, key: str, path: str) -> int | None:
-        value = m[key]
-        if type(value) is int and 0 <= value <= _MAX_MIN_SAMPLES:
-            return value
-        message = f"expected a whole number from 0 to {_MAX_MIN_SAMPLES}, got {describe(value)}"
-        self.error(line_of(m, key), f"{path}: {message}")
-        return None
-
-    def names(
-        self, m: LocatedMap, key: str, path: str, pattern: re.Pattern[str], example: str, empty_ok: bool = False
-    ) -> tuple[str, ...] | None:
-        """A list of distinct strings matching ``pattern`` (non-empty unless ``empty_ok``)."""
-        value = m[key]
-        if not isinstance(value, list) or not (value or empty_ok):
-            size = "a" if empty_ok else "a non-empty"
-            self.error(line_of(m, key), f"{path}: expected {size} list such as {example}, got {describe(value)}")
-            return None
-        ok = True
-        for index, item in enumerate(value):
-            if not isinstance(item, str) or not pattern.fullmatch(item):
-                shown = repr(item) if isinstance(item, str) else describe(item)
-                message = f"{shown} must be a string matching {pattern.pattern}"
-                self.error(line_of(value, index), f"{path}[{index}]: {message}")
-                ok = False
-            elif item in value[:index]:
-                self.error(line_of(value, index), f"{path}[{index}]: {item!r} is listed twice")
-                ok = False
-        return tuple(value) if ok else None
-
-    def band(self, m: LocatedMap, key: str, path: str) -> tuple[float, float] | None:
-        """``[low, high]``: two finite numbers, low below high."""
-        value = m[key]
-        ok = len(value) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                                     for x in value)  # fmt: skip
-        if not ok:
-            message = f"a band is two finite numbers [low, high] such as [0.15, 0.165], got {describe(value)}"
-            self.error(line_of(m, key), f"{path}: {message}")
-            return None
-        lo, hi = float(value[0]), float(value[1])
-        if not lo < hi:
-            self.error(line_of(m, key), f"{path}: the band's low line must be below its high line, got [{lo:g}, {hi:g}]")
-            return None
-        return lo, hi
-
-    def field(self, m: LocatedMap, key: str, path: str) -> Any:
-        """The validated value of a rule or defaults key (durations in ms), or None after reporting why not."""
-        if key in _DURATION_KEYS:
-            return self.duration(m, key, path)
-        if key == "max_starved":  # a duration, or off (YAML reads a bare off as false)
-            return 0 if m[key] is False or m[key] == "off" else self.duration(m, key, path)
-        if key == "min_samples":
-            return self.count(m, key, path)
-        if key == "threshold" and isinstance(m[key], list):  # a band, for op between / outside
-            return self.band(m, key, path)
-        if key in ("threshold", "confidence", "resolve_threshold"):
-            value = self.number(m, key, path)
-            if key == "confidence" and value is not None and not 0 < value < 1:
-                self.error(line_of(m, key), f"{path}: must be strictly between 0 and 1 (e.g. 0.95), got {value:g}")
-                return None
-            return value
-        if key in ("mode", "tier", "op"):
-            return self.choice(m, key, path, get_args({"mode": Mode, "tier": Tier, "op": Op}[key]))
-        if key == "group_by":
-            return self.names(m, key, path, _SEGMENT_KEY, "[platform]", empty_ok=True)
-        value = self.string(m, key, path, {"id": _RULE_ID, "across": _SEGMENT_KEY}.get(key))
-        if value is not None and key == "runbook" and not value.strip():
-            self.error(line_of(m, key), f"{path}: must not be empty (omit it instead)")
-            return None
-        if value is not None and key == "metric":
-            try:
-                parse_metric(value)
-            except MetricNameError as exc:
-                self.error(line_of(m, key), f"metric: {exc}")
-                return None
-        return value
-
-
 class _Checker:
     """Validates the documents of one file; ``seen_names`` (ruleset name -> where) spans the whole load."""
 
@@ -384,16 +205,16 @@ class _Checker:
         for m in maps:
             if id(m) not in self.visited:
                 for key, line, first in m.duplicates:
-                    _Scope(self, ruleset).error(line, f"duplicate key {key!r} (first on line {first})")
+                    Scope(self, ruleset).error(line, f"duplicate key {key!r} (first on line {first})")
 
     def document(self, doc: Any, line: int) -> RuleSet | None:
         before = len(self.errors)
         if not isinstance(doc, LocatedMap):
             message = f"a rule set must be a mapping with version, name, features and rules; got {describe(doc)}"
-            _Scope(self).error(line, message)
+            Scope(self).error(line, message)
             return None
         name = doc.get("name") if isinstance(doc.get("name"), str) else None
-        scope = _Scope(self, name)
+        scope = Scope(self, name)
         scope.keys(doc, _TOP_KEYS, "")
         for key in ("version", "name", "features", "rules"):
             if key not in doc:
@@ -409,7 +230,7 @@ class _Checker:
         if "features" in doc:
             features = scope.names(doc, "features", "features", _FEATURE_GLOB, '["email-reply"] or ["*"]')
         if doc.get("phases") is not None:
-            phases = scope.names(doc, "phases", "phases", _PHASE, '["closed_beta"]')
+            phases = scope.names(doc, "phases", "phases", PHASE_NAME, '["closed_beta"]')
         defaults = self._defaults(scope, doc)
         rules = self._rules(name, doc, defaults)
         if len(self.errors) > before or name is None or features is None:
@@ -422,7 +243,7 @@ class _Checker:
         version = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
         return RuleSet(name=name, version=version, features=features, phases=phases, rules=rules, source=self.source)
 
-    def _defaults(self, scope: _Scope, doc: LocatedMap) -> dict[str, Any]:
+    def _defaults(self, scope: Scope, doc: LocatedMap) -> dict[str, Any]:
         """The parsed defaults; a key that is present but invalid maps to None (already reported)."""
         d = doc.get("defaults")
         if d is None:
@@ -448,14 +269,14 @@ class _Checker:
             return ()
         if not isinstance(items, list) or not items:
             message = f"rules: expected a non-empty list of rules, got {describe(items)}"
-            _Scope(self, name).error(line_of(doc, "rules"), message)
+            Scope(self, name).error(line_of(doc, "rules"), message)
             return ()
         first_lines: dict[str, int] = {}
         rules = []
         for index, item in enumerate(items):
             if not isinstance(item, LocatedMap):
                 message = f"rules[{index}]: expected a rule (a mapping with id, tier, ...), got {describe(item)}"
-                _Scope(self, name).error(line_of(items, index), message)
+                Scope(self, name).error(line_of(items, index), message)
                 continue
             rule = self._rule(name, item, defaults, first_lines)
             if rule is not None:
@@ -468,9 +289,9 @@ class _Checker:
         self, name: str | None, item: LocatedMap, defaults: dict[str, Any], first_lines: dict[str, int]
     ) -> Rule | None:
         rule_id = item.get("id") if isinstance(item.get("id"), str) else None
-        scope = _Scope(self, name, rule_id)
+        scope = Scope(self, name, rule_id)
         before = len(self.errors)
-        scope.keys(item, _RULE_KEYS, "", {k: "belongs under drift:" for k in _DRIFT_KEYS})
+        scope.keys(item, _RULE_KEYS, "", {k: "belongs under drift:" for k in DRIFT_KEYS})
         for key in ("id", "tier"):
             if key not in item:
                 scope.error(item.line, f"missing required key {key!r}")
@@ -484,7 +305,7 @@ class _Checker:
 
         metric_keys = [key for key in ("metric", "op", "threshold") if key in item]
         is_drift = "drift" in item
-        drift = self._drift(scope, item) if is_drift else None
+        drift = load_drift(scope, item) if is_drift else None
         if is_drift and metric_keys:
             scope.error(item.line, "a rule has either metric, op and threshold or drift, not both")
         elif not is_drift and not metric_keys:
@@ -575,7 +396,7 @@ class _Checker:
         )  # fmt: skip
 
     @staticmethod
-    def _band(scope: _Scope, item: LocatedMap, v: dict) -> tuple[float | None, float | None]:
+    def _band(scope: Scope, item: LocatedMap, v: dict) -> tuple[float | None, float | None]:
         """(threshold, threshold_high): a band ``[low, high]`` goes with ``op: between`` / ``outside`` and only with
         them, and not with what judges one side of a line (``confidence``, ``compare``, ``resolve_threshold``)."""
         threshold, op = v.get("threshold"), v.get("op")
@@ -595,7 +416,7 @@ class _Checker:
         return threshold
 
     @staticmethod
-    def _check_resolve(scope: _Scope, item: LocatedMap, v: dict, resolve: float, threshold: float | None,
+    def _check_resolve(scope: Scope, item: LocatedMap, v: dict, resolve: float, threshold: float | None,
                        fraction: bool) -> None:  # fmt: skip
         """``resolve_threshold`` (hysteresis): on the side of ``threshold`` where the rule does not fire, on an
         ``investigate`` rule (pause and kill latch until an operator resumes), in [0, 1] for a rate."""
@@ -613,57 +434,3 @@ class _Checker:
                 scope.error(where, f"resolve_threshold: {message}")
         if fraction and not 0 <= resolve <= 1:
             scope.error(where, f"resolve_threshold: {v.get('metric')} is a fraction in [0, 1]; got {resolve:g}")
-
-    def _drift(self, scope: _Scope, item: LocatedMap) -> DriftSpec | None:
-        d = item["drift"]
-        if not isinstance(d, LocatedMap):
-            message = f"drift: expected a mapping with detector, signal and params, got {describe(d)}"
-            scope.error(line_of(item, "drift"), message)
-            return None
-        before = len(self.errors)
-        scope.keys(d, _DRIFT_KEYS, "drift: ")
-        for key in ("detector", "signal"):
-            if key not in d:
-                scope.error(d.line, f"drift: missing required key {key!r}")
-        detector = scope.choice(d, "detector", "drift.detector", DETECTORS) if "detector" in d else None
-        signal = scope.choice(d, "signal", "drift.signal", get_args(Signal)) if "signal" in d else None
-        if detector in BINARY_DETECTORS and signal is not None and signal not in _BINARY_SIGNALS:
-            message = f"detector {detector!r} needs a 0/1 signal ({', '.join(_BINARY_SIGNALS)}); {signal!r} is not"
-            scope.error(line_of(d, "signal"), f"drift.signal: {message}")
-        params = self._params(scope, d)
-        if detector is not None and params is not None:
-            try:
-                problems = validate_params(detector, params)
-            except Exception as exc:  # noqa: BLE001 - a detector's own check must not crash a validation run
-                problems = [f"params: {type(exc).__name__}: {exc}"]
-            for problem in problems:
-                # detectors locates problems relative to the drift block ("params.delta: ..."): point at that key.
-                key = problem.partition(":")[0].removeprefix("params.")
-                scope.error(line_of(d["params"], key) if key in params else line_of(d, "params"), f"drift.{problem}")
-        if len(self.errors) > before:
-            return None
-        return DriftSpec(detector=detector, signal=signal, params=params)
-
-    def _params(self, scope: _Scope, d: LocatedMap) -> dict[str, Any] | None:
-        """The detector parameters as a plain dict of YAML scalars (or lists of them), or None if malformed."""
-        params = d.get("params")
-        if params is None:
-            return {}
-        if not isinstance(params, LocatedMap):
-            message = f"expected a mapping such as {{delta: 0.002}}, got {describe(params)}"
-            scope.error(line_of(d, "params"), f"drift.params: {message}")
-            return None
-        scope.keys(params, tuple(params), "drift.params: ")
-        scalar = (str, int, float, bool, type(None))
-        ok = not params.duplicates
-        for key, value in params.items():
-            if not isinstance(key, str):
-                scope.error(line_of(params, key), f"drift.params: keys must be strings, got {describe(key)}")
-                ok = False
-            elif not isinstance(value, scalar) and not (
-                isinstance(value, list) and all(isinstance(x, scalar) for x in value)
-            ):
-                message = f"expected a number, string, boolean or null (or a list of them), got {describe(value)}"
-                scope.error(line_of(params, key), f"drift.params.{key}: {message}")
-                ok = False
-        return {key: list(value) if isinstance(value, list) else value for key, value in params.items()} if ok else None

@@ -19,14 +19,14 @@ from rules.located_yaml import LocatedMap, describe, line_of
 from rules.model import SEGMENT_KEY, Matcher
 
 if TYPE_CHECKING:
-    from rules.loader import _Scope
+    from rules.loader_scope import Scope
 
 __all__ = ["load_where"]
 
 _EXAMPLE = "{region: eu} or {plan: {not: [free, trial]}}"
 
 
-def load_where(scope: _Scope, item: LocatedMap) -> tuple[Matcher, ...] | None:
+def load_where(scope: Scope, item: LocatedMap) -> tuple[Matcher, ...] | None:
     """The matchers of ``item["where"]`` in key order (so equal filters share a store), or None after reporting."""
     w = item["where"]
     if not isinstance(w, LocatedMap) or not w:
@@ -58,7 +58,7 @@ def load_where(scope: _Scope, item: LocatedMap) -> tuple[Matcher, ...] | None:
     return tuple(sorted(out, key=lambda m: m.key)) if ok else None
 
 
-def _values(scope: _Scope, spec, line: int | None, path: str) -> tuple[str, ...] | None:
+def _values(scope: Scope, spec, line: int | None, path: str) -> tuple[str, ...] | None:
     items = spec if isinstance(spec, list) else [spec]
     if not items:
         scope.error(line, f"{path}: expected a value or a non-empty list of values, got an empty list")

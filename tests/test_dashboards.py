@@ -401,7 +401,7 @@ def test_launch_guardrails_reads_the_runbooks_key_metrics(dashboards):
     exprs = [q.expr for q in panel_queries(dashboards[LAUNCH_FILE])]
     for _, metric, _ in KEY_METRICS:
         op = "=~" if metric.endswith(".*") else "="
-        assert any(f'rollguard_rule_value{{' in e and f'metric{op}"{metric}"' in e for e in exprs), metric
+        assert any('rollguard_rule_value{' in e and f'metric{op}"{metric}"' in e for e in exprs), metric
     assert any('rollguard_rule_state{state="firing"' in e and e.endswith("> 0") for e in exprs)
     assert any("rollguard_feature_latch" in e for e in exprs)
 

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine_kit import MIN, T0, interactions, resume, rules, traffic
+from engine_kit import MIN, interactions, resume, rules, traffic
 from rules.engine import Engine, EngineConfig
 from rules.plan import Plan
 from rules.policy import Outputs
