@@ -23,15 +23,16 @@ from rules.events import Control, Event
 from rules.exceptions import RollguardError
 from rules.loader import RuleError
 from rules.model import RuleSet
+from rules.outputs import STARVATION_TRANSITIONS
 
 __all__ = ["CaseError", "CasesInvalid", "Expectation", "Case", "CasesFile", "format_offset", "DEFAULT_START",
            "TRANSITIONS", "FIRES", "COMMANDS", "STARVATION"]  # fmt: skip
 
 DEFAULT_START = "2026-11-02T00:00:00Z"  # a Monday, midnight UTC: day-scale instants fall on day boundaries
-TRANSITIONS = ("pending", "firing", "resolved", "cleared", "inhibited", "held", "starved", "fed")
 # decisions about a rule's data, not its condition (rules.starvation): `exact` checks them only in a case that
 # expects one
-STARVATION = frozenset({"starved", "fed"})
+STARVATION = frozenset(STARVATION_TRANSITIONS)
+TRANSITIONS = ("pending", "firing", "resolved", "cleared", "inhibited", "held", *STARVATION_TRANSITIONS)
 FIRES = frozenset({"firing", "held", "inhibited"})  # the condition held for `for`: what expect_no forbids by default
 COMMANDS = {"rollback": "rollback", "pause": "pause_rollout", "pause_rollout": "pause_rollout", "none": "none"}
 

@@ -110,11 +110,11 @@ def _arm_keys(rule, series: Mapping[SeriesKey, SeriesBuckets], phase: str,
     return control, treatment
 
 
-def _arms(rule, spec: StoreSpec, series: Mapping[SeriesKey, SeriesBuckets], phase: str, group: tuple[str, ...],
-          t: int, cache: WindowCache) -> tuple[Bucket | None, dict[str, Bucket]]:  # fmt: skip
-    """(the control's window, the treatment arms' windows by arm value)."""
+def _arms(rule, spec: StoreSpec, series: Mapping[SeriesKey, SeriesBuckets], ckey: SeriesKey | None,
+          tkeys: dict[str, SeriesKey], t: int,
+          cache: WindowCache) -> tuple[Bucket | None, dict[str, Bucket]]:  # fmt: skip
+    """(the control's window, the treatment arms' windows by arm value), from their series keys (``_arm_keys``)."""
     w = rule.window_ms
-    ckey, tkeys = _arm_keys(rule, series, phase, group)
     control = cache.get(spec, ckey, series[ckey], t, w) if ckey is not None else None
     return control, {arm: cache.get(spec, key, series[key], t, w) for arm, key in tkeys.items()}
 
@@ -124,12 +124,11 @@ def _samples(base: str, param: str | None, b: Bucket) -> int:
     return b.c.get("lat.n", 0) if base in COMPARABLE_QUANTILES else arm_stats(base, param, b).n
 
 
-def _split_stability(rule, base: str, param: str | None, series: Mapping[SeriesKey, SeriesBuckets], phase: str,
-                     group: tuple[str, ...], t: int) -> dict | None:  # fmt: skip
+def _split_stability(rule, base: str, param: str | None, series: Mapping[SeriesKey, SeriesBuckets],
+                     ckey: SeriesKey | None, tkeys: dict[str, SeriesKey], t: int) -> dict | None:  # fmt: skip
     """The stable-split evidence of a comparison of arms without ``split`` (``rules.sequential.stability_log_e``
     over the window's buckets in time order), or None before the treatment's first sample in the window. The bucket
     holding that first sample is left out: an experiment that starts mid-bucket would look like a change."""
-    ckey, tkeys = _arm_keys(rule, series, phase, group)
     if not tkeys:
         return None
     lo = t - rule.window_ms
@@ -184,7 +183,8 @@ def evaluate_compare(rule, base: str, param: str | None, spec: StoreSpec, series
     ev = Evaluation(None, None, 0, t - rule.window_ms, t)
     if c.phase is not None and phase == c.phase:
         return ev  # the control phase is not compared with itself
-    control, treatment = _arms(rule, spec, series, phase, group, t, cache)
+    ckey, tkeys = _arm_keys(rule, series, phase, group)
+    control, treatment = _arms(rule, spec, series, ckey, tkeys, t, cache)
     quantile = base in COMPARABLE_QUANTILES
     if quantile:  # a quantile's samples are the calls with a latency; its test reads the sketches (_quantile)
         carm, tarms = None, {}
@@ -195,7 +195,7 @@ def evaluate_compare(rule, base: str, param: str | None, spec: StoreSpec, series
         tarms = {a: arm_stats(base, param, b) for a, b in treatment.items()}
         control_n, treatment_n = carm.n, {a: x.n for a, x in tarms.items()}
     if c.split is None and c.by is not None and c.check_split:
-        srm = _split_stability(rule, base, param, series, phase, group, t)
+        srm = _split_stability(rule, base, param, series, ckey, tkeys, t)
     else:
         srm = srm_check(rule, control_n, treatment_n)
     if rule.srm_of is not None:

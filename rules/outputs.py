@@ -18,8 +18,11 @@ import orjson
 
 from rules.durations import format_duration
 
-__all__ = ["iso", "stable_id", "decision", "command", "page", "render_summary", "SEVERITY", "ACTIONS", "canonical"]
+__all__ = ["iso", "stable_id", "decision", "command", "page", "render_summary", "SEVERITY", "ACTIONS", "canonical",
+           "STARVATION_TRANSITIONS"]
 
+# the decisions about a rule's data rather than its condition (rules.starvation); the others are lifecycle transitions
+STARVATION_TRANSITIONS = ("starved", "fed")
 SEVERITY = {"kill": "critical", "pause": "error", "investigate": "warning"}
 ACTIONS = {"kill": "rollback", "pause": "pause_rollout"}
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rules.model import TIER_ORDER, worst
-from rules.outputs import ACTIONS, SEVERITY, iso
+from rules.outputs import ACTIONS, SEVERITY, STARVATION_TRANSITIONS, iso
 from streams.offline.comparison import (
     _COMMAND_FIELDS,
     _DECISION_FIELDS,
@@ -213,7 +213,7 @@ class _Digest:
         self.feature_phases.add(fp)
         self.versions.setdefault(rs, d.get("ruleset_version") or "")
         self.transitions[rs][transition] += 1
-        if transition in ("starved", "fed"):  # about the rule's data, not its condition (rules.starvation)
+        if transition in STARVATION_TRANSITIONS:  # about the rule's data, not its condition (rules.starvation)
             if transition == "starved":
                 self.starved[rs].append(d)
             return
