@@ -122,10 +122,12 @@ class ControlRecord(_Common, tag="control"):
 
     type: ClassVar[str] = "control"
 
-    action: Literal["resume"]
+    action: Literal["resume", "signoff"]
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
     phase: Name | None = None
     operator: Short | None = None
+    role: Annotated[str, msgspec.Meta(pattern="^[a-z0-9][a-z0-9_-]{0,63}$")] | None = None
+    revoke: bool = False
 
 
 # Lenient twins for values already decoded (unknown fields ignored, as the models' extra="ignore")

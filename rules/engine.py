@@ -36,6 +36,7 @@ from rules.model import RuleSet
 from rules.outputs import iso
 from rules.plan import Plan
 from rules.policy import HOUR_MS, Outputs, Policy
+from rules.promotion import signoff
 from rules.reload import migrate
 from rules.seal import Sealer
 from rules.state import BreakerState, FeatureState
@@ -112,7 +113,9 @@ class Engine(Instants):
             if ev.type == "control":
                 self.stats.events["control"] += 1
                 fs = features.get(ev.feature)
-                if fs is not None:
+                if ev.action == "signoff":  # may come before the phase's first event: it is kept for then
+                    signoff(out, features.setdefault(ev.feature, FeatureState()) if fs is None else fs, self.plan, ev)
+                elif fs is not None:
                     self.policy.resume(out, fs, self.plan, ev, self.breaker)
                 continue
             fs = features.get(ev.feature)
@@ -184,6 +187,10 @@ class Engine(Instants):
         fp = self.plan.for_feature(ev.feature, ev.phase)
         if ev.phase not in fs.phases:
             fs.phases.add(ev.phase)
+        if fp.promotions:  # time in phase, for a promotion's min_exposure
+            first = fs.phase_first.get(ev.phase)
+            if first is None or ts < first:
+                fs.phase_first[ev.phase] = ts
         if src not in fs.src_first:
             fs.src_first[src] = ts
             self._start_clocks(fs, ev.feature)

@@ -13,10 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAda
 
 from rules.timestamps import parse_ts
 
-__all__ = ["InteractionIn", "FeedbackIn", "ControlIn", "ANY", "located", "feedback_problem", "is_name"]
+__all__ = ["InteractionIn", "FeedbackIn", "ControlIn", "ANY", "located", "feedback_problem", "control_problem",
+           "is_name"]
 
 _NAME = r"^[A-Za-z0-9._-]{1,128}$"
 _LABEL = r"^[a-z0-9_]{1,64}$"
+_ROLE = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # rules.model.ROLE_NAME
 _SUGGESTION = frozenset({"accepted", "edited", "rejected", "ignored"})
 _THUMBS = frozenset({"up", "down"})
 _SURVEY = frozenset({"csat", "nps"})
@@ -82,13 +84,33 @@ class ControlIn(BaseModel):
     type: Literal["control"]
     event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
     ts: Any
-    action: Literal["resume"]
+    action: Literal["resume", "signoff"]
     feature: Name
     phase: Name | None = None
     reason: Annotated[StrictStr, Field(min_length=1, max_length=500)]
     operator: Short | None = None
+    role: Annotated[StrictStr, Field(pattern=_ROLE)] | None = None  # signoff: the role signing (pm, legal, …)
+    revoke: bool = False  # signoff: withdraw the role's sign-off instead
 
     _ts = field_validator("ts", mode="plain")(_Base._ts.__func__)
+
+    def model_post_init(self, _ctx: Any) -> None:
+        problem = control_problem(self.action, self.phase, self.role, self.revoke)
+        if problem:
+            raise ValueError(problem)
+
+
+def control_problem(action: str, phase: str | None, role: str | None, revoke: bool) -> str | None:
+    """Cross-field rules of a control input; None when fine. A sign-off names its phase and role; a resume has
+    neither a role nor ``revoke``."""
+    if action == "signoff":
+        if phase is None:
+            return "a signoff names the phase it signs off"
+        if role is None:
+            return "a signoff names its role (pm, engineering, legal, ...)"
+    elif role is not None or revoke:
+        return "role and revoke belong to a signoff control, not a resume"
+    return None
 
 
 def feedback_problem(kind: str, label: str | None, score: float | None) -> str | None:

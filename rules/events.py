@@ -36,6 +36,7 @@ from rules.decode import names, seen_labels, seen_name
 from rules.event_models import ANY as _ANY
 from rules.event_models import ControlIn, InteractionIn
 from rules.event_models import feedback_problem as _feedback_problem
+from rules.event_models import control_problem as _control_problem
 from rules.event_models import is_name as _is_name
 from rules.event_models import located as _located
 from rules.exceptions import InvalidEvent
@@ -182,13 +183,16 @@ class Control:
     letter if it is refused.
     """
 
-    __slots__ = ("event_id", "ts", "action", "feature", "phase", "reason", "operator", "key_id", "origin")
+    __slots__ = ("event_id", "ts", "action", "feature", "phase", "reason", "operator", "key_id", "origin", "role",
+                 "revoke")  # fmt: skip
     type = "control"
 
     def __init__(self, event_id: str, ts: int, action: str, feature: str, phase: str | None, reason: str,
-                 operator: str | None = None, key_id: str | None = None) -> None:  # fmt: skip
+                 operator: str | None = None, key_id: str | None = None, role: str | None = None,
+                 revoke: bool = False) -> None:  # fmt: skip
         self.event_id, self.ts, self.action, self.feature = event_id, ts, action, feature
         self.phase, self.reason, self.operator, self.key_id = phase, reason, operator, key_id
+        self.role, self.revoke = role, revoke  # a signoff's role, and whether it withdraws it
         self.origin: dict | None = None
 
 
@@ -198,7 +202,7 @@ _COMMON_KEYS = ("type", "event_id", "ts", "feature", "phase", "segment", "user",
                "variant")  # fmt: skip
 KNOWN_FIELDS = frozenset(
     _COMMON_KEYS + ("outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags")
-    + ("kind", "label", "score", "interaction_id") + ("action", "reason", "operator")
+    + ("kind", "label", "score", "interaction_id") + ("action", "reason", "operator", "role", "revoke")
 )  # fmt: skip
 
 
@@ -227,8 +231,8 @@ def _check_row(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymizer)
         label = r.label
         if (label is not None and not seen_labels((label,))) or _feedback_problem(r.kind, label, r.score):
             return False
-    else:
-        return True  # a control: no labels, no user
+    else:  # a control: no labels, no user
+        return _control_problem(r.action, phase, r.role, r.revoke) is None
     user = r.user
     if user is not None:
         r.user = pseudo._cache.get(user) or pseudo(user)  # a hit without the call
@@ -249,13 +253,15 @@ def _from_record(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymize
     if not _check_row(r, pseudo):
         return None
     if r.type == "control":
-        return Control(r.event_id, r.ts, r.action, r.feature, r.phase, r.reason, r.operator)
+        return Control(r.event_id, r.ts, r.action, r.feature, r.phase, r.reason, r.operator, role=r.role,
+                       revoke=r.revoke)  # fmt: skip
     return row_event(r)
 
 
 def _from_model(m: BaseModel, pseudo: Pseudonymizer) -> Event | Control:
     if isinstance(m, ControlIn):
-        return Control(m.event_id, m.ts, m.action, m.feature, m.phase, m.reason, m.operator)
+        return Control(m.event_id, m.ts, m.action, m.feature, m.phase, m.reason, m.operator, role=m.role,
+                       revoke=m.revoke)  # fmt: skip
     user = None if m.user is None else pseudo(m.user)
     common = (m.event_id, m.ts, m.feature, m.phase, dict(m.segment), user, m.model_version, m.prompt_version)
     if isinstance(m, InteractionIn):

@@ -15,6 +15,8 @@ from rules.evaluation import Evaluation, WindowCache, evaluate_metric
 from rules.lifecycle import Instance, advance
 from rules.plan import BoundRule
 from rules.policy import Outputs
+from rules.promotion import evaluate as evaluate_promotion
+from rules.promotion import time_changes
 from rules.starvation import track as track_starvation
 from rules.state import FeatureState
 from rules.windows import RunningWindows
@@ -64,6 +66,8 @@ class Observation:
 class Instants:
     """The evaluation methods of :class:`rules.engine.Engine` (a mixin: see the module docstring)."""
 
+    _gate_evals: dict | None = None  # during an instant with a promotion due: the evaluations of its gates
+
     def _evaluate_until(self, out: Outputs, feature: str, fs: FeatureState, watermark: int) -> None:
         """Evaluate every instant up to ``watermark``. The cost is bounded by the work, not by the span of time:
         when many instants are due (a silence in the stream, a clock started long ago), quiet ones are skipped
@@ -80,7 +84,7 @@ class Instants:
             if t > watermark:
                 break
             if watermark - t >= gap and (retry is None or t >= retry):
-                if self._skip_quiet(fs, watermark):
+                if self._skip_quiet(fs, watermark, feature):
                     continue
                 retry = t + gap  # not quiet yet: try again a while later, never once per instant
             due = [e for e, v in nxt.items() if v == t]
@@ -92,7 +96,7 @@ class Instants:
         if evaluated:  # state only ages when an instant passed: once per `every`, not once per event
             self._expire(fs, watermark)
 
-    def _skip_quiet(self, fs: FeatureState, watermark: int) -> bool:
+    def _skip_quiet(self, fs: FeatureState, watermark: int, feature: str) -> bool:
         """Move each evaluation clock past the instants that cannot decide anything; True if one moved.
 
         An instant of a clock (``every``) is quiet when no window of its rules holds data there and it would see
@@ -107,6 +111,7 @@ class Instants:
             if inst.timing:
                 return False
         plan = self.plan
+        promos = plan.promotions_for(feature)  # a promotion's verdict also moves with time (rules.promotion)
         starts: dict[int, list[int]] = {}
         reach: dict[int, int] = {}
         for sid, series in fs.stores.items():
@@ -120,6 +125,12 @@ class Instants:
             b = plan.by_key.get((key[0], key[1]))
             if b is not None and pend:
                 starts.setdefault(b.rule.every_ms, []).extend(pend)
+        # a promotion's clock also sees what its gates' stores hold (the gates are evaluated at its instants)
+        for bp in promos:
+            e = bp.spec.every_ms
+            for se in {b.store.every_ms for b in bp.gates}:
+                starts[e] = starts.get(e, []) + starts.get(se, [])
+                reach[e] = max(reach.get(e, 0), reach.get(se, 0))
         nxt = fs.next_eval
         moved = False
         for e, n in nxt.items():
@@ -130,6 +141,9 @@ class Instants:
                 continue  # its last instant saw data: the next one may see less of it
             limit = min(min(later, default=watermark), watermark)
             target = limit - limit % e + e  # the first instant after which data (or the watermark) comes
+            change = time_changes(fs, [bp for bp in promos if bp.spec.every_ms == e], last) if promos else None
+            if change is not None:  # no further than the first instant at or after a promotion's time change
+                target = min(target, -(-change // e) * e)
             if target > n:
                 nxt[e] = target
                 moved = True
@@ -141,16 +155,36 @@ class Instants:
             running = fs.windows = RunningWindows(self.plan)
         cache = WindowCache(running, t)
         rules: dict[int, tuple[BoundRule, list[str]]] = {}
+        promos = []
         for phase in sorted(fs.phases):
             fp = self.plan.for_feature(feature, phase)
             for b in fp.metric_rules + fp.drift_rules:
                 if b.rule.every_ms in everys:
                     rules.setdefault(b.order, (b, []))[1].append(phase)
+            promos += [bp for bp in fp.promotions if bp.spec.every_ms in everys]
+        if promos:  # a gate's clock may have skipped this instant as quiet: evaluate it as an unskipped clock would
+            extra = {b.rule.every_ms for bp in promos for b in bp.gates} - everys
+            if extra:
+                for phase in sorted(fs.phases):
+                    fp = self.plan.for_feature(feature, phase)
+                    for b in fp.metric_rules + fp.drift_rules:
+                        if b.rule.every_ms in extra:
+                            rules.setdefault(b.order, (b, []))[1].append(phase)
+        self._gate_evals = gate_evals = {} if promos else None
         for _, (b, phases) in sorted(rules.items(), key=lambda kv: kv[1][0].sort_key):
             if b.store is None:
                 self._evaluate_drift(out, feature, fs, b, phases, t)
             else:
                 self._evaluate_rule(out, feature, fs, b, phases, t, cache)
+        for bp in promos:  # after every rule: a kill latched at this instant blocks the promotion at this instant
+
+            def measure(probe, phase=bp.phase):
+                series = fs.stores.get(probe.store.id, {})
+                ev = evaluate_metric(probe.rule, probe.base, None, probe.store, series, phase, (), t, cache, False)
+                return ev.value, ev.samples
+
+            evaluate_promotion(out, fs, bp, feature, t, gate_evals, measure)
+        self._gate_evals = None
 
     def _evaluate_rule(self, out, feature, fs, b: BoundRule, phases, t, cache) -> None:
         series = fs.stores.get(b.store.id, {})
@@ -216,6 +250,8 @@ class Instants:
                 if inst.state in ("inactive", "resolved") and not inst.paged:
                     del fs.instances[key]  # back to rest: the windows (or the detector) alone carry what matters
         track_starvation(out, fs, b, feature, phase, group, t, ev)
+        if self._gate_evals is not None and b.order in self.plan.gate_orders:
+            self._gate_evals.setdefault((b.order, phase), []).append((group, ev))
         if self.observer is not None:
             if state not in ("pending", "firing"):
                 state = "insufficient" if ev.verdict is None else "inactive"

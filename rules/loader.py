@@ -52,6 +52,7 @@ from rules.model import (
     RuleSet,
     summary_problems,
 )
+from rules.promotion_loader import load_promotion
 from rules.where_loader import load_where
 
 __all__ = ["RuleError", "RulesInvalid", "load_rules", "load_rules_text", "CATALOG"]
@@ -59,7 +60,7 @@ __all__ = ["RuleError", "RulesInvalid", "load_rules", "load_rules_text", "CATALO
 # The bundled rule catalogue; package data of ``rules``, so it is found in an installed wheel too.
 CATALOG = Path(__file__).resolve().parent / "catalog"
 
-_TOP_KEYS = ("version", "name", "features", "phases", "defaults", "rules")
+_TOP_KEYS = ("version", "name", "features", "phases", "defaults", "rules", "promotion")
 _DEFAULT_KEYS = (
     "every", "window", "for", "keep_firing_for", "min_samples", "confidence", "mode", "group_by", "runbook",
     "max_starved",
@@ -233,6 +234,7 @@ class _Checker:
             phases = scope.names(doc, "phases", "phases", PHASE_NAME, '["closed_beta"]')
         defaults = self._defaults(scope, doc)
         rules = self._rules(name, doc, defaults)
+        promotion = load_promotion(scope, doc, phases, rules) if doc.get("promotion") is not None else None
         if len(self.errors) > before or name is None or features is None:
             return None
         try:
@@ -241,7 +243,8 @@ class _Checker:
             scope.error(line, f"cannot compute the rule set version: {exc}")
             return None
         version = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-        return RuleSet(name=name, version=version, features=features, phases=phases, rules=rules, source=self.source)
+        return RuleSet(name=name, version=version, features=features, phases=phases, rules=rules, source=self.source,
+                       promotion=promotion)  # fmt: skip
 
     def _defaults(self, scope: Scope, doc: LocatedMap) -> dict[str, Any]:
         """The parsed defaults; a key that is present but invalid maps to None (already reported)."""

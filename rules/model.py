@@ -50,6 +50,8 @@ __all__ = [
     "PHASE_NAME",
     "arm_key",
     "Rule",
+    "Promotion",
+    "ROLE_NAME",
     "RuleSet",
 ]
 
@@ -366,6 +368,38 @@ class Rule(BaseModel):
         return _OPS[self.op](x, self.threshold if line is None else line)
 
 
+# A sign-off role (``pm``, ``legal``, ``dpa``…): what a ``promotion`` block requires and ``rollguard signoff`` records.
+ROLE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+class Promotion(BaseModel):
+    """``promotion:`` — when a rule set's phase may go on to ``to`` (``rules.promotion``). Evaluated every ``every_ms``
+    (a multiple of each gate's ``every``): ``ready`` once every gate rule's condition has been false for every group it
+    evaluates for ``hold_for_ms``, the phase has run ``min_time_ms`` with, over that trailing time,
+    ``min_interactions`` interactions from ``min_users`` distinct users, and every role of ``signoffs`` has signed off;
+    ``blocked`` while a gate fails, a sign-off is missing or the phase is paused or killed; ``inconclusive`` otherwise.
+    With ``auto`` the ``ready`` verdict issues a ``promote_rollout`` command."""
+
+    model_config = _FROZEN
+
+    to: str
+    gates: tuple[str, ...]
+    every_ms: int
+    hold_for_ms: int = 0
+    min_time_ms: int = 0
+    min_interactions: int = 0
+    min_users: int = 0
+    signoffs: tuple[str, ...] = ()
+    auto: bool = False
+    line: int = 0
+
+    @model_validator(mode="after")
+    def _exposure_window(self) -> Promotion:
+        if (self.min_interactions or self.min_users) and not self.min_time_ms:
+            raise ValueError("min_exposure interactions and users are counted over its time: give time too")
+        return self
+
+
 class RuleSet(BaseModel):
     """One rule file (one YAML document): the rules that apply to some features and phases.
 
@@ -384,6 +418,17 @@ class RuleSet(BaseModel):
     phases: tuple[str, ...] | None = None
     rules: tuple[Rule, ...]
     source: str
+    promotion: Promotion | None = None
+
+    @model_validator(mode="after")
+    def _gates_exist(self) -> RuleSet:
+        if self.promotion is not None:
+            if self.phases is None or len(self.phases) != 1:
+                raise ValueError("a rule set with a promotion names exactly one phase")
+            missing = set(self.promotion.gates) - {r.id for r in self.rules if r.drift is None}
+            if missing:
+                raise ValueError(f"promotion gates {sorted(missing)} are not threshold rules of the rule set")
+        return self
 
     def applies_to(self, feature: str, phase: str) -> bool:
         """True if ``feature`` matches one of the feature globs (case-sensitive) and ``phase`` is listed

@@ -16,6 +16,7 @@ from rules.aggregate import share_key
 from rules.metric_names import parse_metric, share_of
 from rules.metrics import metric_sources, needs_latency_sketch, needs_users, signal_sources
 from rules.model import TIER_ORDER, Rule, RuleSet
+from rules.promotion import BoundPromotion, probe_rules
 from rules.windows import StoreSpec
 
 __all__ = ["BoundRule", "Plan", "FeaturePlan", "FeatureProfile"]
@@ -65,6 +66,7 @@ class FeatureProfile:
 
     everys: frozenset[int]  # evaluation clocks
     sources: frozenset[str]  # event types its rules read: its watermark is the lowest of theirs
+    promotion_everys: frozenset[int] = frozenset()  # clocks of promotion blocks (rules.promotion): never skipped
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +76,7 @@ class FeaturePlan:
     stores: tuple[StoreSpec, ...]
     metric_rules: tuple[BoundRule, ...]
     drift_rules: tuple[BoundRule, ...]
+    promotions: tuple[BoundPromotion, ...] = ()  # promotion blocks of this phase (rules.promotion)
 
     @property
     def everys(self) -> frozenset[int]:
@@ -118,6 +121,14 @@ class Plan:
                 s["users"] |= needs_users(base)
                 s["ret"] = max(s["ret"], rule.window_ms + (rule.baseline_ms or 0))
                 bound.append((rs, rule, sk, base, param, rule.metric))
+        probes = []  # (rule set, probe rule, store key): the exposure counts of promotion blocks
+        for rs in self.rulesets:
+            for rule in probe_rules(rs.promotion) if rs.promotion is not None else ():
+                sk = (rule.every_ms, (), (), None)
+                s = stores.setdefault(sk, {"lat": False, "users": False, "ret": 0, "sq": False})
+                s["users"] |= needs_users(rule.metric)
+                s["ret"] = max(s["ret"], rule.window_ms)
+                probes.append((rs, rule, sk))
         # (counter, field, at_or_above, x) of the share metrics the rules read (rules.aggregate.share_contributions)
         self.shares = tuple(sorted(shares))
         self.stores = {
@@ -134,12 +145,31 @@ class Plan:
             for i, (rs, rule, sk, base, param, metric) in enumerate(bound)
         )
         self.by_key = {(b.ruleset.name, b.rule.id): b for b in self.rules}
+        bound_probes: dict[str, list[BoundRule]] = {}
+        for rs, rule, sk in probes:
+            bound_probes.setdefault(rs.name, []).append(
+                BoundRule(-1, rs, rule, self.stores[sk], rule.metric, None, rule.metric, False))
+        self.promotions = tuple(
+            BoundPromotion(rs, rs.promotion, rs.phases[0], tuple(self.by_key[(rs.name, g)] for g in rs.promotion.gates),
+                           tuple(bound_probes.get(rs.name, ())))  # fmt: skip
+            for rs in self.rulesets if rs.promotion is not None
+        )
+        # the orders of rules some promotion reads as a gate: their evaluations are collected at each instant
+        self.gate_orders = frozenset(b.order for bp in self.promotions for b in bp.gates)
+        self.promotions_for = lru_cache(maxsize=4096)(self._promotions_for)
         self.for_feature = lru_cache(maxsize=4096)(self._for_feature)
         self.profile = lru_cache(maxsize=4096)(self._profile)
 
+    def _promotions_for(self, feature: str) -> tuple[BoundPromotion, ...]:
+        return tuple(bp for bp in self.promotions if bp.ruleset.matches_feature(feature))
+
     def _profile(self, feature: str) -> FeatureProfile:
         rules = [b for b in self.rules if b.ruleset.matches_feature(feature)]
-        return FeatureProfile(frozenset(b.rule.every_ms for b in rules), frozenset().union(*(b.sources for b in rules)))
+        promos = self.promotions_for(feature)
+        rules += [p for bp in promos for p in bp.probes]
+        pe = frozenset(bp.spec.every_ms for bp in promos)
+        return FeatureProfile(frozenset(b.rule.every_ms for b in rules) | pe,
+                              frozenset().union(*(b.sources for b in rules)), pe)  # fmt: skip
 
     def _for_feature(self, feature: str, phase: str) -> FeaturePlan:
         rules = [b for b in self.rules if b.ruleset.applies_to(feature, phase)]
@@ -148,5 +178,8 @@ class Plan:
         # a phase that is another phase's control (compare: {phase: ...}) keeps its events in that rule's store
         controls = [b.store for b in self.rules if b.store is not None and b.rule.compare is not None
                     and b.rule.compare.phase == phase and b.ruleset.matches_feature(feature)]  # fmt: skip
-        stores = tuple(sorted({s.id: s for s in [b.store for b in metric] + controls}.values(), key=lambda s: s.id))
-        return FeaturePlan(stores, metric, drift)
+        promos = tuple(bp for bp in self.promotions_for(feature) if bp.phase == phase)
+        probes = [p.store for bp in promos for p in bp.probes]
+        stores = tuple(sorted({s.id: s for s in [b.store for b in metric] + controls + probes}.values(),
+                              key=lambda s: s.id))  # fmt: skip
+        return FeaturePlan(stores, metric, drift, promos)

@@ -11,6 +11,9 @@ What survives a reload is what still means the same thing under the new rules:
 * drift detectors whose rule kept the same detector, signal and parameters;
 * starvation clocks (``rules.starvation``) of rules that still exist with the same mode and a ``max_starved``;
   a flagged one of a rule removed, switched off or changed in mode ends with ``fed`` and its page resolves;
+* promotion verdicts (``rules.promotion``) of promotion blocks still loaded for the same rule set and phase (a changed
+  block judges afresh at its next instant, against the verdict it last recorded); sign-offs and phases' first event
+  times always (they are facts about the feature, not about the rules);
 * latches (a killed feature stays killed until an operator resumes it) and evaluation clocks of every kept
   ``every``; a new ``every`` starts at the next instant after the feature's current position.
 """
@@ -39,6 +42,8 @@ def migrate(fs: FeatureState, feature: str, old: Plan, new: Plan, out: Outputs) 
         remap[spec.id] = nspec.id
     fs.stores = {remap[sid]: series for sid, series in fs.stores.items() if sid in remap}
 
+    kept = {bp.key for bp in new.promotions}
+    fs.promotions = {k: v for k, v in fs.promotions.items() if k in kept}
     t = fs.max_ts if fs.max_ts is not None else 0
     for key in sorted(fs.instances):
         b, nb = old.by_key.get((key[0], key[1])), new.by_key.get((key[0], key[1]))

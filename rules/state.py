@@ -28,7 +28,7 @@ class FeatureState:
 
     __slots__ = ("max_ts", "src_max", "src_first", "seen", "stores", "next_eval", "instances", "detectors",
                  "drift_pending", "drift_last", "latches", "phases", "chain", "command_seq", "clocks", "outliers",
-                 "skew", "applied_min", "control_ts", "starving", "windows")  # fmt: skip
+                 "skew", "applied_min", "control_ts", "starving", "phase_first", "promotions", "signoffs", "windows")  # fmt: skip
 
     def __init__(self) -> None:
         self.max_ts: int | None = None  # highest event time of any source
@@ -57,6 +57,11 @@ class FeatureState:
         self.control_ts: int | None = None  # time of the last signed control accepted (rules.control_auth)
         # rules insufficient while their window holds data (rules.starvation): instance key -> [since, flagged]
         self.starving: dict[InstanceKey, list] = {}
+        # promotion verdicts (rules.promotion), only for phases a rule set's promotion block names: the phase's first
+        # event time, the last verdict per (rule set, phase), and the sign-offs per phase and role
+        self.phase_first: dict[str, int] = {}
+        self.promotions: dict[tuple[str, str], dict] = {}
+        self.signoffs: dict[str, dict[str, dict]] = {}
         # transient, never persisted: the running windows (rules.windows.RunningWindows) the engine keeps to move
         # windows along instead of merging them afresh; None after a load, rebuilt from the buckets on first use
         self.windows = None
@@ -96,6 +101,11 @@ class FeatureState:
             **({"control_ts": self.control_ts} if self.control_ts is not None else {}),
             # only while a rule is starved: states without one are unchanged
             **({"starving": {ik(k): v for k, v in sorted(self.starving.items())}} if self.starving else {}),
+            # only with a promotion block: states without one are unchanged
+            **({"phase_first": dict(sorted(self.phase_first.items()))} if self.phase_first else {}),
+            **({"promotions": {US.join(k): v for k, v in sorted(self.promotions.items())}} if self.promotions else {}),
+            **({"signoffs": {p: dict(sorted(r.items())) for p, r in sorted(self.signoffs.items())}}
+               if self.signoffs else {}),
         }
 
     # --- split form for incremental persistence: a small "core" plus one entry per window bucket --------------
@@ -196,6 +206,9 @@ class FeatureState:
         fs.skew = d.get("skew")
         fs.control_ts = d.get("control_ts")
         fs.starving = {ik(k): list(v) for k, v in d.get("starving", {}).items()}  # absent before max_starved
+        fs.phase_first = dict(d.get("phase_first", {}))  # these three: absent before promotion blocks
+        fs.promotions = {tuple(k.split(US, 1)): dict(v) for k, v in d.get("promotions", {}).items()}
+        fs.signoffs = {p: {r: dict(s) for r, s in roles.items()} for p, roles in d.get("signoffs", {}).items()}
         return fs
 
 

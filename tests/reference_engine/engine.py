@@ -45,6 +45,9 @@ from rules.plan import BoundRule, FeaturePlan, Plan
 from rules.policy import HOUR_MS, Outputs, Policy
 from rules.reload import migrate
 from rules.seal import Sealer
+from rules.promotion import evaluate as evaluate_promotion
+from rules.promotion import time_changes
+from rules.promotion import signoff
 from rules.starvation import track as track_starvation
 from rules.state import BreakerState, FeatureState
 from rules.windows import SeriesBuckets
@@ -147,7 +150,9 @@ class ReferenceEngine:
             if ev.type == "control":
                 self.stats.events["control"] += 1
                 fs = features.get(ev.feature)
-                if fs is not None:
+                if ev.action == "signoff":
+                    signoff(out, features.setdefault(ev.feature, FeatureState()) if fs is None else fs, self.plan, ev)
+                elif fs is not None:
                     self.policy.resume(out, fs, self.plan, ev, self.breaker)
                 continue
             fs = features.get(ev.feature)
@@ -202,6 +207,8 @@ class ReferenceEngine:
         fp = self.plan.for_feature(ev.feature, ev.phase)
         if ev.phase not in fs.phases:
             fs.phases.add(ev.phase)
+        if fp.promotions:
+            fs.phase_first[ev.phase] = min(ts, fs.phase_first.get(ev.phase, ts))
         if src not in fs.src_first:
             fs.src_first[src] = ts
             self._start_clocks(fs, ev.feature)
@@ -502,7 +509,7 @@ class ReferenceEngine:
             if t > watermark:
                 break
             if watermark - t >= gap and (retry is None or t >= retry):
-                if self._skip_quiet(fs, watermark):
+                if self._skip_quiet(fs, watermark, feature):
                     continue
                 retry = t + gap  # not quiet yet: try again a while later, never once per instant
             due = [e for e, v in nxt.items() if v == t]
@@ -514,7 +521,7 @@ class ReferenceEngine:
         if evaluated:  # state only ages when an instant passed: once per `every`, not once per event
             self._expire(fs, watermark)
 
-    def _skip_quiet(self, fs: FeatureState, watermark: int) -> bool:
+    def _skip_quiet(self, fs: FeatureState, watermark: int, feature: str) -> bool:
         """Move each evaluation clock past the instants that cannot decide anything; True if one moved.
 
         An instant of a clock (``every``) is quiet when no window of its rules holds data there and it would see
@@ -542,6 +549,12 @@ class ReferenceEngine:
             b = plan.by_key.get((key[0], key[1]))
             if b is not None and pend:
                 starts.setdefault(b.rule.every_ms, []).extend(pend)
+        promos = plan.promotions_for(feature)
+        for bp in promos:  # a promotion's clock also sees what its gates' stores hold
+            e = bp.spec.every_ms
+            for se in {b.store.every_ms for b in bp.gates}:
+                starts[e] = starts.get(e, []) + starts.get(se, [])
+                reach[e] = max(reach.get(e, 0), reach.get(se, 0))
         nxt = fs.next_eval
         moved = False
         for e, n in nxt.items():
@@ -552,6 +565,9 @@ class ReferenceEngine:
                 continue  # its last instant saw data: the next one may see less of it
             limit = min(min(later, default=watermark), watermark)
             target = limit - limit % e + e  # the first instant after which data (or the watermark) comes
+            change = time_changes(fs, [bp for bp in promos if bp.spec.every_ms == e], last) if promos else None
+            if change is not None:  # no further than the first instant at or after a promotion's time change
+                target = min(target, -(-change // e) * e)
             if target > n:
                 nxt[e] = target
                 moved = True
@@ -560,16 +576,34 @@ class ReferenceEngine:
     def _evaluate_instant(self, out: Outputs, feature: str, fs: FeatureState, t: int, everys: frozenset[int]) -> None:
         cache = WindowCache()
         rules: dict[int, tuple[BoundRule, list[str]]] = {}
+        promos = []
         for phase in sorted(fs.phases):
             fp = self.plan.for_feature(feature, phase)
             for b in fp.metric_rules + fp.drift_rules:
                 if b.rule.every_ms in everys:
                     rules.setdefault(b.order, (b, []))[1].append(phase)
+            promos += [bp for bp in fp.promotions if bp.spec.every_ms in everys]
+        extra = {b.rule.every_ms for bp in promos for b in bp.gates} - everys
+        if extra:
+            for phase in sorted(fs.phases):
+                fp = self.plan.for_feature(feature, phase)
+                for b in fp.metric_rules + fp.drift_rules:
+                    if b.rule.every_ms in extra:
+                        rules.setdefault(b.order, (b, []))[1].append(phase)
+        self._gate_evals = {}
         for _, (b, phases) in sorted(rules.items(), key=lambda kv: kv[1][0].sort_key):
             if b.store is None:
                 self._evaluate_drift(out, feature, fs, b, phases, t)
             else:
                 self._evaluate_rule(out, feature, fs, b, phases, t, cache)
+        for bp in promos:
+
+            def measure(probe, phase=bp.phase):
+                series = fs.stores.get(probe.store.id, {})
+                ev = evaluate_metric(probe.rule, probe.base, None, probe.store, series, phase, (), t, cache)
+                return ev.value, ev.samples
+
+            evaluate_promotion(out, fs, bp, feature, t, self._gate_evals, measure)
 
     def _evaluate_rule(self, out, feature, fs, b: BoundRule, phases, t, cache) -> None:
         series = fs.stores.get(b.store.id, {})
@@ -628,6 +662,8 @@ class ReferenceEngine:
                 if inst.state in ("inactive", "resolved") and not inst.paged:
                     del fs.instances[key]  # back to rest: the windows (or the detector) alone carry what matters
         track_starvation(out, fs, b, feature, phase, group, t, ev)
+        if b.order in self.plan.gate_orders:
+            self._gate_evals.setdefault((b.order, phase), []).append((group, ev))
         if self.observer is not None:
             if state not in ("pending", "firing"):
                 state = "insufficient" if ev.verdict is None else "inactive"
