@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from rules.cases import (
-    COMMANDS, DEFAULT_START, FIRES, TRANSITIONS, Case, CaseError, CasesFile, CasesInvalid, Expectation, format_offset,
+    COMMANDS, DEFAULT_START, FIRES, PROMOTION, TRANSITIONS, Case, CaseError, CasesFile, CasesInvalid, Expectation,
+    format_offset,
 )  # fmt: skip
 from rules.durations import DurationError, format_duration, parse_duration
 from rules.engine import EngineConfig
@@ -42,6 +43,8 @@ from rules.loader import RuleError, RulesInvalid, load_rules
 from rules.located_yaml import LocatedMap, YamlSyntaxError, describe, did_you_mean, line_of, parse_documents
 from rules.model import RuleSet
 from rules.plan import Plan
+from rules.promotion import SIGNOFF_TRANSITIONS
+from rules.promotion_loader import PROMOTION_RULE_ID
 from rules.series import MAX_VALUES, NotationError, SeriesSpec, parse_layout
 
 __all__ = ["load_cases"]
@@ -263,7 +266,8 @@ class _Checker:
             obj.setdefault("event_id", f"t{i}-e{j}")
             if d.feature:
                 obj.setdefault("feature", d.feature)
-            if d.phase and obj.get("type") != "control":  # a resume without phase resumes every phase
+            if d.phase and (obj.get("type") != "control" or obj.get("action") == "signoff"):  # a resume without phase
+                # resumes every phase; a signoff names one
                 obj.setdefault("phase", d.phase)
             try:
                 out.append(_PARSER.parse_obj(obj))
@@ -282,6 +286,8 @@ class _Checker:
             return
         plan = Plan(self.rulesets)
         for ctl, line, where in self.controls:
+            if ctl.action != "resume":  # a sign-off counts from its own time, whatever was decided by then
+                continue
             before = {e.type for e in inputs if e.feature == ctl.feature and e.ts <= ctl.ts}
             missing = sorted(plan.profile(ctl.feature).sources - before)
             if missing:
@@ -384,6 +390,14 @@ class _Checker:
             return
         same = fnmatch.fnmatchcase if glob else str.__eq__
         rules = [r for rs in sets for r in rs.rules if same(r.id, exp.rule)]
+        promos = [rs.promotion for rs in sets if rs.promotion is not None and same(PROMOTION_RULE_ID, exp.rule)]
+        if promos and not rules:  # the decisions of a promotion block (rules.promotion)
+            if exp.at is not None and exp.transitions <= PROMOTION - set(SIGNOFF_TRANSITIONS) and all(
+                    (start + exp.at) % p.every_ms for p in promos):
+                every = format_duration(promos[0].every_ms)
+                message = f"{format_offset(exp.at)} is not an instant of the promotion (every {every})"
+                self.error(line_of(x, "at"), f"{where}.at: {message}")
+            return
         if not rules:
             hint = did_you_mean(exp.rule, sorted({r.id for rs in sets for r in rs.rules}))
             names = ", ".join(rs.name for rs in sets)

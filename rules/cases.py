@@ -24,17 +24,23 @@ from rules.exceptions import RollguardError
 from rules.loader import RuleError
 from rules.model import RuleSet
 from rules.outputs import STARVATION_TRANSITIONS
+from rules.promotion import PROMOTE, SIGNOFF_TRANSITIONS, VERDICTS
 
 __all__ = ["CaseError", "CasesInvalid", "Expectation", "Case", "CasesFile", "format_offset", "DEFAULT_START",
-           "TRANSITIONS", "FIRES", "COMMANDS", "STARVATION"]  # fmt: skip
+           "TRANSITIONS", "FIRES", "COMMANDS", "STARVATION", "PROMOTION"]  # fmt: skip
 
 DEFAULT_START = "2026-11-02T00:00:00Z"  # a Monday, midnight UTC: day-scale instants fall on day boundaries
 # decisions about a rule's data, not its condition (rules.starvation): `exact` checks them only in a case that
 # expects one
 STARVATION = frozenset(STARVATION_TRANSITIONS)
-TRANSITIONS = ("pending", "firing", "resolved", "cleared", "inhibited", "held", *STARVATION_TRANSITIONS)
+# the decisions of a rule set's promotion block (rules.promotion, rule ``promotion``): `exact` checks them only in a case
+# that expects one, too
+PROMOTION = frozenset(VERDICTS + SIGNOFF_TRANSITIONS)
+TRANSITIONS = ("pending", "firing", "resolved", "cleared", "inhibited", "held", *STARVATION_TRANSITIONS, *VERDICTS,
+               *SIGNOFF_TRANSITIONS)  # fmt: skip
 FIRES = frozenset({"firing", "held", "inhibited"})  # the condition held for `for`: what expect_no forbids by default
-COMMANDS = {"rollback": "rollback", "pause": "pause_rollout", "pause_rollout": "pause_rollout", "none": "none"}
+COMMANDS = {"rollback": "rollback", "pause": "pause_rollout", "pause_rollout": "pause_rollout", "promote": PROMOTE,
+            PROMOTE: PROMOTE, "none": "none"}  # fmt: skip
 
 
 @dataclass(frozen=True)

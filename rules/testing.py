@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rules.cases import STARVATION, Case, CasesFile, format_offset
+from rules.cases import PROMOTION, STARVATION, Case, CasesFile, format_offset
 from rules.engine import Engine, Observation
 from rules.events import parse_ts
 from rules.policy import Outputs
@@ -119,8 +119,11 @@ def compare(case: Case, start: int, out: Outputs) -> list[str]:
         listed = {x.rule for x in case.expect}
         # starvation decisions count only in a case about them (else every case would list its idle rules)
         starvation = any(x.transitions & STARVATION for x in case.expect)
+        # and so do a promotion block's (else every case of a rule set with one would list its verdicts)
+        promotion = any(x.transitions & PROMOTION for x in case.expect)
         extra = [(t, d) for t, d in decided if (case.exact == "all" or d["rule_id"] in listed)
                  and (starvation or d["transition"] not in STARVATION)
+                 and (promotion or d["transition"] not in PROMOTION)
                  and not any(x.matches(d, t) for x in case.expect)]  # fmt: skip
         if extra:
             scope = "any rule" if case.exact == "all" else ", ".join(sorted(listed))
