@@ -137,6 +137,20 @@ def launch_dashboard(uid: str) -> db.Dashboard:
         )
         .with_panel(
             table_panel(
+                "Promotions",
+                "Each promotion block's verdict now (rollguard_promotion_verdict): ready, blocked or inconclusive, "
+                "with the sign-offs still missing; `rollguard status` prints the checklist.",
+                instant_table_query(
+                    "A", f"max by (feature, phase, ruleset, to, verdict) "
+                         f"({selector('rollguard_promotion_verdict', {}, FEATURE_PHASE)}) > 0"),
+                hidden=("Time", "Value"),
+                sort_by="feature",
+                width=24,
+                height=5,
+            )
+        )
+        .with_panel(
+            table_panel(
                 "Firing rules",
                 "Every rule instance firing now (rollguard_rule_state{state=\"firing\"} > 0); `Value` is the number "
                 "of groups firing (more than 1 only for the __overflow__ group).",

@@ -31,7 +31,9 @@ from dashboards.panels import (
     prop,
     query,
     query_variable,
+    state_timeline_panel,
     timeseries_panel,
+    value_mappings,
 )
 from dashboards.promql import FEATURE_PHASE, FEATURE_PHASE_SEGMENT, selector
 from rules.durations import format_duration
@@ -244,6 +246,27 @@ def rule_panel(ruleset: RuleSet, rule: Rule) -> timeseries.Panel:
     return panel
 
 
+def promotion_panel(ruleset: RuleSet):
+    """The promotion block's verdict over time (rollguard_promotion_verdict): 0 blocked, 1 inconclusive, 2 ready."""
+    p = ruleset.promotion
+
+    def verdict(v: str) -> str:
+        series = selector("rollguard_promotion_verdict", {"ruleset": ruleset.name, "verdict": v}, FEATURE_PHASE)
+        return f"max by (feature, phase) ({series})"
+
+    gates = ", ".join(p.gates)
+    signs = ", ".join(p.signoffs) or "none"
+    return state_timeline_panel(
+        f"Promotion verdict → {p.to}",
+        f"Blocked (a gate fails, a sign-off missing, a latch), inconclusive (not enough data, exposure short, hold "
+        f"running) or ready, per feature/phase. Gates: {gates}; sign-offs: {signs}. `rollguard status` prints the "
+        "checklist (rules.md §4.13).",
+        query("A", f"2 * {verdict('ready')} + {verdict('inconclusive')}", "{{feature}} / {{phase}}"),
+        value_mappings({0: ("BLOCKED", "red"), 1: ("INCONCLUSIVE", "yellow"), 2: ("READY", "green")}),
+        height=5,
+    )
+
+
 def _scope(ruleset: RuleSet) -> str:
     phases = ", ".join(ruleset.phases) if ruleset.phases is not None else "all phases"
     return f"features {', '.join(ruleset.features)}; {phases}"
@@ -283,4 +306,6 @@ def rulepack_dashboard(ruleset: RuleSet, uid: str) -> db.Dashboard:
         builder = builder.with_row(db.Row(f"{tier.capitalize()} ({len(rules)} rules)"))
         for rule in rules:
             builder = builder.with_panel(rule_panel(ruleset, rule))
+    if ruleset.promotion is not None:
+        builder = builder.with_row(db.Row(f"Promotion to {ruleset.promotion.to}")).with_panel(promotion_panel(ruleset))
     return builder

@@ -22,7 +22,7 @@ Records are validated here, once: identifiers must be tag-safe names, so a malfo
 >>> annotation_for(dict(cmd, action="resume"), "command")
 Traceback (most recent call last):
 ...
-streams.grafana.annotations.InvalidRecord: command: action must be one of pause_rollout, rollback
+streams.grafana.annotations.InvalidRecord: command: action must be one of pause_rollout, promote_rollout, rollback
 """
 
 from __future__ import annotations
@@ -33,17 +33,22 @@ from typing import Any
 
 from rules.events import parse_ts
 from rules.exceptions import RollguardError
-from rules.outputs import ACTIONS, canonical
+from rules.outputs import ACTIONS, STARVATION_TRANSITIONS, canonical
+from rules.promotion import PROMOTE, SIGNOFF_TRANSITIONS, VERDICTS
+from rules.promotion_loader import PROMOTION_RULE_ID
 
 __all__ = ["annotation_for", "InvalidRecord", "AnnotationPlanner", "ANNOTATED_TRANSITIONS", "KINDS"]
 
 KINDS = ("decision", "command")
 ANNOTATED_TRANSITIONS = ("firing", "held", "inhibited", "resolved")
-_TRANSITIONS = frozenset({"pending", "cleared", *ANNOTATED_TRANSITIONS})
+# not marked: about a rule's data (rules.starvation), a promotion that is not ready, sign-offs (the ready verdict
+# after them is); a promotion's ``ready`` is marked
+_TRANSITIONS = frozenset({"pending", "cleared", *ANNOTATED_TRANSITIONS, *STARVATION_TRANSITIONS, *VERDICTS,
+                          *SIGNOFF_TRANSITIONS})  # fmt: skip
 _STARTS = frozenset({"firing", "held", "inhibited"})  # the instance is in the firing state from then on
 _TIERS = frozenset({"investigate", "pause", "kill"})
 _MODES = frozenset({"enforce", "shadow"})
-_TIER_OF_ACTION = {action: tier for tier, action in ACTIONS.items()}
+_TIER_OF_ACTION = {action: tier for tier, action in ACTIONS.items()} | {PROMOTE: PROMOTION_RULE_ID}
 # feature and phase charset (CONTRACT §1); rule set names and rule ids are narrower subsets of it
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 MAX_TEXT = 1024
@@ -73,6 +78,13 @@ def annotation_for(record: Any, kind: str, *, since_ms: int | None = None,
         body: dict[str, Any] = {"time": t}
     else:
         transition = _choice(record, "transition", _TRANSITIONS, kind)
+        if transition == "ready" and rule_id == PROMOTION_RULE_ID:  # rules.promotion: the phase may go on
+            body = {"time": t, "tags": ["rollguard", f"feature:{feature}", f"phase:{phase}", "tier:promotion",
+                                        "transition:ready", f"ruleset:{ruleset}", f"rule:{rule_id}"],
+                    "text": f"promotion ready: {_text(record, 'summary', kind)}"[:MAX_TEXT]}  # fmt: skip
+            if dashboard_uid:
+                body["dashboardUID"] = dashboard_uid
+            return body
         if transition not in ANNOTATED_TRANSITIONS:
             return None
         tier = _choice(record, "tier", _TIERS, kind)

@@ -47,6 +47,7 @@ from rules.engine import Engine
 from rules.model import TIER_ORDER
 from rules.plan import Plan
 from rules.policy import Outputs
+from rules.promotion import VERDICTS
 from streams.live.rule_series import RuleSeries
 from streams.live.status_summary import summary_of
 
@@ -184,6 +185,11 @@ class _Collector:
                                    labels=["feature", "phase"])  # fmt: skip
         starved = GaugeMetricFamily("rollguard_feature_starved_rules", "Rule instances with too little data to "
                                     "decide for longer than max_starved", labels=["feature", "phase"])  # fmt: skip
+        verdict = GaugeMetricFamily("rollguard_promotion_verdict", "1 for a promotion block's current verdict (ready, "
+                                    "blocked, inconclusive), 0 for the others", labels=["feature", "phase", "ruleset",
+                                                                                       "to", "verdict"])  # fmt: skip
+        missing = GaugeMetricFamily("rollguard_promotion_signoffs_missing", "Sign-off roles a promotion still waits "
+                                    "for", labels=["feature", "phase", "ruleset"])  # fmt: skip
         delay = GaugeMetricFamily("rollguard_watermark_delay_seconds", "Wall clock minus the feature's event-time "
                                   "watermark", labels=["feature"])  # fmt: skip
         mark = GaugeMetricFamily("rollguard_feature_watermark_timestamp_seconds", "The feature's event-time "
@@ -197,11 +203,15 @@ class _Collector:
                     latch.add_metric([feature, phase, lt], 1 if p["latch"] == lt else 0)
                 firing.add_metric([feature, phase], sum(1 for r in p["rules"] if r["state"] == "firing"))
                 starved.add_metric([feature, phase], len(p.get("starved", ())))
+                for pr in p.get("promotions", ()):  # rules.promotion: the last verdict of each block
+                    for v in VERDICTS:
+                        verdict.add_metric([feature, phase, pr["ruleset"], pr["to"], v], 1 if pr["verdict"] == v else 0)
+                    missing.add_metric([feature, phase, pr["ruleset"]], len(pr["signoffs"]["missing"]))
             wm = eng.watermark(feature)
             if wm is not None:
                 delay.add_metric([feature], now - wm / 1000)
                 mark.add_metric([feature], wm / 1000)
-        yield from (tier, latch, firing, starved, delay, mark)
+        yield from (tier, latch, firing, starved, verdict, missing, delay, mark)
 
     def _counters(self) -> Iterator[Metric]:
         m, st = self.m, self.m.engine.stats

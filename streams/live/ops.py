@@ -19,8 +19,8 @@ from streams.security import kafka_python_config, redis_kwargs
 from streams.settings import Settings
 from streams.kafka.topics import Topics
 
-__all__ = ["add_ops_parsers", "read_status", "send_control", "resume_message", "reload_message", "signed",
-           "render_status", "rule_state"]
+__all__ = ["add_ops_parsers", "read_status", "send_control", "resume_message", "reload_message", "signoff_message",
+           "signed", "render_status", "render_promotion", "rule_state"]
 
 
 def reload_message(now_ms: int) -> dict:
@@ -35,6 +35,17 @@ def resume_message(feature: str, phase: str | None, reason: str, operator: str |
         msg["phase"] = phase
     if operator:
         msg["operator"] = operator
+    return msg
+
+
+def signoff_message(feature: str, phase: str, role: str, reason: str, operator: str | None, now_ms: int,
+                    revoke: bool = False) -> dict:  # fmt: skip
+    msg = {"type": "control", "action": "signoff", "event_id": f"signoff-{uuid.uuid4().hex}", "ts": now_ms,
+           "feature": feature, "phase": phase, "role": role, "reason": reason}  # fmt: skip
+    if operator:
+        msg["operator"] = operator
+    if revoke:
+        msg["revoke"] = True
     return msg
 
 
@@ -102,6 +113,13 @@ def render_status(rows: list[dict], now_ms: int) -> str:
             )  # fmt: skip
             lines.append(f"{s['feature']:<24} {phase:<16} {p['tier'].upper():<12} {p['latch'] or '-':<6} "
                          f"{(s['watermark'] or '-')[:20]:<21} {age:>8}  {rules or '-'}")  # fmt: skip
+    promos = [(s["feature"], ph, pr) for s in rows for ph, p in sorted(s["phases"].items())
+              for pr in p.get("promotions", ())]  # fmt: skip
+    if promos:
+        lines.append("")
+        lines.append("promotions (rules.md §4.13; sign off with `rollguard signoff`):")
+        for f, ph, pr in promos:
+            lines.extend(render_promotion(f, ph, pr))
     starved = [(s["feature"], ph, r) for s in rows for ph, p in sorted(s["phases"].items())
                for r in p.get("starved", ())]  # fmt: skip
     if starved:
@@ -121,6 +139,54 @@ def render_status(rows: list[dict], now_ms: int) -> str:
             lines.append(f"  {f}: {n:,} quarantined as ts_outlier ({by or 'none'}), {c['held']:,} held"
                          + ("; clock-skew page open" if c["skew_paged"] else ""))
     return "\n".join(lines)
+
+
+def render_promotion(feature: str, phase: str, pr: dict) -> list[str]:
+    """A promotion verdict as a checklist: one line per gate, exposure, hold, sign-off and latch.
+
+    >>> pr = {"ruleset": "beta", "verdict": "blocked", "at": "2026-11-16T01:00:00Z", "to": "ga", "latch": None,
+    ...       "gates": [{"rule_id": "gate-acc", "status": "pass", "value": 0.18, "op": "<", "threshold": 0.15}],
+    ...       "exposure": {"time_in_phase": "14d1h", "min_time": "14d"}, "hold": {"since": None, "hold_for": "0s"},
+    ...       "signoffs": {"required": ["pm", "legal"], "missing": ["legal"], "signed": {"pm": {"operator": "ann",
+    ...       "at": "2026-11-04T10:30:00Z"}}}, "waiting": []}
+    >>> print("\\n".join(render_promotion("f", "beta", pr)))
+      f/beta -> ga: BLOCKED (beta, at 2026-11-16T01:00:00Z)
+        [x] gate gate-acc: 0.18 (fails when < 0.15)
+        [x] in phase 14d1h (needs 14d)
+        [x] sign-off pm: ann at 2026-11-04T10:30:00Z
+        [ ] sign-off legal: missing
+    """
+
+    def box(ok: bool) -> str:
+        return "[x]" if ok else "[ ]"
+
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    out = [f"  {feature}/{phase} -> {pr['to']}: {pr['verdict'].upper()} ({pr['ruleset']}, at {pr['at']})"]
+    if pr.get("latch"):
+        out.append(f"    [ ] phase is {'killed' if pr['latch'] == 'kill' else 'paused'} (an operator resume lifts it)")
+    for g in pr["gates"]:
+        line = "{lo}..{hi}".format(lo=num(g["threshold"]), hi=num(g["threshold_high"])) if "threshold_high" in g \
+            else f"{g['op']} {num(g['threshold'])}"  # fmt: skip
+        mark = "[?]" if g["status"] == "inconclusive" else box(g["status"] == "pass")
+        why = f"; {g['why']}" if g.get("why") else ""
+        out.append(f"    {mark} gate {g['rule_id']}: {num(g['value'])} (fails when {line}{why})")
+    e = pr["exposure"]
+    out.append(f"    {box(not any(w.startswith('phase has run') for w in pr['waiting']))} in phase "
+               f"{e['time_in_phase']} (needs {e['min_time']})")  # fmt: skip
+    for name in ("interactions", "users"):
+        if name in e:
+            out.append(f"    {box(e[name] >= e[f'min_{name}'])} {e[name]:,} {name} (needs {e[f'min_{name}']:,})")
+    hold = pr["hold"]
+    if hold["hold_for"] != "0s":
+        out.append(f"    {box(not any(w.startswith('holding') for w in pr['waiting']) and hold['since'] is not None)} "
+                   f"held {hold['hold_for']} (since {hold['since'] or '-'})")  # fmt: skip
+    for role in pr["signoffs"]["required"]:
+        s = pr["signoffs"]["signed"].get(role)
+        who = f"{s.get('operator', 'signed')} at {s['at']}" if s else "missing"
+        out.append(f"    {box(s is not None)} sign-off {role}: {who}")
+    return out
 
 
 def _settings() -> Settings:
@@ -185,6 +251,32 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_signoff(args: argparse.Namespace) -> int:
+    target = _control_target(args)
+    if target is None:
+        return 2
+    if not args.reason.strip():
+        print("rollguard: error: --reason must say what was reviewed (it goes to the audit trail)", file=sys.stderr)
+        return 2
+    msg = signoff_message(args.feature, args.phase, args.role, args.reason.strip(), args.operator,
+                          int(time.time() * 1000), args.revoke)  # fmt: skip
+    from rules.events import EventParser, Pseudonymizer
+
+    try:  # the worker would dead-letter it; say so here instead
+        EventParser(Pseudonymizer(b"validation-only-key")).parse_obj(msg)
+    except RollguardError as e:
+        print(f"rollguard: error: invalid signoff: {e}", file=sys.stderr)
+        return 2
+    bootstrap, topics, client = target
+    msg = signed(msg, _settings())
+    md = send_control(bootstrap, topics, args.feature, msg, **client)
+    what = "revocation of the sign-off" if args.revoke else "sign-off"
+    print(f"{what} of {args.feature}/{args.phase} by role {args.role} sent as {msg['event_id']} to "
+          f"{md.topic}@{md.offset}; the owning worker records it and the promotion counts it from its time on"
+          + _signed_note(msg))  # fmt: skip
+    return 0
+
+
 def _signed_note(msg: dict) -> str:
     if "signature" in msg:
         return f" (signed with operator key {msg['key_id']})"
@@ -218,6 +310,17 @@ def add_ops_parsers(sub: Any, rules_sub: Any) -> None:
     rs.add_argument("--bootstrap", help="default: ROLLGUARD_KAFKA_BOOTSTRAP")
     rs.add_argument("--topic-prefix", help="default: ROLLGUARD_TOPIC_PREFIX")
     rs.set_defaults(func=cmd_resume)
+
+    so = sub.add_parser("signoff", help="record (or --revoke) a role's sign-off of a phase's promotion (control message)")
+    so.add_argument("feature")
+    so.add_argument("--phase", required=True, help="the phase signed off (the one a promotion block promotes from)")
+    so.add_argument("--role", required=True, help="the role signing, as the promotion block lists it (pm, legal, ...)")
+    so.add_argument("--reason", required=True, help="what was reviewed (recorded in the audit trail)")
+    so.add_argument("--operator", default=_whoami(), help="who signs (default: the login name)")
+    so.add_argument("--revoke", action="store_true", help="withdraw this role's sign-off instead")
+    so.add_argument("--bootstrap", help="default: ROLLGUARD_KAFKA_BOOTSTRAP")
+    so.add_argument("--topic-prefix", help="default: ROLLGUARD_TOPIC_PREFIX")
+    so.set_defaults(func=cmd_signoff)
 
     rl = rules_sub.add_parser("reload", help="ask every worker to re-read its rules folder (control message)")
     rl.add_argument("--bootstrap", help="default: ROLLGUARD_KAFKA_BOOTSTRAP")

@@ -41,6 +41,10 @@ def summary_of(engine: Engine, feature: str, fs: FeatureState) -> dict:
             p = phases.setdefault(ph, {"tier": "ok", "latch": fs.latches.get(ph), "rules": []})
             p.setdefault("starved", []).append({"ruleset": rs, "rule_id": rid, "group": list(group),
                                                 "since": iso(since)})  # fmt: skip
+    for (rs, ph), st in sorted(fs.promotions.items()):  # rules.promotion: the last verdict and its checklist
+        p = phases.setdefault(ph, {"tier": "ok", "latch": fs.latches.get(ph), "rules": []})
+        p.setdefault("promotions", []).append({"ruleset": rs, "verdict": st["verdict"], "at": iso(st["at"]),
+                                               **st["detail"]})  # fmt: skip
     for p in phases.values():
         if p["latch"] and TIER_ORDER[p["latch"]] > TIER_ORDER.get(p["tier"], -1):
             p["tier"] = p["latch"]

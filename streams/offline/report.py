@@ -19,6 +19,7 @@ from typing import Any
 
 from rules.model import TIER_ORDER, worst
 from rules.outputs import ACTIONS, SEVERITY, STARVATION_TRANSITIONS, iso
+from streams.offline.report_promotion import Promotions, is_promotion
 from streams.offline.comparison import (
     _COMMAND_FIELDS,
     _DECISION_FIELDS,
@@ -205,6 +206,7 @@ class _Digest:
         self.commands: list[Mapping] = []
         self.page_records: list[Mapping] = []
         self.starved: dict[str, list[Mapping]] = defaultdict(list)
+        self.promotions = Promotions()  # verdicts and sign-offs of promotion blocks (rules.promotion)
 
     def add_decision(self, d: Mapping, where: str) -> None:
         _require(d, _DECISION_FIELDS, where)
@@ -213,6 +215,9 @@ class _Digest:
         self.feature_phases.add(fp)
         self.versions.setdefault(rs, d.get("ruleset_version") or "")
         self.transitions[rs][transition] += 1
+        if is_promotion(d):
+            self.promotions.add(d)
+            return
         if transition in STARVATION_TRANSITIONS:  # about the rule's data, not its condition (rules.starvation)
             if transition == "starved":
                 self.starved[rs].append(d)
@@ -513,13 +518,15 @@ def write_report(path, stats: ReplayStats, decisions: Iterable[dict], commands: 
     sections = [_render_header(stats, [("", stats)] if compare is None else
                                [(compare.label_a, stats), (compare.label_b, compare.stats_b)])]
     if compare is None:
-        sections += [_render_verdict(a, None, ("", ""), max_rows), _render_timelines(a, stats, "", max_rows)]
+        sections += [_render_verdict(a, None, ("", ""), max_rows), a.promotions.render(max_rows),
+                     _render_timelines(a, stats, "", max_rows)]
     else:
         b = _digest(compare.stats_b, compare.decisions_b, compare.commands_b, compare.pages_b, max_rows, True, "B")
         diff = diff_outputs({"decisions": a.notable, "commands": a.commands, "pages": a.page_records},
                             {"decisions": b.notable, "commands": b.commands, "pages": b.page_records})
         labels = (compare.label_a, compare.label_b)
         sections += [_render_verdict(a, b, labels, max_rows), _render_comparison(diff, stats, compare, max_rows),
+                     a.promotions.render(max_rows, compare.label_a), b.promotions.render(max_rows, compare.label_b),
                      _render_timelines(a, stats, compare.label_a, max_rows),
                      _render_timelines(b, compare.stats_b, compare.label_b, max_rows)]
     sections.append(list(appendix))
