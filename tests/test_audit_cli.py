@@ -214,6 +214,9 @@ def test_the_actuator_example_in_the_docs_runs(files, tmp_path, monkeypatch):
         def freeze_rollout(self, feature, cohort):
             self.calls.append(("freeze", feature, cohort))
 
+        def promote(self, feature, cohort, to):
+            self.calls.append(("promote", feature, cohort, to))
+
     import time
 
     now = int(time.time() * 1000)
@@ -229,4 +232,12 @@ def test_the_actuator_example_in_the_docs_runs(files, tmp_path, monkeypatch):
     forged = dict(cmd, command_id="c10", seq=2, phase="eu")
     assert on_command(orjson.dumps(forged), emission_headers(forged, now, b"new-secret"), flags) is False
     assert on_command(orjson.dumps(dict(cmd, command_id="c11", seq=3)), [], flags) is False  # no emission time
-    assert flags.calls == [("disable", "email-reply", "ga")]
+    promote = dict(cmd, command_id="c12", seq=4, action="promote_rollout", phase="closed_beta",
+                   to="regional_expansion", rule_id="promotion")  # fmt: skip
+    promote["signature"] = sign(promote, b"new-secret")
+    assert on_command(orjson.dumps(promote), emission_headers(promote, now, b"new-secret"), flags) is True
+    unknown = dict(cmd, command_id="c13", seq=5, action="reboot_everything")
+    unknown["signature"] = sign(unknown, b"new-secret")
+    assert on_command(orjson.dumps(unknown), emission_headers(unknown, now, b"new-secret"), flags) is False
+    assert flags.calls == [("disable", "email-reply", "ga"), ("promote", "email-reply", "closed_beta",
+                                                              "regional_expansion")]  # fmt: skip

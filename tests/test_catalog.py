@@ -58,7 +58,9 @@ def rule(catalog, ruleset: str, rule_id: str):
 def only(catalog, ruleset: str, *rule_ids: str):
     """The rule set reduced to some of its rules, so an engine test evaluates nothing else."""
     rs = catalog[ruleset]
-    return (rs.model_copy(update={"rules": tuple(r for r in rs.rules if r.id in rule_ids)}),)
+    rules = tuple(r for r in rs.rules if r.id in rule_ids)
+    promotion = rs.promotion if rs.promotion and set(rs.promotion.gates) <= set(rule_ids) else None
+    return (rs.model_copy(update={"rules": rules, "promotion": promotion}),)
 
 
 # ---------------------------------------------------------------------------------------------------- structure

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from engine_kit import MIN, T0, interactions, rules, traffic
 from rules.engine import Engine, EngineConfig
-from rules.events import Event
+from rules.events import Control, Event
 from rules.outputs import iso
 from rules.state import FeatureState
 
@@ -266,7 +266,7 @@ def test_inserting_outliers_anywhere_never_changes_decisions_on_the_other_events
 class NaiveWalk(Engine):
     """Today's evaluation loop: every instant, one by one."""
 
-    def _skip_quiet(self, fs, watermark):
+    def _skip_quiet(self, fs, watermark, feature):
         return False
 
 
@@ -285,6 +285,30 @@ rules:
   - {id: starve, tier: kill, metric: error_rate, op: ">", threshold: 0.9, window: 3m, min_samples: 15,
      max_starved: 3m}
 """
+) + rules(
+    # promotions: their verdicts also move with time alone (exposure time, hold, sign-offs), and a count gate with
+    # min_samples 0 passes on empty windows, so a silence can make one ready
+    """
+version: 1
+name: promo-a
+features: ["*"]
+phases: [p]
+rules:
+  - {id: g-err, tier: investigate, mode: shadow, metric: error_rate, op: ">", threshold: 0.3, window: 4m, every: 2m,
+     min_samples: 3}
+  - {id: g-none, tier: investigate, mode: shadow, metric: "flag_count:pii_leak", op: ">", threshold: 0, window: 6m,
+     every: 2m, min_samples: 0}
+promotion: {to: q, gates: [g-err, g-none], hold_for: 10m, min_exposure: {time: 20m, interactions: 3}, every: 10m}
+---
+version: 1
+name: promo-b
+features: ["*"]
+phases: [p]
+rules:
+  - {id: g-none, tier: investigate, mode: shadow, metric: "flag_count:pii_leak", op: ">", threshold: 0, window: 30m,
+     min_samples: 0}
+promotion: {to: q, gates: [g-none], hold_for: 4m, min_exposure: {time: 6m}, signoffs: [pm], auto: true}
+"""
 )
 
 
@@ -293,15 +317,20 @@ def gappy(draw):
     """Bursts of traffic separated by silences from minutes to weeks."""
     evs: list[Event] = []
     t = T0
+    outcomes = draw(st.sampled_from([["ok", "error"], ["ok", "ok", "ok", "ok", "error"]]))
     for b in range(draw(st.integers(1, 5))):
         for m in range(draw(st.integers(1, 8))):
             for i in range(draw(st.integers(0, 8))):
                 ts = t + m * MIN + draw(st.integers(0, MIN - 1))
                 evs.append(Event("interaction", f"e{b}-{m}-{i}", ts, "f", "p", {}, None, None, None,
-                                 draw(st.sampled_from(["ok", "error"])), draw(st.sampled_from([100.0, 900.0])),
+                                 draw(st.sampled_from(outcomes)), draw(st.sampled_from([100.0, 900.0])),
                                  None, None, None, None, ()))  # fmt: skip
         t += draw(st.sampled_from([5 * MIN, 47 * MIN, 3 * HOUR, 2 * DAY, 9 * DAY]))
     evs.sort(key=lambda e: (e.ts, e.event_id))
+    if evs and draw(st.booleans()):  # promo-b's sign-off, sent at some point: it counts from its own time
+        at = draw(st.integers(0, len(evs) - 1))
+        evs.insert(at + 1, Control("so", evs[at].ts + draw(st.sampled_from([-HOUR, 0, 7 * MIN, 3 * HOUR])), "signoff", "f",
+                                   "p", "ok", "lead", role="pm"))  # fmt: skip
     return evs
 
 

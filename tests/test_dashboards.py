@@ -54,6 +54,8 @@ METRIC_NAMES = frozenset(
         "rollguard_feature_tier",
         "rollguard_feature_latch",
         "rollguard_feature_firing_rules",
+        "rollguard_promotion_verdict",
+        "rollguard_promotion_signoffs_missing",
         "rollguard_watermark_delay_seconds",
         "rollguard_feature_watermark_timestamp_seconds",
         "rollguard_events_total",
@@ -83,7 +85,7 @@ HISTOGRAMS = ("rollguard_batch_duration_seconds", "rollguard_redis_duration_seco
 ALLOWED_SERIES = METRIC_NAMES | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
 LABELS = frozenset(
     "feature phase ruleset rule tier metric group state latch type reason transition action severity op topic arm "
-    "partition version app_id instance job le".split()
+    "partition version app_id instance job le to verdict".split()
 )
 _PROMQL_WORDS = frozenset({"bool", "and", "or", "unless", "offset", "on", "ignoring", "group_left", "group_right"})
 
@@ -254,10 +256,13 @@ def test_rule_panels_sit_in_rows_by_tier(dashboards, ruleset):
         if panel["type"] == "row":
             current = panel["title"].split()[0].lower()
             order.append(current)
+        elif current == "promotion":  # the promotion block's verdict, last (rules.md §4.13)
+            assert panel["title"] == f"Promotion verdict → {ruleset.promotion.to}"
+            assert "rollguard_promotion_verdict" in panel["targets"][0]["expr"]
         else:
             assert panel["title"].startswith(current.upper() + " ·"), (current, panel["title"])
     tiers = [t for t in ("kill", "pause", "investigate") if any(r.tier == t for r in ruleset.rules)]
-    assert order == tiers
+    assert order == tiers + ["promotion"] * (ruleset.promotion is not None)
 
 
 # --- staleness -----------------------------------------------------------------------------------------------------

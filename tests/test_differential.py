@@ -240,7 +240,25 @@ rules:
   - {id: band-out, tier: pause, metric: latency_p95, op: outside, threshold: [50, 700], min_samples: 3,
      group_by: [platform]}
 """
-RULES = rules(RULES_TEXT, "diff")
+# a promotion block (rules.promotion): gates of their own, exposure, a hold, sign-offs and auto promote_rollout
+PROMO_TEXT = """
+version: 1
+name: promo
+features: ["*"]
+phases: [p]
+rules:
+  - {id: g-err, tier: investigate, mode: shadow, metric: error_rate, op: ">", threshold: 0.5, window: 3m, min_samples: 3}
+  - {id: g-acc, tier: investigate, mode: shadow, metric: acceptance_rate, op: "<", threshold: 0.1, window: 5m,
+     min_samples: 1, group_by: [platform]}
+promotion:
+  to: q
+  gates: [g-err, g-acc]
+  hold_for: 1m
+  min_exposure: {time: 3m, interactions: 5, users: 2}
+  signoffs: [pm, legal]
+  auto: true
+"""
+RULES = rules(RULES_TEXT, "diff") + rules(PROMO_TEXT, "promo")
 # a reload: thresholds moved, a rule gone, a rule new, a detector's parameters changed, a second rule set
 RELOADED = rules(
     RULES_TEXT.replace("threshold: 0.3, for: 2m", "threshold: 0.25, for: 1m")
@@ -348,6 +366,15 @@ def scripts(draw):
         c = Control(f"resume-{j}", ts, "resume", f, rnd.choice(["p", None]), "fixed upstream", "oncall",
                     "op1" if rnd.random() < 0.4 else None)  # fmt: skip
         items.insert(rnd.randint(0, len(items)), c)
+    # sign-offs of the promotion: most features get both roles, at random times; a few more of a role it does not ask
+    # for, or revoking one; some signed
+    signoffs = [(f, role, False) for f in features if rnd.random() < 0.7 for role in ("pm", "legal")]
+    signoffs += [(rnd.choice(features), rnd.choice(["qa", "legal", "pm"]), True) for _ in range(draw(st.integers(0, 2)))]
+    for j, (f, role, odd) in enumerate(signoffs):
+        ts = T0 + rnd.randint(-1, 8) * MIN + rnd.randint(0, MIN - 1)
+        c = Control(f"signoff-{j}", ts, "signoff", f, "p", "reviewed", "lead", "op1" if rnd.random() < 0.3 else None,
+                    role=role, revoke=odd and role != "qa" and rnd.random() < 0.5)  # fmt: skip
+        items.insert(rnd.randint(0, len(items)), c)
     # events right at the late bound of their source (its highest time so far - the allowed lateness), +-1 ms
     for j in range(draw(st.integers(0, 3))):
         at = rnd.randint(0, len(items))
@@ -436,11 +463,14 @@ def test_the_generated_streams_exercise_what_they_claim():
         filtered.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith(("w-", "sh-")))
         starved.update(d["transition"] for o in outs for d in o.decisions if d["rule_id"].startswith("starve"))
         banded.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("band-"))
+        promoted.update(d["transition"] for o in outs for d in o.decisions if d["rule_id"] == "promotion")
+        promoted.update(c["action"] for o in outs for c in o.commands if c["action"] == "promote_rollout")
 
     compared: set[str] = set()
     filtered: set[str] = set()
     starved: set[str] = set()
     banded: set[str] = set()
+    promoted: set[str] = set()
     sample()
     assert all(seen.values()), seen
     assert drift  # every drift rule firing is checked on a stream made for it, below
@@ -449,6 +479,8 @@ def test_the_generated_streams_exercise_what_they_claim():
     assert {"w-mobile", "w-not-m2", "sh-conf"} <= filtered, filtered
     assert {"starved", "fed"} <= starved, starved  # starvation clocks flag and end in both engines
     assert {"band-in", "band-out"} <= banded, banded
+    # promotion verdicts, sign-offs and their revocation in both engines (ready and its command: the stream below)
+    assert {"blocked", "inconclusive", "signed_off", "signoff_revoked"} <= promoted, promoted
 
 
 def test_every_comparison_fires_and_matches_the_reference():
@@ -481,6 +513,47 @@ def test_every_comparison_fires_and_matches_the_reference():
     assert_same(drive(Engine, RULES, cfg, script, [1, 7, 40, 0, 300], rows=True), reference)
     decided = {d["rule_id"] for o in reference[1] for d in o.decisions if d["transition"] in ("firing", "inhibited")}
     assert {"cmp", "cmp-srm.srm", "cmp-mean", "cmp-p95", "cmp-phase"} <= decided, decided
+
+
+def test_a_promotion_becomes_ready_blocks_on_a_latch_and_matches_the_reference():
+    """A steady stream on which the promotion block's gates pass: ready once both roles signed (an auto
+    promote_rollout), blocked by a pause latch from minute 9 (p95 jumps), ready again after a resume; a revoked and
+    re-given sign-off in between. Identical in both engines, under any batch split, as events and as rows."""
+    rnd = random.Random(11)
+    evs: list = []
+    for m in range(20):
+        for i in range(30):
+            ts = T0 + m * MIN + i * 2_000 + rnd.randint(0, 999)
+            plat = rnd.choice(["mobile", "desktop"])
+            if i % 2:
+                slow = 9 <= m < 11
+                evs.append(Event("interaction", f"i{m}-{i}", ts, "f", "p", {"platform": plat}, f"u{i % 6}", "m1", None,
+                                 "ok", rnd.uniform(50, 200) + (2000 if slow else 0), None, None, 0.002, 0.8,
+                                 variant="a"))  # fmt: skip
+            else:
+                evs.append(Event("feedback", f"s{m}-{i}", ts, "f", "p", {"platform": plat}, None, "m1", None,
+                                 kind="suggestion", label=rnd.choice(["accepted", "edited", "rejected"]), variant="a"))
+    def ctl(at: int, action: str, **kw) -> Control:
+        return Control(f"{action}-{at}-{kw.get('role', '')}", T0 + at, action, "f", "p", "reviewed", "lead",
+                       role=kw.get("role"), revoke=kw.get("revoke", False))  # fmt: skip
+    controls = [ctl(30_000, "signoff", role="pm"), ctl(4 * MIN, "signoff", role="legal"),
+                ctl(6 * MIN + 5_000, "signoff", role="legal", revoke=True), ctl(7 * MIN + 5_000, "signoff", role="legal"),
+                ctl(14 * MIN, "resume")]  # fmt: skip
+    items = sorted(evs + controls, key=lambda x: (x.ts, x.type != "control"))
+    cfg = EngineConfig(allowed_lateness_ms=LATENESS, signing_key=b"differential-signing-key-01234567")
+    script = [("items", items)]
+    reference = drive(ReferenceEngine, RULES, cfg, script)
+    assert_same_per_call(drive(Engine, RULES, cfg, script), reference)
+    assert_same(drive(Engine, RULES, cfg, script, [1, 7, 40, 0, 300], rows=True), reference)
+    verdicts = [(d["ts"][11:16], d["transition"]) for o in reference[1] for d in o.decisions
+                if d["rule_id"] == "promotion"]  # fmt: skip
+    seen = [v for _, v in verdicts]
+    assert seen.count("ready") >= 2 and "signoff_revoked" in seen and "blocked" in seen, verdicts
+    latched = [d for o in reference[1] for d in o.decisions if d["rule_id"] == "promotion"
+               and d.get("promotion", {}).get("latch") == "pause"]  # fmt: skip
+    assert latched and latched[0]["transition"] == "blocked"
+    commands = [c["action"] for o in reference[1] for c in o.commands]
+    assert commands.count("promote_rollout") >= 2, commands
 
 
 def test_every_drift_rule_fires_and_matches_the_reference():

@@ -235,6 +235,71 @@ def test_resume_of_an_unknown_feature_and_control_garbage_do_not_stop_the_worker
         pages.close()
 
 
+PROMO_YAML = """version: 1
+name: ops-beta
+features: ["*"]
+phases: [beta]
+rules:
+  - {id: gate-errors, tier: investigate, mode: shadow, metric: error_rate, op: ">", threshold: 0.5, window: 2m,
+     every: 1m, min_samples: 5}
+promotion: {to: ga, gates: [gate-errors], min_exposure: {time: 3m, interactions: 20}, signoffs: [pm], auto: true}
+"""
+
+
+@pytest.mark.slow
+def test_signoff_makes_the_promotion_ready_live_and_replay_agrees(stack, topic_prefix, tmp_path, cli):
+    """`rollguard signoff` through the control topic: the worker records it, the promotion becomes ready with a
+    promote_rollout command, status prints the checklist, a typo'd role is dead-lettered; replaying the same events and
+    control records gives the same decisions and commands."""
+    topics = setup_topics(stack, topic_prefix)
+    rules = rules_dir(tmp_path, PROMO_YAML)
+    worker = LiveWorker(stack, topics, tmp_path / "worker.log", rules=json.dumps([str(rules)]))
+    decisions, commands, control = Tail(stack, topics.decisions), Tail(stack, topics.commands), Tail(stack, topics.control)
+    f = "promo-me"
+    now = int(time.time() * 1000) // MIN * MIN  # event time near the wall clock: a sign-off counts from its own time
+
+    def beta(start: int, seconds: int) -> list[dict]:
+        return [{"type": "interaction", "event_id": f"{f}-{start + i * 1000}", "ts": start + i * 1000, "feature": f,
+                 "phase": "beta", "outcome": "ok", "latency_ms": 120, "user": f"user-{i % 7}@example.com"}
+                for i in range(seconds)]  # fmt: skip
+
+    try:
+        before = beta(now - 6 * MIN, 6 * 60)
+        last = produce(stack, topics, before)
+        wait_processed(stack, topics, last, worker, timeout=60)
+        assert status(cli, topics)[f]["phases"]["beta"]["promotions"][0]["verdict"] == "blocked"
+        assert cli(topics, "signoff", f, "--phase", "beta", "--role", "pm", "--reason", "  ")[0] == 2
+        code, out, err = cli(topics, "signoff", f, "--phase", "beta", "--role", "qa", "--reason", "typo")
+        assert code == 0, err
+        code, out, err = cli(topics, "signoff", f, "--phase", "beta", "--role", "pm", "--reason", "beta reviewed",
+                             "--operator", "ann")  # fmt: skip
+        assert code == 0 and "sign-off of promo-me/beta by role pm sent" in out, (out, err)
+        [so] = decisions.wait(lambda d: d["transition"] == "signed_off", worker, what="sign-off decision")
+        assert (so["role"], so["operator"], so["reason"], so["rule_id"]) == ("pm", "ann", "beta reviewed", "promotion")
+        dead = Tail(stack, topics.deadletter).wait(lambda d: d["reason"] == "signoff_unknown", worker, what="dead letter")
+        assert "role 'qa'" in dead[0]["detail"]
+        after = beta(now + 5_000, 3 * 60)
+        last = produce(stack, topics, after)
+        wait_processed(stack, topics, last, worker, timeout=60)
+        [ready] = decisions.wait(lambda d: d["transition"] == "ready", worker, what="ready verdict")
+        [cmd] = commands.wait(lambda c: c["action"] == "promote_rollout", worker, what="promote command")
+        assert (cmd["to"], cmd["phase"], cmd["decision_id"]) == ("ga", "beta", ready["decision_id"])
+        assert ready["promotion"]["signoffs"]["signed"]["pm"]["operator"] == "ann"
+        code, out, _ = cli(topics, "status", f)
+        assert code == 0 and "promo-me/beta -> ga: READY" in out and "[x] sign-off pm: ann at" in out, out
+        # replay: the same events and the control records, in the order the worker saw them
+        controls = [c for c in control.wait(lambda c: c.get("action") == "signoff", worker, n=2, what="controls")]
+        replayed = replay_outputs(tmp_path, rules, before + controls + after)
+        live = [d for d in decisions.poll() if d["feature"] == f]
+        assert [d["decision_id"] for d in replayed["decisions"]] == [d["decision_id"] for d in live]
+        assert [c["command_id"] for c in replayed["commands"]] == [cmd["command_id"]]
+        assert [d["reason"] for d in replayed["deadletter"]] == ["signoff_unknown"]
+    finally:
+        worker.stop()
+        for t in (decisions, commands, control):
+            t.close()
+
+
 # --- 2. rule hot reload -------------------------------------------------------------------------------------------
 
 

@@ -176,7 +176,8 @@ tests:
         "5: test 'typos': tests[0]: no inputs: give events, series or both",
         "6: test 'typos': tests[0]: unknown key 'serie' (did you mean 'series'?)",
         "7: test 'typos': tests[0].expect[0].transition: must be one of pending, firing, resolved, cleared, inhibited, "
-        "held, starved, fed; got string 'fireing' (did you mean 'firing'?)",
+        "held, starved, fed, ready, blocked, inconclusive, signed_off, signoff_revoked; got string 'fireing' "
+        "(did you mean 'firing'?)",
         "7: test 'typos': tests[0].expect[0].rule: no rule 'leek' in demo (did you mean 'leak'?)",
         "10: test 'bad inputs': tests[1].series[0].fields: unknown key 'flgs' (did you mean 'flags'?)",
         "10: test 'bad inputs': tests[1].series[0].fields.latency_ms: '200+x3' is not a value: write a number, a+bxN, "
@@ -187,8 +188,8 @@ tests:
         # the first event that breaks CONTRACT §1 is named by its time: value 1.1 from the 34th event on
         "13: test 'bad inputs': tests[1].series[3]: the event at 33s: confidence: Input should be less than or equal to 1",
         "15: test 'bad inputs': tests[1].events[0]: outcome: Input should be 'ok', 'error', 'timeout' or 'refused'",
-        "16: test 'bad inputs': tests[1].expect[0].command: must be one of rollback, pause, pause_rollout, none; got "
-        "string 'kill'",
+        "16: test 'bad inputs': tests[1].expect[0].command: must be one of rollback, pause, pause_rollout, promote, "
+        "promote_rollout, none; got string 'kill'",
         "16: test 'bad inputs': tests[1].expect[0].at: 1m30s is not an evaluation instant of slow (every 1m)",
         "17: test 'bad inputs': tests[1].expect_no[0].rule: no rule 'nope*' in demo",
         "18: test 'bad inputs': name already used by the test on line 8",
