@@ -101,6 +101,14 @@ def contributions(ev: Any) -> list[tuple[str, int]]:
         return out
     if kind == "ticket":
         return [("tk", 1), ("tk:" + ev.label, 1)] if ev.label else [("tk", 1)]
+    if kind == "eval":  # an evaluation run of ev.n items of suite ev.label (rules.events): its mean score, passes
+        suite, n = ev.label, ev.n
+        out = []
+        if ev.score is not None:
+            out += [("ev.n:" + suite, n), ("ev.s:" + suite, round(ev.score * UNIT_SCALE) * n)]
+        if ev.passed is not None:
+            out += [("ev.t:" + suite, n), ("ev.p:" + suite, ev.passed)]
+        return out
     # survey: label csat|nps with a score (validated upstream)
     if ev.label == "csat":
         return [("csat.n", 1), ("csat.s", round(ev.score * SCORE_SCALE))]

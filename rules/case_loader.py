@@ -60,10 +60,11 @@ _SERIES_FIELDS = {
     "interaction": ("outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags", "user",
                     "model_version", "prompt_version", "variant"),
     "feedback": ("kind", "label", "score", "interaction_id", "user", "model_version", "prompt_version", "variant"),
+    "eval": ("suite", "score", "n", "passed", "model_version", "prompt_version", "variant"),
 }  # fmt: skip
 _CHOICES = {"transition": TRANSITIONS, "tier": ("investigate", "pause", "kill"), "mode": ("enforce", "shadow"),
             "command": tuple(COMMANDS), "page": ("trigger", "resolve", "none"), "exact": ("listed", "all"),
-            "type": ("interaction", "feedback")}  # fmt: skip
+            "type": ("interaction", "feedback", "eval")}  # fmt: skip
 _EVENT_KEYS = tuple(sorted(KNOWN_FIELDS | {"at"}))
 _PARSER = EventParser(Pseudonymizer(b"rollguard-rules-test"))  # fixed key: user pseudonyms only need to be distinct
 

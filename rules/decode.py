@@ -36,8 +36,11 @@ import msgspec
 
 from rules.timestamps import _MAX_TS
 
+EVAL_SCORE_MAX = 1e6  # |score| of an eval run (rules.event_models.EvalIn)
+EVAL_N_MAX = 1_000_000_000  # items in one eval run
+
 __all__ = [
-    "Interaction", "Feedback", "ControlRecord", "MESSAGE", "DecodeFailed", "convert", "json_shaped", "names",
+    "Interaction", "Feedback", "EvalRecord", "ControlRecord", "MESSAGE", "DecodeFailed", "convert", "json_shaped", "names",
     "seen_name", "seen_labels",
 ]  # fmt: skip
 
@@ -76,6 +79,8 @@ class Interaction(_Common, tag="interaction"):
     label: ClassVar[None] = None
     score: ClassVar[None] = None
     interaction_id: ClassVar[None] = None
+    n: ClassVar[None] = None
+    passed: ClassVar[None] = None
 
     phase: Name = "default"
     segment: Segment = msgspec.field(default_factory=dict)
@@ -104,6 +109,8 @@ class Feedback(_Common, tag="feedback"):
     cost_usd: ClassVar[None] = None
     confidence: ClassVar[None] = None
     flags: ClassVar[tuple] = ()
+    n: ClassVar[None] = None
+    passed: ClassVar[None] = None
 
     kind: Literal["suggestion", "thumbs", "review", "ticket", "survey"]
     phase: Name = "default"
@@ -115,6 +122,34 @@ class Feedback(_Common, tag="feedback"):
     label: Label | None = None
     score: Finite | None = None
     interaction_id: Short | None = None
+
+
+class EvalRecord(_Common, tag="eval"):
+    """An evaluation run, as ``rules.event_models.EvalIn``: ``n`` items of suite ``suite`` (read as ``label``), their
+    mean ``score`` and how many ``passed``. It reads like a feedback row of kind ``eval`` (``type`` is the stream it
+    rides: the feedback stream's clock, like an expert review's)."""
+
+    type: ClassVar[str] = "feedback"
+    kind: ClassVar[str] = "eval"
+    outcome: ClassVar[None] = None
+    latency_ms: ClassVar[None] = None
+    tokens_in: ClassVar[None] = None
+    tokens_out: ClassVar[None] = None
+    cost_usd: ClassVar[None] = None
+    confidence: ClassVar[None] = None
+    flags: ClassVar[tuple] = ()
+    interaction_id: ClassVar[None] = None
+
+    label: Label = msgspec.field(name="suite")
+    phase: Name = "default"
+    segment: Segment = msgspec.field(default_factory=dict)
+    user: Short | None = None
+    model_version: Short | None = None
+    prompt_version: Short | None = None
+    variant: Short | None = None
+    score: Annotated[float, msgspec.Meta(ge=-EVAL_SCORE_MAX, le=EVAL_SCORE_MAX)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=EVAL_N_MAX)] = 1
+    passed: Annotated[int, msgspec.Meta(ge=0, le=EVAL_N_MAX)] | None = None
 
 
 class ControlRecord(_Common, tag="control"):
@@ -139,15 +174,19 @@ class _FeedbackLax(Feedback, forbid_unknown_fields=False):
     pass
 
 
+class _EvalLax(EvalRecord, forbid_unknown_fields=False):
+    pass
+
+
 class _ControlLax(ControlRecord, forbid_unknown_fields=False):
     pass
 
 
-Record = Union[Interaction, Feedback, ControlRecord]
-_LAX = Union[_InteractionLax, _FeedbackLax, _ControlLax]
+Record = Union[Interaction, Feedback, EvalRecord, ControlRecord]
+_LAX = Union[_InteractionLax, _FeedbackLax, _EvalLax, _ControlLax]
 
 #: Decodes one message: an event object or a batch envelope (an array of them).
-MESSAGE = msgspec.json.Decoder(Union[Interaction, Feedback, ControlRecord, list[Record]])
+MESSAGE = msgspec.json.Decoder(Union[Interaction, Feedback, EvalRecord, ControlRecord, list[Record]])
 
 #: What msgspec raises when it refuses a message or a value (the caller then asks the models). UnicodeError: a
 #: ``str`` message with a lone surrogate cannot be encoded, and msgspec 0.19 raised UnicodeDecodeError, not
@@ -155,7 +194,7 @@ MESSAGE = msgspec.json.Decoder(Union[Interaction, Feedback, ControlRecord, list[
 DecodeFailed = (msgspec.ValidationError, msgspec.DecodeError, UnicodeError)
 
 
-def convert(obj: dict) -> Interaction | Feedback | ControlRecord:
+def convert(obj: dict) -> Interaction | Feedback | EvalRecord | ControlRecord:
     """Validate an already-decoded JSON object; raises one of :data:`DecodeFailed`. Call :func:`json_shaped` first.
 
     >>> convert({"type": "control", "event_id": "c", "ts": 1, "feature": "f", "action": "resume", "reason": "ok"}).action

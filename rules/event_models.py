@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAda
 
 from rules.timestamps import parse_ts
 
-__all__ = ["InteractionIn", "FeedbackIn", "ControlIn", "ANY", "located", "feedback_problem", "control_problem",
-           "is_name"]
+__all__ = ["InteractionIn", "FeedbackIn", "EvalIn", "ControlIn", "ANY", "located", "feedback_problem",
+           "eval_problem", "control_problem", "is_name"]
 
 _NAME = r"^[A-Za-z0-9._-]{1,128}$"
 _LABEL = r"^[a-z0-9_]{1,64}$"
@@ -79,6 +79,32 @@ class FeedbackIn(_Base):
             raise ValueError(problem)
 
 
+class EvalIn(_Base):
+    """An evaluation run (extension of CONTRACT §1): ``n`` items of eval suite ``suite`` scored offline (relevance,
+    model quality…) against the feature's model or prompt version, their mean ``score`` and the number that
+    ``passed``. It rides the feedback stream (its watermark and lateness), like an expert review."""
+
+    type: Literal["eval"]
+    suite: Label
+    score: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] | None = None  # rules.decode.EVAL_SCORE_MAX
+    n: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)] = 1
+    passed: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)] | None = None
+
+    def model_post_init(self, _ctx: Any) -> None:
+        problem = eval_problem(self.score, self.passed, self.n)
+        if problem:
+            raise ValueError(problem)
+
+
+def eval_problem(score: float | None, passed: int | None, n: int) -> str | None:
+    """Cross-field rules of an eval event; None when fine."""
+    if score is None and passed is None:
+        return "an eval run needs a score, a passed count, or both"
+    if passed is not None and passed > n:
+        return f"passed ({passed}) cannot exceed n ({n}), the items evaluated"
+    return None
+
+
 class ControlIn(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
     type: Literal["control"]
@@ -136,7 +162,7 @@ def feedback_problem(kind: str, label: str | None, score: float | None) -> str |
     return None
 
 
-ANY = TypeAdapter(Annotated[Union[InteractionIn, FeedbackIn, ControlIn], Field(discriminator="type")])
+ANY = TypeAdapter(Annotated[Union[InteractionIn, FeedbackIn, EvalIn, ControlIn], Field(discriminator="type")])
 
 
 def located(err: ValidationError) -> str:

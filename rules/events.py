@@ -34,9 +34,10 @@ from rules.control_auth import check_signature
 from rules.decode import MESSAGE, ControlRecord, DecodeFailed, Feedback, Interaction, convert, json_shaped
 from rules.decode import names, seen_labels, seen_name
 from rules.event_models import ANY as _ANY
-from rules.event_models import ControlIn, InteractionIn
+from rules.event_models import ControlIn, EvalIn, InteractionIn
 from rules.event_models import feedback_problem as _feedback_problem
 from rules.event_models import control_problem as _control_problem
+from rules.event_models import eval_problem as _eval_problem
 from rules.event_models import is_name as _is_name
 from rules.event_models import located as _located
 from rules.exceptions import InvalidEvent
@@ -98,7 +99,7 @@ class Event:
     FIELDS = (
         "type", "event_id", "ts", "feature", "phase", "segment", "user", "model_version", "prompt_version",
         "outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags",
-        "kind", "label", "score", "interaction_id", "variant",
+        "kind", "label", "score", "interaction_id", "variant", "n", "passed",
     )  # fmt: skip
     # ``origin`` is where the event came from ({"file", "line"} or {"topic", "partition", "offset"}), set by the
     # shell: a held event that is later quarantined (rules.clock) names it in its dead letter. Not part of equality.
@@ -106,7 +107,8 @@ class Event:
 
     def __init__(self, type, event_id, ts, feature, phase, segment, user, model_version, prompt_version,
                  outcome=None, latency_ms=None, tokens_in=None, tokens_out=None, cost_usd=None, confidence=None,
-                 flags=(), kind=None, label=None, score=None, interaction_id=None, variant=None):  # fmt: skip
+                 flags=(), kind=None, label=None, score=None, interaction_id=None, variant=None, n=None,
+                 passed=None):  # fmt: skip
         self.type = type
         self.event_id = event_id
         self.ts = ts
@@ -128,6 +130,8 @@ class Event:
         self.score = score
         self.interaction_id = interaction_id
         self.variant = variant
+        self.n = n  # an eval run (kind "eval", label its suite): the items evaluated and how many passed
+        self.passed = passed
         self.origin: dict | None = None
 
     def as_tuple(self) -> tuple:
@@ -135,21 +139,31 @@ class Event:
 
     def to_state(self) -> list:
         """JSON-able form (a held event persists with its feature's state): the fields up to ``interaction_id``,
-        the origin, then ``variant`` when set (so a state written before ``variant`` existed reads the same)."""
+        the origin, then ``variant``, ``n`` and ``passed`` as far as one is set (so a state written before they
+        existed reads the same)."""
         t = list(self.as_tuple())
         t[15] = list(t[15])  # flags
-        return t[:20] + [self.origin] + ([] if self.variant is None else [self.variant])
+        tail = [self.variant, self.n, self.passed]
+        while tail and tail[-1] is None:
+            tail.pop()
+        return t[:20] + [self.origin] + tail
 
     @classmethod
     def from_state(cls, s: list) -> Event:
-        ev = cls(*s[:15], tuple(s[15]), *s[16:20], variant=s[21] if len(s) > 21 else None)
+        tail = s[21:] + [None] * (24 - len(s))
+        ev = cls(*s[:15], tuple(s[15]), *s[16:20], variant=tail[0], n=tail[1], passed=tail[2])
         ev.origin = s[20]
         return ev
 
     def payload(self) -> dict:
-        """The normalised event as a dead letter shows it: ``user`` is already a pseudonym, ``ts`` is RFC 3339."""
+        """The normalised event as a dead letter shows it: ``user`` is already a pseudonym, ``ts`` is RFC 3339; an eval
+        run as it was sent (``type: eval``, ``suite``)."""
         d: dict = {}
+        if self.kind == "eval":
+            d["type"] = "eval"
         for k in self.FIELDS:
+            if k in d:
+                continue
             v = getattr(self, k)
             if v is None or (k in ("flags", "segment") and not v):
                 continue
@@ -161,6 +175,9 @@ class Event:
                 d[k] = {sk: _safe(sv) for sk, sv in v.items()}
             elif k == "flags":
                 d[k] = [_safe(f) for f in v]
+            elif self.kind == "eval" and k in ("kind", "label"):
+                if k == "label":
+                    d["suite"] = _safe(v)
             else:
                 d[k] = _safe(v)
         return d
@@ -203,6 +220,7 @@ _COMMON_KEYS = ("type", "event_id", "ts", "feature", "phase", "segment", "user",
 KNOWN_FIELDS = frozenset(
     _COMMON_KEYS + ("outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags")
     + ("kind", "label", "score", "interaction_id") + ("action", "reason", "operator", "role", "revoke")
+    + ("suite", "n", "passed")
 )  # fmt: skip
 
 
@@ -229,7 +247,10 @@ def _check_row(r: Interaction | Feedback | ControlRecord, pseudo: Pseudonymizer)
             return False
     elif t == "feedback":
         label = r.label
-        if (label is not None and not seen_labels((label,))) or _feedback_problem(r.kind, label, r.score):
+        if r.kind == "eval":
+            if not seen_labels((label,)) or _eval_problem(r.score, r.passed, r.n):
+                return False
+        elif (label is not None and not seen_labels((label,))) or _feedback_problem(r.kind, label, r.score):
             return False
     else:  # a control: no labels, no user
         return _control_problem(r.action, phase, r.role, r.revoke) is None
@@ -244,7 +265,7 @@ def row_event(r: Interaction | Feedback) -> Event:
     return Event(
         r.type, r.event_id, r.ts, r.feature, r.phase, r.segment, r.user, r.model_version, r.prompt_version,
         r.outcome, r.latency_ms, r.tokens_in, r.tokens_out, r.cost_usd, r.confidence, r.flags, r.kind, r.label,
-        r.score, r.interaction_id, r.variant,
+        r.score, r.interaction_id, r.variant, r.n, r.passed,
     )  # fmt: skip
 
 
@@ -269,6 +290,9 @@ def _from_model(m: BaseModel, pseudo: Pseudonymizer) -> Event | Control:
             "interaction", *common, m.outcome, m.latency_ms, m.tokens_in, m.tokens_out, m.cost_usd, m.confidence,
             tuple(m.flags), variant=m.variant,
         )  # fmt: skip
+    if isinstance(m, EvalIn):  # rides the feedback stream (rules.decode.EvalRecord)
+        return Event("feedback", *common, kind="eval", label=m.suite, score=m.score, variant=m.variant, n=m.n,
+                     passed=m.passed)  # fmt: skip
     return Event("feedback", *common, kind=m.kind, label=m.label, score=m.score, interaction_id=m.interaction_id,
                  variant=m.variant)  # fmt: skip
 

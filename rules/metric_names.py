@@ -62,6 +62,10 @@ METRICS: dict[str, MetricInfo] = {
     # the share of values of a field at or above (share_ge) / below (share_lt) a number: share_ge:review_score:4
     "share_ge": MetricInfo(True, True),
     "share_lt": MetricInfo(True, True),
+    # offline evaluation runs (``type: eval`` events) of one suite: the mean score over the items evaluated, and the
+    # share of items that passed
+    "eval_score": MetricInfo(True, False),
+    "eval_pass_rate": MetricInfo(True, True),
 }
 # the fields a share metric reads (their events): review scores, survey csat scores, output confidence
 SHARE_FIELDS = ("review_score", "csat", "confidence")

@@ -57,6 +57,8 @@ def _rate(c: dict[str, int], base: str, param: str | None) -> tuple[int, int]:
         return c.get("rev:hallucination", 0), c.get("rev", 0)
     if base in ("share_ge", "share_lt"):
         return c.get(share_key(base, param), 0), c.get(_SHARE_DENOMINATOR[param.partition(":")[0]], 0)
+    if base == "eval_pass_rate":
+        return c.get("ev.p:" + param, 0), c.get("ev.t:" + param, 0)
     raise KeyError(base)
 
 
@@ -98,6 +100,12 @@ def _nps(b: Bucket, _p: str | None) -> tuple[float | None, int]:
     return ((c.get("nps.p", 0) - c.get("nps.d", 0)) * 100 / n if n else None), n
 
 
+def _eval_score(b: Bucket, p: str | None) -> tuple[float | None, int]:
+    """The mean score of suite ``p`` over the items its eval runs scored (a run of n items weighs n)."""
+    n = b.c.get("ev.n:" + p, 0)
+    return (b.c.get("ev.s:" + p, 0) / UNIT_SCALE / n if n else None), n
+
+
 def _cost_total(b: Bucket, _p: str | None) -> tuple[float | None, int]:
     return b.c.get("cost.s", 0) / COST_SCALE, b.c.get("n", 0)
 
@@ -124,12 +132,14 @@ _METRICS: dict[str, Callable[[Bucket, str | None], tuple[float | None, int]]] = 
     "tickets_per_1k_users": _tickets_per_1k,
     "csat_mean": lambda b, _p: _mean(b.c, "csat", SCORE_SCALE),
     "nps": _nps,
+    "eval_score": _eval_score,
     **{q: _latency_quantile(v) for q, v in _QUANTILES.items()},
     **{
         r: _rate_metric(r)
         for r in (
             "error_rate", "timeout_rate", "refusal_rate", "flag_rate", "acceptance_rate", "edit_rate",
             "rejection_rate", "thumbs_down_rate", "review_rate", "hallucination_rate", "share_ge", "share_lt",
+            "eval_pass_rate",
         )  # fmt: skip
     },
 }
@@ -142,7 +152,7 @@ def metric_value(base: str, param: str | None, b: Bucket) -> tuple[float | None,
 
 _FEEDBACK_METRICS = frozenset({
     "acceptance_rate", "edit_rate", "rejection_rate", "thumbs_down_rate", "review_rate", "hallucination_rate",
-    "review_score_mean", "tickets", "csat_mean", "nps",
+    "review_score_mean", "tickets", "csat_mean", "nps", "eval_score", "eval_pass_rate",
 })  # fmt: skip
 
 

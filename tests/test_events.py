@@ -288,9 +288,15 @@ feedback = st.fixed_dictionaries(
     optional={**optional_common, "label": st.one_of(st.none(), labels), "score": numbers, "interaction_id": texts},
 )  # fmt: skip
 control = st.fixed_dictionaries(
-    {"type": st.just("control"), **common, "action": st.sampled_from(["resume", "pause"]),
+    {"type": st.just("control"), **common, "action": st.sampled_from(["resume", "pause", "signoff"]),
      "reason": st.one_of(st.text(max_size=4), st.sampled_from(["x" * 500, "x" * 501]))},
-    optional={"phase": st.one_of(st.none(), names), "operator": texts, "extra": extras},
+    optional={"phase": st.one_of(st.none(), names), "operator": texts, "extra": extras,
+              "role": st.one_of(st.none(), labels, st.sampled_from(["pm", "legal", "-x", "a" * 65])),
+              "revoke": st.one_of(st.booleans(), st.sampled_from([0, 1, "yes", None]))},
+)  # fmt: skip
+evals = st.fixed_dictionaries(
+    {"type": st.just("eval"), **common, "suite": st.one_of(labels, st.none())},
+    optional={**optional_common, "score": numbers, "n": numbers, "passed": numbers, "variant": texts},
 )  # fmt: skip
 wrong_type = st.builds(lambda d, t: {**d, "type": t}, interaction, st.sampled_from(["click", "", 1, None]))
 
@@ -333,7 +339,19 @@ ok_feedback = st.builds(
         st.fixed_dictionaries({"kind": st.just("ticket")}, optional={"score": st.floats(allow_nan=False, allow_infinity=False)}),
     ),
 )  # fmt: skip
-ok_objects = st.one_of(ok_interaction, ok_interaction, ok_feedback)
+ok_eval = st.builds(
+    lambda d, n, k: {**d, "n": n, **({"passed": min(k, n)} if k is not None else {})} if k is not None or "score" in d
+    else {**d, "n": n, "passed": 0},
+    st.fixed_dictionaries({"type": st.just("eval"), **ok_common, "suite": st.from_regex(r"[a-z0-9_]{1,8}", fullmatch=True)},
+                          optional={**ok_optional, "score": st.one_of(st.floats(0, 1), st.integers(0, 100))}),
+    st.integers(1, 10**6), st.one_of(st.none(), st.integers(0, 10**6)),
+)  # fmt: skip
+ok_control = st.fixed_dictionaries(
+    {"type": st.just("control"), **ok_common, "action": st.just("signoff"), "phase": ok_names,
+     "role": st.sampled_from(["pm", "legal", "dpa"]), "reason": st.text(min_size=1, max_size=8)},
+    optional={"operator": ok_texts, "revoke": st.booleans()},
+)  # fmt: skip
+ok_objects = st.one_of(ok_interaction, ok_interaction, ok_feedback, ok_eval, ok_control)
 # near-valid: a well-formed event with one or two fields replaced by anything from the wide strategies above
 near_valid = st.builds(
     lambda d, patch: {**d, **patch},
@@ -341,7 +359,7 @@ near_valid = st.builds(
     st.dictionaries(st.sampled_from([*common, *optional_common, "latency_ms", "tokens_in", "flags", "score", "label"]),
                     st.one_of(texts, numbers, timestamps, names, labels), min_size=1, max_size=2),
 )  # fmt: skip
-objects = st.one_of(ok_objects, near_valid, near_valid, interaction, feedback, control, wrong_type)
+objects = st.one_of(ok_objects, near_valid, near_valid, interaction, feedback, evals, control, wrong_type)
 
 
 def encode(value, ascii_only):
