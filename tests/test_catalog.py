@@ -43,6 +43,7 @@ COMPARISON_PACKS = {  # rules judging a treatment against a control (compare)
     "email-reply-model-drift.yaml": "email-reply-model-drift",
 }
 FILTER_PACKS = {"email-reply-exclusions.yaml": "email-reply-exclusions"}  # rules on one cohort each (where)
+ROLLOUT_PACKS = {"prompt-canary.yaml": "prompt-canary"}  # a rollout of its own phases, with a promotion block
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +69,18 @@ def only(catalog, ruleset: str, *rule_ids: str):
 
 def test_every_file_loads_with_the_real_loader_as_one_named_rule_set(catalog):
     files = sorted(p.name for p in CATALOG.glob("*.yaml"))
-    expected = sorted([f for f, _, _ in EMAIL_PHASES] + list(GLOBAL_PACKS) + list(COMPARISON_PACKS) + list(FILTER_PACKS))
+    expected = sorted([f for f, _, _ in EMAIL_PHASES] + list(GLOBAL_PACKS) + list(COMPARISON_PACKS) + list(FILTER_PACKS)
+                      + list(ROLLOUT_PACKS))  # fmt: skip
     assert files == expected
     by_file = {Path(rs.source).name: rs.name for rs in catalog.values()}
-    assert by_file == {**{f: n for f, n, _ in EMAIL_PHASES}, **GLOBAL_PACKS, **COMPARISON_PACKS, **FILTER_PACKS}
+    assert by_file == {**{f: n for f, n, _ in EMAIL_PHASES}, **GLOBAL_PACKS, **COMPARISON_PACKS, **FILTER_PACKS,
+                       **ROLLOUT_PACKS}  # fmt: skip
+
+
+def test_the_rollout_packs_promote_their_phase(catalog):
+    for name in ROLLOUT_PACKS.values():
+        rs = catalog[name]
+        assert rs.promotion is not None and len(rs.phases) == 1 and rs.promotion.to != rs.phases[0]
 
 
 def test_the_comparison_packs_compare_every_rule_and_guard_every_split(catalog):
