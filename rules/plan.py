@@ -26,7 +26,8 @@ def _store_name(s: StoreSpec) -> str:
     """``every:keys`` (``|`` and the filter's matchers for a filtered store): stable across reloads, so persisted
     state finds its store again."""
     name = f"{s.every_ms}:{','.join(s.keys)}"
-    return name + "".join(f"|{m.describe()}" for m in s.where) + (f"|arm {s.arm}" if s.arm else "")
+    return (name + "".join(f"|{m.describe()}" for m in s.where) + (f"|arm {s.arm}" if s.arm else "")
+            + (f"|{s.purpose}" if s.purpose else ""))
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,7 +125,7 @@ class Plan:
         probes = []  # (rule set, probe rule, store key): the exposure counts of promotion blocks
         for rs in self.rulesets:
             for rule in probe_rules(rs.promotion) if rs.promotion is not None else ():
-                sk = (rule.every_ms, (), (), None)
+                sk = (rule.every_ms, (), (), None, "exposure")  # a store of its own (StoreSpec.purpose)
                 s = stores.setdefault(sk, {"lat": False, "users": False, "ret": 0, "sq": False})
                 s["users"] |= needs_users(rule.metric)
                 s["ret"] = max(s["ret"], rule.window_ms)
@@ -132,7 +133,7 @@ class Plan:
         # (counter, field, at_or_above, x) of the share metrics the rules read (rules.aggregate.share_contributions)
         self.shares = tuple(sorted(shares))
         self.stores = {
-            sk: StoreSpec(i, sk[0], sk[1], v["lat"], v["users"], v["ret"], sk[2], sk[3], v["sq"])
+            sk: StoreSpec(i, sk[0], sk[1], v["lat"], v["users"], v["ret"], sk[2], sk[3], v["sq"], *sk[4:])
             for i, (sk, v) in enumerate(stores.items())
         }
         self.store_by_id = {s.id: s for s in self.stores.values()}

@@ -87,6 +87,9 @@ class StoreSpec:
     # are not kept (a feature that runs no experiment keeps nothing here)
     arm: str | None = None
     needs_squares: bool = False  # sums of squares for comparisons of means
+    # what the store is for when it is not a rule's: "exposure" for a promotion block's counts (rules.promotion), kept
+    # apart so that its window (a phase's 14 or 21 days) never stretches the retention of the rules' stores
+    purpose: str = ""
 
     @property
     def filtered(self) -> bool:

@@ -429,3 +429,18 @@ def test_status_report_and_annotations_show_the_promotion(tmp_path):
     assert annotation_for(next(d for d in decided if d["transition"] == "blocked"), "decision") is None
     [cmd] = [orjson.loads(x) for x in (tmp_path / "out" / "commands.jsonl").read_bytes().splitlines()]
     assert "command:promote_rollout" in annotation_for(cmd, "command")["tags"]
+
+
+def test_exposure_counts_keep_stores_of_their_own_so_rule_windows_keep_their_retention():
+    """A promotion's min_exposure window (14 or 21 days) must not stretch the retention, and so the Redis bytes, of
+    the rules' stores it would otherwise share (the catalogue's daily store read by every feature)."""
+    from rules.plan import Plan
+
+    rs = load_rules([CATALOG])
+    with_blocks = Plan(rs)
+    without = Plan(tuple(r.model_copy(update={"promotion": None}) for r in rs))
+    before = {without.store_names[s.id]: s.retention_ms for s in without.stores.values()}
+    after = {with_blocks.store_names[s.id]: s.retention_ms for s in with_blocks.stores.values()}
+    added = {name: ms for name, ms in after.items() if name not in before}
+    assert {name: ms for name, ms in after.items() if name in before} == before
+    assert added and all(name.endswith("|exposure") for name in added)
