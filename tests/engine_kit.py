@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rules.engine import Engine, EngineConfig
-from rules.decode import Feedback, Interaction
+from rules.decode import EvalRecord, Feedback, Interaction
 from rules.events import Control, Event, row_event
 from rules.loader import load_rules_text
 
@@ -11,7 +11,7 @@ T0 = 1_793_577_600_000  # 2026-11-02T00:00:00Z
 MIN = 60_000
 
 
-def as_row(ev: Event) -> Interaction | Feedback:
+def as_row(ev: Event) -> Interaction | Feedback | EvalRecord:
     """The row (``EventParser.parse_rows``: a checked decoder record that reads like an Event) of ``ev``."""
     common = dict(event_id=ev.event_id, ts=ev.ts, feature=ev.feature, phase=ev.phase, segment=ev.segment,
                   user=ev.user, model_version=ev.model_version, prompt_version=ev.prompt_version,
@@ -19,6 +19,8 @@ def as_row(ev: Event) -> Interaction | Feedback:
     if ev.type == "interaction":
         row = Interaction(**common, outcome=ev.outcome, latency_ms=ev.latency_ms, tokens_in=ev.tokens_in,
                           tokens_out=ev.tokens_out, cost_usd=ev.cost_usd, confidence=ev.confidence, flags=ev.flags)  # fmt: skip
+    elif ev.kind == "eval":
+        row = EvalRecord(**common, label=ev.label, score=ev.score, n=ev.n, passed=ev.passed)
     else:
         row = Feedback(**common, kind=ev.kind, label=ev.label, score=ev.score, interaction_id=ev.interaction_id)
     assert row_event(row) == ev

@@ -45,7 +45,7 @@ def test_the_rate_metrics_are_exactly_those_a_confidence_bound_applies_to():
     rates = {name for name, info in METRICS.items() if info.is_rate}
     assert rates == {
         "error_rate", "timeout_rate", "refusal_rate", "flag_rate", "acceptance_rate", "edit_rate", "rejection_rate",
-        "thumbs_down_rate", "review_rate", "hallucination_rate", "share_ge", "share_lt",
+        "thumbs_down_rate", "review_rate", "hallucination_rate", "share_ge", "share_lt", "eval_pass_rate",
     }  # fmt: skip
     assert is_rate_metric("review_rate:hallucination") and not is_rate_metric("flag_count:pii_leak")
     assert is_rate_metric("share_ge:review_score:4") and is_rate_metric("share_lt:confidence:0.7")

@@ -66,6 +66,30 @@ SCENARIOS = tuple(
              **({"treatment_variant": _ARMS[phase][0], "treatment_share": _ARMS[phase][1]} if phase in _ARMS else {}))
     for i, phase in enumerate(PHASES)
 )  # fmt: skip
+# The prompt-canary pack's two cohorts (its phases): a 6 % canary beside the stable prompt, equally healthy, so its
+# comparisons evaluate and its promotion becomes ready (a promote_rollout command, not a rollback).
+CANARY = tuple(
+    Scenario(feature=FEATURE, phase=phase, seed=31 + i, duration_ms=95 * 60_000, mean_rate_per_s=rate, **_SHAPE)
+    for i, (phase, rate) in enumerate((("prompt_stable", 1.5), ("prompt_canary", 0.1)))
+)  # fmt: skip
+
+
+def _eval_runs() -> list[dict[str, Any]]:
+    """Offline evaluation runs (``type: eval``) for the packs that read them: the relevance eval of regional expansion,
+    the quality eval of GA (both above their lines) and the canary prompt's rubric, every 20 minutes."""
+    runs = [("regional_expansion", "relevance", 0.8, 100), ("general_availability", "quality", 0.85, 100),
+            *((("prompt_canary", c, 0.9, 40)) for c in ("correctness", "safety", "tone"))]  # fmt: skip
+    return [{"type": "eval", "event_id": f"eval-{phase}-{suite}-{k}", "ts": _iso(START + k * 20 * 60_000 + 30_000),
+             "feature": FEATURE, "phase": phase, "suite": suite, "score": score, "n": n}
+            for phase, suite, score, n in runs for k in range(5)]  # fmt: skip
+
+
+def _iso(ms: int) -> str:
+    from rules.outputs import iso
+
+    return iso(ms)
+
+
 RATE_INTERVAL = "30s"  # what $__rate_interval becomes: 30 one-second scrapes
 INTERVAL = "5s"  # $__interval
 SLICES = 8  # the rest of the traffic goes in this many slices, one second apart
@@ -90,7 +114,8 @@ class Run:
 def _events() -> list[dict[str, Any]]:
     """The phases' traffic as one stream in arrival order (each phase's own order kept; the watermark is per
     feature, so the phases must interleave as they would arrive)."""
-    return list(heapq.merge(*(generate(s) for s in SCENARIOS), key=lambda e: parse_ts(e["ts"])))
+    return list(heapq.merge(*(generate(s) for s in SCENARIOS + CANARY), sorted(_eval_runs(), key=lambda e: e["ts"]),
+                            key=lambda e: parse_ts(e["ts"])))  # fmt: skip
 
 
 def _split(events: list[dict[str, Any]], at_ms: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
