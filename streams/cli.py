@@ -38,7 +38,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     n = sum(len(r.rules) for r in rulesets)
     for r in rulesets:
-        print(f"ok  {r.name:<36} {len(r.rules):>3} rules  version {r.version[:12]}  ({r.source})")
+        promotes = f"  promotes {r.phases[0]} -> {r.promotion.to}" if r.promotion is not None else ""
+        print(f"ok  {r.name:<36} {len(r.rules):>3} rules  version {r.version[:12]}  ({r.source}){promotes}")
     for path in skipped:
         print(f"skip {path}  (a `rules test` cases file: run it with `rollguard rules test`)")
     skipped_text = f"; skipped {plural(len(skipped), 'rules-test cases file')}" if skipped else ""

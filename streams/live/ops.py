@@ -227,24 +227,34 @@ def _control_target(args: argparse.Namespace) -> tuple[str, Topics, dict[str, An
         kafka_python_config(s)
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
+def _send_operator_control(args: argparse.Namespace, what: str, why: str, build) -> tuple[dict, Any] | None:
+    """Validate, sign and send a control built by ``build(reason, now_ms)`` (a resume, a sign-off); None after printing
+    why it was not sent. The worker would dead-letter an invalid one: it is refused here instead."""
     target = _control_target(args)
     if target is None:
-        return 2
+        return None
     if not args.reason.strip():
-        print("rollguard: error: --reason must say why (it goes to the audit trail)", file=sys.stderr)
-        return 2
-    msg = resume_message(args.feature, args.phase, args.reason.strip(), args.operator, int(time.time() * 1000))
+        print(f"rollguard: error: --reason must say {why} (it goes to the audit trail)", file=sys.stderr)
+        return None
+    msg = build(args.reason.strip(), int(time.time() * 1000))
     from rules.events import EventParser, Pseudonymizer
 
-    try:  # the worker would dead-letter it; say so here instead
+    try:
         EventParser(Pseudonymizer(b"validation-only-key")).parse_obj(msg)
     except RollguardError as e:
-        print(f"rollguard: error: invalid resume: {e}", file=sys.stderr)
-        return 2
+        print(f"rollguard: error: invalid {what}: {e}", file=sys.stderr)
+        return None
     bootstrap, topics, client = target
     msg = signed(msg, _settings())
-    md = send_control(bootstrap, topics, args.feature, msg, **client)
+    return msg, send_control(bootstrap, topics, args.feature, msg, **client)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    sent = _send_operator_control(args, "resume", "why", lambda reason, now: resume_message(
+        args.feature, args.phase, reason, args.operator, now))  # fmt: skip
+    if sent is None:
+        return 2
+    msg, md = sent
     where = f"phase {args.phase}" if args.phase else "all phases"
     print(f"resume of {args.feature} ({where}) sent as {msg['event_id']} to {md.topic}@{md.offset}; "
           "the owning worker clears the latches and records it" + _signed_note(msg))  # fmt: skip
@@ -252,24 +262,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_signoff(args: argparse.Namespace) -> int:
-    target = _control_target(args)
-    if target is None:
+    sent = _send_operator_control(args, "signoff", "what was reviewed", lambda reason, now: signoff_message(
+        args.feature, args.phase, args.role, reason, args.operator, now, args.revoke))  # fmt: skip
+    if sent is None:
         return 2
-    if not args.reason.strip():
-        print("rollguard: error: --reason must say what was reviewed (it goes to the audit trail)", file=sys.stderr)
-        return 2
-    msg = signoff_message(args.feature, args.phase, args.role, args.reason.strip(), args.operator,
-                          int(time.time() * 1000), args.revoke)  # fmt: skip
-    from rules.events import EventParser, Pseudonymizer
-
-    try:  # the worker would dead-letter it; say so here instead
-        EventParser(Pseudonymizer(b"validation-only-key")).parse_obj(msg)
-    except RollguardError as e:
-        print(f"rollguard: error: invalid signoff: {e}", file=sys.stderr)
-        return 2
-    bootstrap, topics, client = target
-    msg = signed(msg, _settings())
-    md = send_control(bootstrap, topics, args.feature, msg, **client)
+    msg, md = sent
     what = "revocation of the sign-off" if args.revoke else "sign-off"
     print(f"{what} of {args.feature}/{args.phase} by role {args.role} sent as {msg['event_id']} to "
           f"{md.topic}@{md.offset}; the owning worker records it and the promotion counts it from its time on"
