@@ -94,14 +94,37 @@ def refusal(reason: str, control: Any, last_ts: int | None, feature_time: int | 
               f"({last_ts}): a control is applied once" if reason == "control_replayed" else
               f"control time {control.ts} is more than {CONTROL_MAX_AGE_MS // 3_600_000}h behind the feature's "
               f"event time {feature_time}")  # fmt: skip
+    return {"reason": reason, "detail": detail, "source": control.origin, "key_id": control.key_id,
+            "payload": control_payload(control)}
+
+
+def control_payload(control: Any) -> dict:
+    """A refused control as its dead letter shows it: names, ids and times; never the operator's reason."""
     payload = {"type": "control", "action": control.action, "event_id": control.event_id, "ts": control.ts,
                "feature": control.feature}  # fmt: skip
     if control.phase:
         payload["phase"] = control.phase
+    if getattr(control, "role", None):
+        payload["role"] = control.role
+    if getattr(control, "revoke", False):
+        payload["revoke"] = True
     from rules.events import redact  # late: rules.events imports this module
 
-    return {"reason": reason, "detail": detail, "source": control.origin, "key_id": control.key_id,
-            "payload": redact(payload, None)}
+    return redact(payload, None)
+
+
+def admit(control: Any, fs: Any, dead_letters: list) -> bool:
+    """Whether a control may be applied to feature state ``fs`` (a ``rules.state.FeatureState``): an unsigned one
+    always (no operator keys); a signed one once and never stale (:func:`freshness`), its time then recorded as the
+    feature's last accepted control. A refused one goes to ``dead_letters``."""
+    if control.key_id is None:
+        return True
+    why = freshness(control.ts, fs.control_ts, fs.max_ts)
+    if why is not None:
+        dead_letters.append(refusal(why, control, fs.control_ts, fs.max_ts))
+        return False
+    fs.control_ts = control.ts
+    return True
 
 
 def is_control(item: object) -> bool:

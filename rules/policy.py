@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rules.control_auth import freshness, refusal
+from rules.control_auth import admit
 from rules.lifecycle import Instance, reset
 from rules.outputs import command, decision, iso, page, stable_id
 from rules.state import BreakerState, FeatureState
@@ -164,12 +164,9 @@ class Policy:
         extra = {"cause": "operator_resume", "resume_id": control.event_id, "reason": control.reason}
         if control.operator:
             extra["operator"] = control.operator
-        if control.key_id is not None:  # signed and verified (rules.control_auth): applied once, never stale
-            why = freshness(t, fs.control_ts, fs.max_ts)
-            if why is not None:
-                out.dead_letters.append(refusal(why, control, fs.control_ts, fs.max_ts))
-                return
-            fs.control_ts = t
+        if not admit(control, fs, out.dead_letters):  # signed: applied once, never stale (rules.control_auth)
+            return
+        if control.key_id is not None:
             extra["key_id"] = control.key_id
         phases = {control.phase} if control.phase else set(fs.latches) | fs.phases
         for key in sorted(k for k in fs.instances if k[2] in phases):

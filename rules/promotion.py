@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rules.control_auth import freshness, refusal
+from rules.control_auth import admit, control_payload
 from rules.durations import format_duration
 from rules.model import Promotion, Rule, RuleSet
 from rules.outputs import iso, stable_id
@@ -230,14 +230,10 @@ def signoff(out: Outputs, fs: FeatureState, plan, control) -> None:
         detail = (f"no loaded rule set has a promotion of {control.feature}/{phase}" if not promos else
                   f"no promotion of {control.feature}/{phase} asks for role {role!r} (roles: {', '.join(roles)})")
         out.dead_letters.append({"reason": "signoff_unknown", "detail": detail + "; nothing recorded",
-                                 "source": control.origin, "payload": _payload(control)})  # fmt: skip
+                                 "source": control.origin, "payload": control_payload(control)})  # fmt: skip
         return
-    if control.key_id is not None:  # signed and verified (rules.control_auth): applied once, never stale
-        why = freshness(control.ts, fs.control_ts, fs.max_ts)
-        if why is not None:
-            out.dead_letters.append(refusal(why, control, fs.control_ts, fs.max_ts))
-            return
-        fs.control_ts = control.ts
+    if not admit(control, fs, out.dead_letters):  # signed: applied once, never stale (rules.control_auth)
+        return
     entry = {"ts": control.ts, "at": iso(control.ts), "id": control.event_id}
     if control.operator:
         entry["operator"] = control.operator
@@ -256,11 +252,3 @@ def signoff(out: Outputs, fs: FeatureState, plan, control) -> None:
                  **({"operator": control.operator} if control.operator else {}),
                  **({"key_id": control.key_id} if control.key_id is not None else {}))  # fmt: skip
         out.decisions.append(d)
-
-
-def _payload(control) -> dict:
-    p = {"type": "control", "action": control.action, "event_id": control.event_id, "ts": control.ts,
-         "feature": control.feature, "phase": control.phase, "role": control.role}  # fmt: skip
-    if control.revoke:
-        p["revoke"] = True
-    return p
