@@ -87,7 +87,9 @@ def _condition(rule: Rule) -> str:
     if rule.across is not None:
         what = f"spread (max − min) of {what} across `{rule.across}` values"
     if rule.baseline_ms is not None:
-        what = f"relative change of {what} against {format_duration(rule.baseline_ms)} earlier"
+        what = (f"relative change of {what} against its average over the {format_duration(rule.baseline_ms)} before"
+                if rule.baseline_trailing else
+                f"relative change of {what} against {format_duration(rule.baseline_ms)} earlier")  # fmt: skip
     if rule.confidence is not None:
         side = "upper" if rule.op in ("<", "<=") else "lower"
         what = f"{side} Wilson bound ({rule.confidence:g}) of {what}"

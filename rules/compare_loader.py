@@ -27,7 +27,7 @@ __all__ = ["load_compare", "srm_companion", "COMPARE_KEYS"]
 
 COMPARE_KEYS = ("by", "control", "treatment", "phase", "as", "test", "alpha", "split")
 _HOUR_MS = 3_600_000
-_EXCLUSIVE = ("baseline", "across", "confidence", "resolve_threshold")
+_EXCLUSIVE = ("baseline", "trailing_baseline", "across", "confidence", "resolve_threshold")
 
 
 def load_compare(scope: Scope, item: LocatedMap, base: str | None, group_by: tuple[str, ...]) -> CompareSpec | None:

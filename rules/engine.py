@@ -187,7 +187,7 @@ class Engine(Instants):
         fp = self.plan.for_feature(ev.feature, ev.phase)
         if ev.phase not in fs.phases:
             fs.phases.add(ev.phase)
-        if fp.promotions:  # time in phase, for a promotion's min_exposure
+        if fp.tracks_first:  # time in phase: a promotion's min_exposure, a trailing baseline's span
             first = fs.phase_first.get(ev.phase)
             if first is None or ts < first:
                 fs.phase_first[ev.phase] = ts

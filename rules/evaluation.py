@@ -11,6 +11,11 @@ Semantics (CONTRACT §3):
 * ``baseline``: the relative change ``(value - then) / then`` against the threshold, ``then`` being the same window
   ``baseline`` earlier; ``min_samples`` applies to both windows, except that for count metrics (``requests``,
   ``tickets``…) only the earlier window must have them — a drop to zero is the observation, not missing data;
+* ``trailing_baseline``: as ``baseline``, but ``then`` is the average window over the ``trailing_baseline`` before
+  this window, ``[t - window - trailing, t - window)``: the metric over that span, scaled by ``window / trailing``
+  for count metrics (a daily spend against its 7-day moving average) — over the time the phase has existed
+  instead, when that is shorter, and undefined while it is shorter than one window; ``min_samples`` applies as for
+  ``baseline``, the earlier samples being those of the whole span;
 * ``across``: the spread ``max - min`` of the metric over the values of one segment key; values with fewer than
   ``min_samples`` samples are left out, and at least two must remain.
 
@@ -103,10 +108,12 @@ def evaluate_metric(
     t: int,
     cache: WindowCache,
     firing: bool = False,
+    first: int | None = None,
 ) -> Evaluation:
     """Evaluate ``rule`` (a validated ``rules.model.Rule``) for ``(phase, group)`` at instant ``t``. ``firing``: the
     instance is firing, so a rule with ``resolve_threshold`` compares with that line instead (hysteresis): it stays
-    true until the value crosses back over it."""
+    true until the value crosses back over it. ``first``: the phase's first event time (``trailing_baseline``
+    rules: a count's average window is taken over the span the phase has existed for, when shorter)."""
     w = rule.window_ms
     ev = Evaluation(None, None, 0, t - w, t)
     if rule.across is not None:
@@ -120,9 +127,17 @@ def evaluate_metric(
         ev.details["bound"] = compared
     enough = samples >= rule.min_samples
     if rule.baseline_ms is not None:
-        then_end = t - rule.baseline_ms
-        then_b = cache.get(spec, key, s, then_end, w) if s is not None else Bucket.empty(False, False)
+        if rule.baseline_trailing:  # the ``baseline_ms`` before this window, as an average window (counts scale)
+            then_end, then_w = t - w, rule.baseline_ms
+        else:  # the same window ``baseline_ms`` earlier
+            then_end, then_w = t - rule.baseline_ms, w
+        then_b = cache.get(spec, key, s, then_end, then_w) if s is not None else Bucket.empty(False, False)
         then, then_samples = metric_value(base, param, then_b)
+        if rule.baseline_trailing and then is not None and base in COUNT_METRICS:
+            # an average window over the span the phase has existed for, when that is shorter (a launch's first
+            # week); less than one window of history has no average window yet
+            covered = then_w if first is None else min(then_w, then_end - (first - first % spec.every_ms))
+            then = then * w / covered if covered >= w else None
         ev.details.update(baseline_value=then, baseline_samples=then_samples)
         enough = then_samples >= rule.min_samples and (base in COUNT_METRICS or enough)
         if compared is None or then is None or then == 0:

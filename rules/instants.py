@@ -205,7 +205,8 @@ class Instants:
             if hysteresis:
                 inst = fs.instances.get((b.ruleset.name, b.rule.id, phase, group))
                 firing = inst is not None and inst.state == "firing"
-            ev = evaluate_metric(b.rule, b.base, b.param, b.store, series, phase, group, t, cache, firing)
+            first = fs.phase_first.get(phase) if b.rule.baseline_trailing else None
+            ev = evaluate_metric(b.rule, b.base, b.param, b.store, series, phase, group, t, cache, firing, first)
             self._apply(out, feature, fs, b, phase, group, t, ev)
 
     def _evaluate_drift(self, out, feature, fs, b: BoundRule, phases, t) -> None:

@@ -67,11 +67,11 @@ _DEFAULT_KEYS = (
 )  # fmt: skip
 _RULE_KEYS = (
     "id", "tier", "mode", "metric", "op", "threshold", "drift", "window", "every", "for", "keep_firing_for",
-    "min_samples", "confidence", "group_by", "baseline", "across", "summary", "runbook", "resolve_threshold",
-    "compare", "where", "max_starved",
+    "min_samples", "confidence", "group_by", "baseline", "trailing_baseline", "across", "summary", "runbook",
+    "resolve_threshold", "compare", "where", "max_starved",
 )  # fmt: skip
 _BLOCKS = ("drift", "compare", "where")  # keys with a structure of their own, read by their own loaders
-_NOT_FOR_DRIFT = ("window", "baseline", "across", "confidence", "resolve_threshold", "compare", "where",
+_NOT_FOR_DRIFT = ("window", "baseline", "trailing_baseline", "across", "confidence", "resolve_threshold", "compare", "where",
                   "max_starved")  # fmt: skip
 _RATE_METRICS = ", ".join(name + (":<field>:<x>" if name.startswith("share_") else ":<param>" if m.parameterised else "")
                           for name, m in METRICS.items() if m.is_rate)  # fmt: skip
@@ -339,9 +339,15 @@ class _Checker:
                 scope.error(line_of(item, "keep_firing_for"), f"keep_firing_for: {message}")
         elif v.get("tier") == "investigate" and "keep_firing_for" in defaults:
             keep_ms, keep_from = defaults["keep_firing_for"], "defaults"
-        baseline = v.get("baseline") if threshold_rule else None
+        # baseline: the same window that long earlier; trailing_baseline: the average window over that long before
+        baseline_key = "trailing_baseline" if "trailing_baseline" in item else "baseline"
+        baseline = v.get(baseline_key) if threshold_rule else None
+        if "baseline" in item and "trailing_baseline" in item:
+            message = "give one of baseline (the same window that long earlier) and trailing_baseline (its average)"
+            scope.error(line_of(item, "trailing_baseline"), f"trailing_baseline: {message}")
         durations = [("window", window, window_from), ("for", for_ms, for_from)]
-        for key, value, source in durations + [("keep_firing_for", keep_ms, keep_from), ("baseline", baseline, "rule")]:
+        durations += [("keep_firing_for", keep_ms, keep_from), (baseline_key, baseline, "rule")]
+        for key, value, source in durations:
             # Pairs that both come from defaults were checked there already.
             if every and value and "rule" in (source, every_from) and value % every:
                 suffix = ", from defaults" if every_from == "defaults" else ""
@@ -361,19 +367,26 @@ class _Checker:
             if metric is not None and not is_rate:
                 message = f"applies only to rate metrics ({_RATE_METRICS}); {metric} is not one"
                 scope.error(line_of(item, "confidence"), f"confidence: {message}")
-            for key in ("across", "baseline"):
+            for key in ("across", "baseline", "trailing_baseline"):
                 if key in item:
                     scope.error(line_of(item, "confidence"), f"confidence: cannot be combined with {key}")
-        elif (threshold_rule and is_rate and not any(k in item for k in ("across", "baseline", "compare"))
+        elif (threshold_rule and is_rate and not any(k in item for k in ("across", baseline_key, "compare"))
               and v.get("op") not in BAND_OPS):  # fmt: skip
             confidence = defaults.get("confidence")
+        if baseline is not None and "across" in item:
+            message = "a spread across segment values has no baseline; give one or the other"
+            scope.error(line_of(item, baseline_key), f"{baseline_key}: {message}")
+        if baseline_key == "trailing_baseline" and metric is not None and parse_metric(metric)[0] == "active_users":
+            message = ("distinct users do not add up over days, so their average window over a longer span is not "
+                       "defined; compare with the same window earlier (baseline) instead")
+            scope.error(line_of(item, "trailing_baseline"), f"trailing_baseline: {message}")
         threshold, threshold_high = self._band(scope, item, v)
         where = load_where(scope, item) if threshold_rule and "where" in item else ()
         compare = None
         if threshold_rule and "compare" in item:
             base = parse_metric(metric)[0] if metric is not None else None
             compare = load_compare(scope, item, base, group_by or ())
-        plain_rate = is_rate and "compare" not in item and "baseline" not in item  # a fraction, not a change
+        plain_rate = is_rate and "compare" not in item and baseline_key not in item  # a fraction, not a change
         for line in (threshold, threshold_high) if plain_rate else ():
             if line is not None and not 0 <= line <= 1:
                 guess = f" (did you mean {line / 100:g}?)" if 1 < line <= 100 else ""
@@ -381,7 +394,7 @@ class _Checker:
                 scope.error(line_of(item, "threshold"), f"threshold: {message}")
         resolve = v.get("resolve_threshold") if threshold_rule else None
         if resolve is not None and v.get("op") not in BAND_OPS:
-            self._check_resolve(scope, item, v, resolve, threshold, is_rate and "baseline" not in item)
+            self._check_resolve(scope, item, v, resolve, threshold, is_rate and baseline_key not in item)
         if v.get("summary") is not None:
             for problem in summary_problems(v["summary"], drift=is_drift and not metric_keys):
                 scope.error(line_of(item, "summary"), f"summary: {problem}")
@@ -393,7 +406,8 @@ class _Checker:
             id=rule_id, tier=v["tier"], mode=pick("mode", DEFAULT_MODE)[0], metric=metric, op=v.get("op"),
             threshold=threshold, threshold_high=threshold_high, drift=drift, window_ms=window, every_ms=every, for_ms=for_ms,
             keep_firing_for_ms=keep_ms, min_samples=pick("min_samples", DEFAULT_MIN_SAMPLES)[0],
-            confidence=confidence, group_by=group_by, baseline_ms=baseline, across=across, summary=v.get("summary"),
+            confidence=confidence, group_by=group_by, baseline_ms=baseline,
+            baseline_trailing=baseline is not None and baseline_key == "trailing_baseline", across=across, summary=v.get("summary"),
             runbook=pick("runbook", None)[0], resolve_threshold=resolve, compare=compare, where=where or (),
             max_starved_ms=pick("max_starved", None)[0] if threshold_rule else None, line=item.line,
         )  # fmt: skip

@@ -19,7 +19,7 @@ from rules.model import SEGMENT_KEY, Mode, Op, Tier
 
 __all__ = ["RuleError", "Scope", "DURATION_KEYS", "RULE_ID", "MAX_MIN_SAMPLES"]
 
-DURATION_KEYS = ("every", "window", "for", "keep_firing_for", "baseline")
+DURATION_KEYS = ("every", "window", "for", "keep_firing_for", "baseline", "trailing_baseline")
 RULE_ID = re.compile(r"[a-z0-9_-]{1,128}")
 MAX_MIN_SAMPLES = 1_000_000_000
 
@@ -98,7 +98,7 @@ class Scope:
         except DurationError as exc:
             self.error(line_of(m, key), f"{path}: {exc}")
             return None
-        if ms == 0 and key in ("every", "window", "baseline", "max_starved"):
+        if ms == 0 and key in ("every", "window", "baseline", "trailing_baseline", "max_starved"):
             self.error(line_of(m, key), f"{path}: must be longer than 0s" + (" (or off)" if key == "max_starved" else ""))
             return None
         return ms

@@ -330,6 +330,9 @@ class Rule(BaseModel):
     confidence: float | None = None
     group_by: tuple[str, ...] = ()
     baseline_ms: int | None = None
+    # the earlier value is the average window over the ``baseline_ms`` before this one (``trailing_baseline``), not
+    # the same window ``baseline_ms`` earlier
+    baseline_trailing: bool = False
     across: str | None = None
     summary: str | None = None
     runbook: str | None = None

@@ -78,6 +78,9 @@ class FeaturePlan:
     metric_rules: tuple[BoundRule, ...]
     drift_rules: tuple[BoundRule, ...]
     promotions: tuple[BoundPromotion, ...] = ()  # promotion blocks of this phase (rules.promotion)
+    # the phase's first event time is kept (FeatureState.phase_first): a promotion's exposure, the span a
+    # ``trailing_baseline`` average covers
+    tracks_first: bool = False
 
     @property
     def everys(self) -> frozenset[int]:
@@ -183,4 +186,5 @@ class Plan:
         probes = [p.store for bp in promos for p in bp.probes]
         stores = tuple(sorted({s.id: s for s in [b.store for b in metric] + controls + probes}.values(),
                               key=lambda s: s.id))  # fmt: skip
-        return FeaturePlan(stores, metric, drift, promos)
+        tracks_first = bool(promos) or any(b.rule.baseline_trailing for b in metric)
+        return FeaturePlan(stores, metric, drift, promos, tracks_first)

@@ -210,6 +210,9 @@ rules:
   - {id: pii, tier: kill, metric: "flag_count:pii_leak", op: ">", threshold: 0, min_samples: 0, window: 5m}
   - {id: quiet, tier: investigate, metric: requests, op: "<", threshold: 1, min_samples: 0, window: 5m}
   - {id: drop, tier: investigate, metric: requests, op: "<", threshold: -0.5, window: 3m, baseline: 5m, every: 1m}
+  - {id: trail, tier: investigate, metric: requests, op: ">", threshold: 0.5, window: 2m, trailing_baseline: 6m,
+     every: 1m}
+  - {id: trail-mean, tier: pause, metric: latency_mean, op: ">", threshold: 0.3, trailing_baseline: 6m, min_samples: 3}
   - {id: sure, tier: pause, metric: error_rate, op: ">", threshold: 0.2, confidence: 0.8}
   - {id: d-adwin, tier: investigate, drift: {detector: adwin, signal: confidence,
       params: {delta: 0.9, clock: 1, grace_period: 2, min_window_length: 1}},

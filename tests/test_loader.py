@@ -319,7 +319,7 @@ GOOD_DOC = yaml.safe_load(GOOD_TEXT)
 @given(st.integers(0, len(GOOD_TEXT)), st.integers(0, 12), st.text(max_size=6))
 def test_good_text_with_a_random_splice_never_raises_anything_but_rules_invalid(at, cut, insert):
     loads_or_raises_rules_invalid(GOOD_TEXT[:at] + insert + GOOD_TEXT[at + cut :])
-RULE_KEYS = sorted({key for rule in GOOD_DOC["rules"] for key in rule} | {"baseline", "across", "confidence"})
+RULE_KEYS = sorted({key for rule in GOOD_DOC["rules"] for key in rule} | {"baseline", "trailing_baseline", "across", "confidence"})
 
 
 @st.composite

@@ -207,7 +207,7 @@ class ReferenceEngine:
         fp = self.plan.for_feature(ev.feature, ev.phase)
         if ev.phase not in fs.phases:
             fs.phases.add(ev.phase)
-        if fp.promotions:
+        if fp.tracks_first:
             fs.phase_first[ev.phase] = min(ts, fs.phase_first.get(ev.phase, ts))
         if src not in fs.src_first:
             fs.src_first[src] = ts
@@ -617,7 +617,8 @@ class ReferenceEngine:
             if b.rule.compare is not None:  # the statistics are the product's; the windows here are full merges
                 ev = evaluate_compare(b.rule, b.base, b.param, b.store, series, phase, group, t, cache)
             else:
-                ev = evaluate_metric(b.rule, b.base, b.param, b.store, series, phase, group, t, cache)
+                first = fs.phase_first.get(phase) if b.rule.baseline_trailing else None
+                ev = evaluate_metric(b.rule, b.base, b.param, b.store, series, phase, group, t, cache, first)
             self._apply(out, feature, fs, b, phase, group, t, ev)
 
     def _evaluate_drift(self, out, feature, fs, b: BoundRule, phases, t) -> None:

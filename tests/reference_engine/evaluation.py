@@ -106,8 +106,10 @@ def evaluate_metric(
     group: tuple[str, ...],
     t: int,
     cache: WindowCache,
+    first: int | None = None,
 ) -> Evaluation:
-    """Evaluate ``rule`` (a validated ``rules.model.Rule``) for ``(phase, group)`` at instant ``t``."""
+    """Evaluate ``rule`` (a validated ``rules.model.Rule``) for ``(phase, group)`` at instant ``t``; ``first``: the
+    phase's first event time (``trailing_baseline`` rules)."""
     w = rule.window_ms
     ev = Evaluation(None, None, 0, t - w, t)
     if rule.across is not None:
@@ -121,9 +123,17 @@ def evaluate_metric(
         ev.details["bound"] = compared
     enough = samples >= rule.min_samples
     if rule.baseline_ms is not None:
-        then_end = t - rule.baseline_ms
-        then_b = cache.get(spec, key, s, then_end, w) if s is not None else Bucket.empty(False, False)
+        if rule.baseline_trailing:  # the ``baseline_ms`` before this window, as an average window (counts scale)
+            then_end, then_w = t - w, rule.baseline_ms
+        else:  # the same window ``baseline_ms`` earlier
+            then_end, then_w = t - rule.baseline_ms, w
+        then_b = cache.get(spec, key, s, then_end, then_w) if s is not None else Bucket.empty(False, False)
         then, then_samples = metric_value(base, param, then_b)
+        if rule.baseline_trailing and then is not None and base in COUNT_METRICS:
+            # an average window over the span the phase has existed for, when that is shorter (a launch's first
+            # week); less than one window of history has no average window yet
+            covered = then_w if first is None else min(then_w, then_end - (first - first % spec.every_ms))
+            then = then * w / covered if covered >= w else None
         ev.details.update(baseline_value=then, baseline_samples=then_samples)
         enough = then_samples >= rule.min_samples and (base in COUNT_METRICS or enough)
         if compared is None or then is None or then == 0:
