@@ -65,6 +65,9 @@ def rule_unit(rule: Rule) -> str:
         return "none"  # the stable-split test's log e-value
     if rule.baseline_ms is not None or (rule.compare is not None and (rule.compare.relative or rule.srm_of)):
         return "percentunit"  # relative change against the earlier window or the control; an observed share
+    if rule.conditions:  # one axis for every condition: their unit when they share one
+        units = {rule_unit(c) for c in rule.conditions}
+        return units.pop() if len(units) == 1 else "none"
     base, _ = parse_metric(rule.metric)
     if base.startswith("latency_"):
         return "ms"
@@ -81,6 +84,11 @@ def _condition(rule: Rule) -> str:
             + (f" ({params})" if params else "")
             + "; fires when it detects a change. Plotted: the detector's estimate."
         )
+    if rule.conditions:
+        joined = f" {'and' if rule.combine == 'all' else 'or'} ".join(
+            f"({_condition(c).removesuffix(' Plotted: the compared value.').removesuffix('.')})"
+            for c in rule.conditions)  # fmt: skip
+        return f"{joined}. Plotted: each condition's value (#1, #2…) and its line."
     what = f"`{rule.metric}` over {format_duration(rule.window_ms)}"
     if rule.compare is not None:
         return _comparison(rule, what)
@@ -152,14 +160,16 @@ def rule_description(ruleset: RuleSet, rule: Rule) -> str:
     if rule.runbook:
         lines += ["", f"**Runbook:** {rule.runbook}"]
     legend = "Red band: firing; orange band: pending"
-    legend += "." if rule.drift is not None else "; dashed red line: the threshold the running worker uses"
+    legend += ("." if rule.drift is not None else
+               "; dashed red lines: each condition's line (#1, #2…)" if rule.conditions else
+               "; dashed red line: the threshold the running worker uses")  # fmt: skip
     if rule.drift is None:
         legend += "; dotted line: where a firing instance resolves." if rule.resolve_threshold is not None else "."
     return "\n".join(lines + ["", legend])
 
 
 def _thresholds(rule: Rule) -> tuple[list[dm.Threshold], cm.GraphTresholdsStyleMode]:
-    if rule.drift is not None:
+    if rule.drift is not None or rule.conditions:  # a compound rule's lines are series of their own, one a condition
         return [dm.Threshold(value=None, color="green")], cm.GraphTresholdsStyleMode.OFF
     if rule.threshold_high is not None:  # a band: red inside it (between) or on both sides of it (outside)
         inside, outside = ("red", "transparent") if rule.op == "between" else ("transparent", "red")
@@ -209,7 +219,15 @@ def rule_panel(ruleset: RuleSet, rule: Rule) -> timeseries.Panel:
             "{{feature}} / {{phase}} {{group}}",
         )
     ]
-    if rule.drift is None:
+    if rule.conditions:  # all / any: each condition's value and line
+        targets = [
+            query("A", f"max by (feature, phase, group, condition) "
+                       f"({selector('rollguard_rule_condition_value', ident, FEATURE_PHASE_SEGMENT)})",
+                  "{{feature}} / {{phase}} {{group}} #{{condition}}"),
+            query("B", f"max by (condition) ({selector('rollguard_rule_condition_threshold', ident, FEATURE_PHASE)})",
+                  "line #{{condition}}"),
+        ]  # fmt: skip
+    elif rule.drift is None:
         targets.append(query("B", f"max({selector('rollguard_rule_threshold', ident, FEATURE_PHASE)})", "threshold"))
     if rule.threshold_high is not None:
         targets.append(query("H", f"max({selector('rollguard_rule_threshold_high', ident, FEATURE_PHASE)})",
@@ -262,7 +280,7 @@ def promotion_panel(ruleset: RuleSet):
         f"Promotion verdict → {p.to}",
         f"Blocked (a gate fails, a sign-off missing, a latch), inconclusive (not enough data, exposure short, hold "
         f"running) or ready, per feature/phase. Gates: {gates}; sign-offs: {signs}. `rollguard status` prints the "
-        "checklist (rules.md §4.13).",
+        "checklist (rules.md §4.14).",
         query("A", f"2 * {verdict('ready')} + {verdict('inconclusive')}", "{{feature}} / {{phase}}"),
         value_mappings({0: ("BLOCKED", "red"), 1: ("INCONCLUSIVE", "yellow"), 2: ("READY", "green")}),
         height=5,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rules.compare import evaluate_compare
+from rules.compound import combine, condition_head
 from rules.evaluation import Evaluation, WindowCache, evaluate_metric
 from rules.lifecycle import Instance, advance
 from rules.plan import BoundRule
@@ -187,6 +188,9 @@ class Instants:
         self._gate_evals = None
 
     def _evaluate_rule(self, out, feature, fs, b: BoundRule, phases, t, cache) -> None:
+        if b.parts:
+            self._evaluate_compound(out, feature, fs, b, phases, t, cache)
+            return
         series = fs.stores.get(b.store.id, {})
         n = len(b.rule.group_by)
         # a series counts from its first bucket before t: one that only holds later events (already applied, as
@@ -208,6 +212,21 @@ class Instants:
             first = fs.phase_first.get(phase) if b.rule.baseline_trailing else None
             ev = evaluate_metric(b.rule, b.base, b.param, b.store, series, phase, group, t, cache, firing, first)
             self._apply(out, feature, fs, b, phase, group, t, ev)
+
+    def _evaluate_compound(self, out, feature, fs, b: BoundRule, phases, t, cache) -> None:
+        """A compound rule (``all:`` / ``any:``): every condition for each group any of them has data for (or that
+        has an instance), combined into one evaluation (rules.compound)."""
+        n = len(b.rule.group_by)
+        groups = set()
+        for p in b.parts:
+            series = fs.stores.get(p.store.id, {})
+            groups.update((k[0], k[1][:n]) for k, s in series.items() if k[0] in phases and _has_before(s.buckets, t))
+        groups.update((k[2], k[3]) for k in fs.instances if k[0] == b.ruleset.name and k[1] == b.rule.id)
+        heads = [condition_head(p.rule) for p in b.parts]
+        for phase, group in sorted(groups):
+            parts = [evaluate_metric(p.rule, p.base, p.param, p.store, fs.stores.get(p.store.id, {}), phase, group, t,
+                                     cache) for p in b.parts]  # fmt: skip
+            self._apply(out, feature, fs, b, phase, group, t, combine(b.rule.combine, parts, heads, t, b.rule.window_ms))
 
     def _evaluate_drift(self, out, feature, fs, b: BoundRule, phases, t) -> None:
         keys = sorted(k for k in fs.detectors if k[0] == b.ruleset.name and k[1] == b.rule.id and k[2] in phases)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rules.compare_loader import load_compare, needs_srm, srm_companion
+from rules.compound_loader import COMBINE_KEYS, condition_items
 from rules.drift_loader import DRIFT_KEYS, load_drift
 from rules.durations import format_duration
 from rules.exceptions import RollguardError
@@ -68,9 +69,9 @@ _DEFAULT_KEYS = (
 _RULE_KEYS = (
     "id", "tier", "mode", "metric", "op", "threshold", "drift", "window", "every", "for", "keep_firing_for",
     "min_samples", "confidence", "group_by", "baseline", "trailing_baseline", "across", "summary", "runbook",
-    "resolve_threshold", "compare", "where", "max_starved",
+    "resolve_threshold", "compare", "where", "max_starved", "all", "any",
 )  # fmt: skip
-_BLOCKS = ("drift", "compare", "where")  # keys with a structure of their own, read by their own loaders
+_BLOCKS = ("drift", "compare", "where", "all", "any")  # keys with a structure of their own, read by their own loaders
 _NOT_FOR_DRIFT = ("window", "baseline", "trailing_baseline", "across", "confidence", "resolve_threshold", "compare", "where",
                   "max_starved")  # fmt: skip
 _RATE_METRICS = ", ".join(name + (":<field>:<x>" if name.startswith("share_") else ":<param>" if m.parameterised else "")
@@ -305,6 +306,8 @@ class _Checker:
                 scope.error(line_of(item, "id"), message)
             else:
                 first_lines[rule_id] = item.line
+        if any(k in item for k in COMBINE_KEYS):
+            return self._compound(name, item, defaults, scope, v, before)
 
         metric_keys = [key for key in ("metric", "op", "threshold") if key in item]
         is_drift = "drift" in item
@@ -410,6 +413,32 @@ class _Checker:
             baseline_trailing=baseline is not None and baseline_key == "trailing_baseline", across=across, summary=v.get("summary"),
             runbook=pick("runbook", None)[0], resolve_threshold=resolve, compare=compare, where=where or (),
             max_starved_ms=pick("max_starved", None)[0] if threshold_rule else None, line=item.line,
+        )  # fmt: skip
+
+    def _compound(self, name: str | None, item: LocatedMap, defaults: dict[str, Any], scope: Scope, v: dict,
+                  before: int) -> Rule | None:  # fmt: skip
+        """A compound rule (``all:`` / ``any:``): each condition loaded as a threshold rule of the rule's shared keys
+        and its own (``rules.compound_loader``), renamed ``<id>#<n>``."""
+        parsed = condition_items(scope, item)
+        conditions = []
+        for i, ci in enumerate(parsed[1] if parsed is not None else ()):
+            rule = self._rule(name, ci, defaults, {}) if ci is not None else None
+            if rule is not None:
+                conditions.append(rule.model_copy(update={"id": f"{rule.id}#{i + 1}"}))
+        if v.get("summary") is not None:
+            for problem in summary_problems(v["summary"], drift=True):
+                scope.error(line_of(item, "summary"), f"summary: {problem}")
+        # a shared key's problem is found once per condition: report it once
+        self.errors[before:] = list(dict.fromkeys(self.errors[before:]))
+        if len(self.errors) > before or None in defaults.values() or parsed is None:
+            return None
+        first = conditions[0]
+        min_samples = v["min_samples"] if "min_samples" in item else defaults.get("min_samples", DEFAULT_MIN_SAMPLES)
+        return Rule(
+            id=v["id"], tier=v["tier"], mode=first.mode, window_ms=first.window_ms, every_ms=first.every_ms,
+            for_ms=first.for_ms, keep_firing_for_ms=first.keep_firing_for_ms, min_samples=min_samples,
+            group_by=first.group_by, summary=v.get("summary"), runbook=first.runbook,
+            max_starved_ms=first.max_starved_ms, combine=parsed[0], conditions=tuple(conditions), line=item.line,
         )  # fmt: skip
 
     @staticmethod

@@ -345,10 +345,20 @@ class Rule(BaseModel):
     # how long the rule may stay insufficient while its window holds data before it pages (rules.starvation); None:
     # the tier's default, 0: never
     max_starved_ms: int | None = None
+    # a compound rule (``all:`` / ``any:``): its conditions, each a threshold rule with this rule's window, clocks
+    # and groups (ids ``<id>#1``, ``<id>#2``…), combined into one verdict with one lifecycle; no metric of its own
+    combine: Literal["all", "any"] | None = None
+    conditions: tuple[Rule, ...] = ()
     line: int = 0
 
     @model_validator(mode="after")
     def _one_kind(self) -> Rule:
+        if self.combine is not None or self.conditions:
+            if self.combine is None or len(self.conditions) < 2 or self.drift is not None or self.window_ms is None:
+                raise ValueError("a compound rule combines (all / any) two or more conditions over its window")
+            if any(part is not None for part in (self.metric, self.op, self.threshold)):
+                raise ValueError("a compound rule has no metric, op or threshold of its own: its conditions do")
+            return self
         metric_parts = (self.metric, self.op, self.threshold, self.window_ms)
         if self.drift is None and any(part is None for part in metric_parts):
             raise ValueError("a metric rule needs metric, op, threshold and window_ms (or give drift instead)")

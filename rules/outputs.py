@@ -50,9 +50,16 @@ def render_summary(template: str | None, fields: dict[str, Any]) -> str:
             return template.format(**fields)
         except (ValueError, TypeError, KeyError, IndexError):
             pass  # e.g. {value:.1%} with value None on an insufficient drift rule
+    head = (f"{fields['tier']}: {fields['ruleset']}/{fields['rule_id']} on {fields['feature']}/{fields['phase']}"
+            f"{_group_text(fields['group'])}")  # fmt: skip
+    conditions = (fields.get("details") or {}).get("conditions")
+    if conditions:  # a compound rule (rules.compound): each condition's value against its line
+        kind = fields["metric"].split("(", 1)[0]
+        return f"{head}: {kind} of " + "; ".join(
+            f"{c['metric']}{'{' + ', '.join(c['where']) + '}' if c.get('where') else ''} = {_num(c['value'])} "
+            f"{c['op']} {_threshold_text(c)}" for c in conditions)  # fmt: skip
     return (
-        f"{fields['tier']}: {fields['ruleset']}/{fields['rule_id']} on {fields['feature']}/{fields['phase']}"
-        f"{_group_text(fields['group'])}: {fields['metric']} = {_num(fields['value'])}"
+        f"{head}: {fields['metric']} = {_num(fields['value'])}"
         + (f" {fields['op']} {_threshold_text(fields)}" if fields.get("op") else "")
     )
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from rules.compare import COMPARABLE_MEANS
+from rules.compound import describe as describe_compound
 from rules.aggregate import share_key
 from rules.metric_names import parse_metric, share_of
 from rules.metrics import metric_sources, needs_latency_sketch, needs_users, signal_sources
@@ -40,11 +41,15 @@ class BoundRule:
     store: StoreSpec | None  # None for drift rules
     base: str | None
     param: str | None
-    metric: str  # as written, or ``drift:<detector>:<signal>``
+    metric: str  # as written, ``drift:<detector>:<signal>``, or ``all(…)`` / ``any(…)`` (rules.compound.describe)
     latching: bool  # enforced pause / kill: never resolve by themselves (a shadow rule decides, it holds nothing)
+    # a compound rule's conditions (rules.compound), bound like metric rules; ``store`` is the first one's
+    parts: tuple[BoundRule, ...] = ()
 
     @property
     def sources(self) -> frozenset[str]:
+        if self.parts:
+            return frozenset().union(*(p.sources for p in self.parts))
         if self.store is None:
             return signal_sources(self.rule.drift.signal)
         return metric_sources(self.base, self.param)
@@ -100,31 +105,39 @@ class Plan:
         self.needs_arms = False
         self.needs_squares = False
         shares: set[tuple] = set()
+
+        def keyed(rule: Rule) -> tuple:
+            """(store key, base, param) of a threshold rule; its store's needs updated."""
+            base, param = parse_metric(rule.metric)
+            keys = tuple(rule.group_by) + ((rule.across,) if rule.across else ())
+            arm = rule.compare.key if rule.compare is not None else None
+            if arm is not None:  # an arm store: only events with a value for the dimension (rules.compare)
+                keys += (arm,)
+                self.needs_arms |= arm.startswith("@")
+            if any(m.store_key.startswith("@") for m in rule.where):
+                self.needs_arms = True
+            if base in ("share_ge", "share_lt"):
+                field, ge, x = share_of(base, param)
+                shares.add((share_key(base, param), field, ge, x))
+            sk = (rule.every_ms, keys, rule.where, arm)
+            s = stores.setdefault(sk, {"lat": False, "users": False, "ret": 0, "sq": False})
+            s["sq"] |= rule.compare is not None and base in COMPARABLE_MEANS
+            self.needs_squares |= s["sq"]
+            s["lat"] |= needs_latency_sketch(base)
+            s["users"] |= needs_users(base)
+            s["ret"] = max(s["ret"], rule.window_ms + (rule.baseline_ms or 0))
+            return sk, base, param
+
         for rs in self.rulesets:
             for rule in rs.rules:
                 if rule.drift is not None:
                     metric = f"drift:{rule.drift.detector}:{rule.drift.signal}"
-                    bound.append((rs, rule, None, None, None, metric))
-                    continue
-                base, param = parse_metric(rule.metric)
-                keys = tuple(rule.group_by) + ((rule.across,) if rule.across else ())
-                arm = rule.compare.key if rule.compare is not None else None
-                if arm is not None:  # an arm store: only events with a value for the dimension (rules.compare)
-                    keys += (arm,)
-                    self.needs_arms |= arm.startswith("@")
-                if any(m.store_key.startswith("@") for m in rule.where):
-                    self.needs_arms = True
-                if base in ("share_ge", "share_lt"):
-                    field, ge, x = share_of(base, param)
-                    shares.add((share_key(base, param), field, ge, x))
-                sk = (rule.every_ms, keys, rule.where, arm)
-                s = stores.setdefault(sk, {"lat": False, "users": False, "ret": 0, "sq": False})
-                s["sq"] |= rule.compare is not None and base in COMPARABLE_MEANS
-                self.needs_squares |= s["sq"]
-                s["lat"] |= needs_latency_sketch(base)
-                s["users"] |= needs_users(base)
-                s["ret"] = max(s["ret"], rule.window_ms + (rule.baseline_ms or 0))
-                bound.append((rs, rule, sk, base, param, rule.metric))
+                    bound.append((rs, rule, None, None, None, metric, ()))
+                elif rule.conditions:
+                    parts = tuple((c, *keyed(c)) for c in rule.conditions)
+                    bound.append((rs, rule, parts[0][1], None, None, describe_compound(rule), parts))
+                else:
+                    bound.append((rs, rule, *keyed(rule), rule.metric, ()))
         probes = []  # (rule set, probe rule, store key): the exposure counts of promotion blocks
         for rs in self.rulesets:
             for rule in probe_rules(rs.promotion) if rs.promotion is not None else ():
@@ -145,8 +158,10 @@ class Plan:
         self.store_ids = {name: sid for sid, name in self.store_names.items()}
         self.rules = tuple(
             BoundRule(i, rs, rule, self.stores[sk] if sk else None, base, param, metric,
-                      rule.tier in ("pause", "kill") and rule.mode == "enforce")  # fmt: skip
-            for i, (rs, rule, sk, base, param, metric) in enumerate(bound)
+                      rule.tier in ("pause", "kill") and rule.mode == "enforce",
+                      tuple(BoundRule(-1, rs, c, self.stores[csk], cb, cp, c.metric, False)
+                            for c, csk, cb, cp in parts))  # fmt: skip
+            for i, (rs, rule, sk, base, param, metric, parts) in enumerate(bound)
         )
         self.by_key = {(b.ruleset.name, b.rule.id): b for b in self.rules}
         bound_probes: dict[str, list[BoundRule]] = {}
@@ -184,7 +199,8 @@ class Plan:
                     and b.rule.compare.phase == phase and b.ruleset.matches_feature(feature)]  # fmt: skip
         promos = tuple(bp for bp in self.promotions_for(feature) if bp.phase == phase)
         probes = [p.store for bp in promos for p in bp.probes]
-        stores = tuple(sorted({s.id: s for s in [b.store for b in metric] + controls + probes}.values(),
+        parts = [p.store for b in metric for p in b.parts]
+        stores = tuple(sorted({s.id: s for s in [b.store for b in metric] + parts + controls + probes}.values(),
                               key=lambda s: s.id))  # fmt: skip
         tracks_first = bool(promos) or any(b.rule.baseline_trailing for b in metric)
         return FeaturePlan(stores, metric, drift, promos, tracks_first)

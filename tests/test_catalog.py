@@ -108,8 +108,12 @@ def test_each_email_reply_phase_pack_has_enforced_kill_pause_and_investigate_rul
 @pytest.mark.parametrize("file, name, phase", EMAIL_PHASES[1:], ids=[p for _, _, p in EMAIL_PHASES[1:]])
 def test_every_phase_after_dogfood_watches_the_mobile_desktop_gap_and_a_segment_gap(catalog, file, name, phase):
     rules = catalog[name].rules
-    gap = [r for r in rules if r.across == "platform" and r.metric == "acceptance_rate"]
-    assert gap and all(r.tier == "investigate" and r.threshold == pytest.approx(0.03) for r in gap[:1])
+    # "Mobile acceptance <14% while desktop >17%": both halves at once (all:)
+    gap = [r for r in rules if r.combine == "all" and [c.metric for c in r.conditions] == ["acceptance_rate"] * 2]
+    assert len(gap) == 1 and gap[0].tier == "investigate" and gap[0].mode == "enforce"
+    mobile, desktop = gap[0].conditions
+    assert (mobile.where[0].values, mobile.op, mobile.threshold) == (("mobile",), "<", 0.14)
+    assert (desktop.where[0].values, desktop.op, desktop.threshold) == (("desktop",), ">", 0.17)
     assert any(r.group_by == ("platform",) and r.op == "<" and r.threshold == pytest.approx(0.14) for r in rules)
     segment = [r for r in rules if r.across in ("plan", "region") and r.metric == "acceptance_rate"]
     assert any(r.mode == "enforce" and r.threshold == pytest.approx(0.02) for r in segment)

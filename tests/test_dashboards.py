@@ -48,6 +48,8 @@ METRIC_NAMES = frozenset(
         "rollguard_rule_interval_high",
         "rollguard_rule_arm_value",
         "rollguard_rule_arm_samples",
+        "rollguard_rule_condition_value",
+        "rollguard_rule_condition_threshold",
         "rollguard_rule_samples",
         "rollguard_rule_state",
         "rollguard_rule_evaluated_timestamp_seconds",
@@ -85,7 +87,7 @@ HISTOGRAMS = ("rollguard_batch_duration_seconds", "rollguard_redis_duration_seco
 ALLOWED_SERIES = METRIC_NAMES | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
 LABELS = frozenset(
     "feature phase ruleset rule tier metric group state latch type reason transition action severity op topic arm "
-    "partition version app_id instance job le to verdict".split()
+    "partition version app_id instance job le to verdict condition".split()
 )
 _PROMQL_WORDS = frozenset({"bool", "and", "or", "unless", "offset", "on", "ignoring", "group_left", "group_right"})
 
@@ -237,6 +239,13 @@ def test_each_rule_has_exactly_one_panel_with_its_threshold(dashboards, ruleset,
         assert any(e.startswith("max by (feature, phase, group) (rollguard_rule_value{") for e in exprs)
         assert not any("rollguard_rule_threshold" in e for e in exprs)
         return
+    if rule.conditions:  # all / any: each condition's value and line, no single threshold
+        assert any(e.startswith("max by (feature, phase, group, condition) (rollguard_rule_condition_value{")
+                   for e in exprs)  # fmt: skip
+        assert any("rollguard_rule_condition_threshold{" in e for e in exprs)
+        assert not any("rollguard_rule_threshold{" in e for e in exprs)
+        assert defaults["custom"]["thresholdsStyle"]["mode"] == "off"
+        return
     assert any("rollguard_rule_compared{" in e for e in exprs)
     assert any("rollguard_rule_threshold{" in e for e in exprs)
     base, step = defaults["thresholds"]["steps"]
@@ -256,7 +265,7 @@ def test_rule_panels_sit_in_rows_by_tier(dashboards, ruleset):
         if panel["type"] == "row":
             current = panel["title"].split()[0].lower()
             order.append(current)
-        elif current == "promotion":  # the promotion block's verdict, last (rules.md §4.13)
+        elif current == "promotion":  # the promotion block's verdict, last (rules.md §4.14)
             assert panel["title"] == f"Promotion verdict → {ruleset.promotion.to}"
             assert "rollguard_promotion_verdict" in panel["targets"][0]["expr"]
         else:

@@ -242,6 +242,21 @@ rules:
   - {id: band-in, tier: investigate, metric: error_rate, op: between, threshold: [0.1, 0.5], min_samples: 3}
   - {id: band-out, tier: pause, metric: latency_p95, op: outside, threshold: [50, 700], min_samples: 3,
      group_by: [platform]}
+  - id: both
+    tier: investigate
+    all:
+      - {metric: error_rate, op: ">", threshold: 0.2, where: {platform: mobile}}
+      - {metric: latency_p95, op: ">", threshold: 300, min_samples: 2}
+    min_samples: 3
+    for: 1m
+    keep_firing_for: 1m
+  - id: either
+    tier: pause
+    any:
+      - {metric: acceptance_rate, op: "<", threshold: 0.15, min_samples: 4}
+      - {metric: "share_lt:confidence:0.5", op: between, threshold: [0.4, 0.9]}
+    group_by: [platform]
+    min_samples: 3
 """
 # a promotion block (rules.promotion): gates of their own, exposure, a hold, sign-offs and auto promote_rollout
 PROMO_TEXT = """
@@ -466,6 +481,7 @@ def test_the_generated_streams_exercise_what_they_claim():
         filtered.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith(("w-", "sh-")))
         starved.update(d["transition"] for o in outs for d in o.decisions if d["rule_id"].startswith("starve"))
         banded.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("band-"))
+        compound.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"] in ("both", "either"))
         promoted.update(d["transition"] for o in outs for d in o.decisions if d["rule_id"] == "promotion")
         promoted.update(c["action"] for o in outs for c in o.commands if c["action"] == "promote_rollout")
 
@@ -473,6 +489,7 @@ def test_the_generated_streams_exercise_what_they_claim():
     filtered: set[str] = set()
     starved: set[str] = set()
     banded: set[str] = set()
+    compound: set[str] = set()
     promoted: set[str] = set()
     sample()
     assert all(seen.values()), seen
@@ -482,6 +499,7 @@ def test_the_generated_streams_exercise_what_they_claim():
     assert {"w-mobile", "w-not-m2", "sh-conf"} <= filtered, filtered
     assert {"starved", "fed"} <= starved, starved  # starvation clocks flag and end in both engines
     assert {"band-in", "band-out"} <= banded, banded
+    assert {"both", "either"} <= compound, compound  # all / any (rules.compound) decide in both engines
     # promotion verdicts, sign-offs and their revocation in both engines (ready and its command: the stream below)
     assert {"blocked", "inconclusive", "signed_off", "signoff_revoked"} <= promoted, promoted
 

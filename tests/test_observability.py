@@ -339,6 +339,7 @@ SPEC_FAMILIES = {
     "rollguard_rule_value", "rollguard_rule_compared", "rollguard_rule_threshold", "rollguard_rule_resolve_threshold",
     "rollguard_rule_threshold_high",
     "rollguard_rule_interval_low", "rollguard_rule_interval_high", "rollguard_rule_arm_value", "rollguard_rule_arm_samples",
+    "rollguard_rule_condition_value", "rollguard_rule_condition_threshold",
     "rollguard_rule_samples",
     "rollguard_rule_state", "rollguard_rule_evaluated_timestamp_seconds",
     "rollguard_feature_tier", "rollguard_feature_latch", "rollguard_feature_firing_rules",

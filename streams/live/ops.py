@@ -117,7 +117,7 @@ def render_status(rows: list[dict], now_ms: int) -> str:
               for pr in p.get("promotions", ())]  # fmt: skip
     if promos:
         lines.append("")
-        lines.append("promotions (rules.md §4.13; sign off with `rollguard signoff`):")
+        lines.append("promotions (rules.md §4.14; sign off with `rollguard signoff`):")
         for f, ph, pr in promos:
             lines.extend(render_promotion(f, ph, pr))
     starved = [(s["feature"], ph, r) for s in rows for ph, p in sorted(s["phases"].items())

@@ -48,6 +48,10 @@ _FAMILIES = (
      "and means)"),
     ("rollguard_rule_arm_value", "The metric of each arm of a compare rule (arm: control | treatment)"),
     ("rollguard_rule_arm_samples", "Samples of each arm of a compare rule (arm: control | treatment)"),
+    ("rollguard_rule_condition_value", "The value of each condition of a compound rule (all / any; condition: 1, "
+     "2, ...); absent when undefined"),
+    ("rollguard_rule_condition_threshold", "The line of each condition of a compound rule (op between / outside: "
+     "the band's lower line)"),
     ("rollguard_rule_samples", "Samples in the rule window at the last evaluation"),
     ("rollguard_rule_state", "Groups of the series in each lifecycle state"),
     ("rollguard_rule_evaluated_timestamp_seconds", "Event time of the last evaluation instant"),
@@ -138,6 +142,8 @@ class RuleSeries:
         highs: list[str] = []
         arm_values: list[str] = []
         arm_samples: list[str] = []
+        cond_values: list[str] = []
+        cond_lines: list[str] = []
         samples: list[str] = []
         state: list[str] = []
         evaluated: list[str] = []
@@ -147,8 +153,9 @@ class RuleSeries:
         for feature in sorted(self.rules):
             for _, r in sorted(self.rules[feature].items()):
                 rule = r.bound.rule
-                drift = rule.drift is not None
+                drift = rule.drift is not None or rule.combine is not None  # neither has a threshold of its own
                 th = None if drift else go(rule.threshold)
+                lines = [go(c.threshold) for c in rule.conditions]
                 rt = None if drift or rule.resolve_threshold is None else go(rule.resolve_threshold)
                 tb = None if rule.threshold_high is None else go(rule.threshold_high)
                 groups = r.groups
@@ -183,6 +190,11 @@ class RuleSeries:
                                 arm_values.append(f'rollguard_rule_arm_value{{{labels},arm="{arm}"}} {go(x)}\n')
                             arm_samples.append(f'rollguard_rule_arm_samples{{{labels},arm="{arm}"}} '
                                                f'{cmp[f"{arm}_samples"]}\n')  # fmt: skip
+                    for i, (line, c) in enumerate(zip(lines, ev.details.get("conditions", ())), 1):
+                        cond_lines.append(f'rollguard_rule_condition_threshold{{{labels},condition="{i}"}} {line}\n')
+                        x = c["value"]
+                        if x is not None and x == x:
+                            cond_values.append(f'rollguard_rule_condition_value{{{labels},condition="{i}"}} {go(x)}\n')
                     samples.append(f"rollguard_rule_samples{{{labels}}} {ev.samples}\n")
                     evaluated.append(f"rollguard_rule_evaluated_timestamp_seconds{{{labels}}} {go(o.t / 1000)}\n")
                     st = o.state
@@ -205,8 +217,8 @@ class RuleSeries:
                         state.append(f'rollguard_rule_state{{{labels},state="{s}"}} {n}\n')
         self.dropped = dropped
         out: list[str] = []
-        families = (value, compared, threshold, high, resolve, lows, highs, arm_values, arm_samples, samples, state,
-                    evaluated)  # fmt: skip
+        families = (value, compared, threshold, high, resolve, lows, highs, arm_values, arm_samples, cond_values,
+                    cond_lines, samples, state, evaluated)  # fmt: skip
         for (name, doc), lines in zip(_FAMILIES, families):
             out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
             out += lines

@@ -84,6 +84,8 @@ class RuleInfo:
             compared = "treatment share" if r.compare.split else "stable-split log e-value"
         elif r.compare is not None:
             compared = "treatment vs control" + (" (relative)" if r.compare.relative else "")
+        elif r.conditions:  # all / any (rules.compound): no single line to draw
+            compared = "deciding condition's value"
         elif r.baseline_ms is not None:
             compared = "change vs baseline"
         elif r.across:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from detectors import make_detector
 from rules.aggregate import contributions, share_contributions, square_contributions
 from rules.compare import evaluate_compare
+from rules.compound import combine, condition_head
 from rules.clock import ClockConfig, ClockGuard, StreamClock, approx_duration
 from rules.events import Control, Event
 from rules.lifecycle import Instance, advance
@@ -606,15 +607,24 @@ class ReferenceEngine:
             evaluate_promotion(out, fs, bp, feature, t, self._gate_evals, measure)
 
     def _evaluate_rule(self, out, feature, fs, b: BoundRule, phases, t, cache) -> None:
-        series = fs.stores.get(b.store.id, {})
         n = len(b.rule.group_by)
         # a series counts from its first bucket before t: one that only holds later events (already applied, as
-        # they are within the allowed lateness) must not be evaluated, or when it is would depend on arrival order
-        groups = {(k[0], k[1][:n]) for k, s in series.items() if k[0] in phases and _has_before(s.buckets, t)}
+        # they are within the allowed lateness) must not be evaluated, or when it is would depend on arrival order;
+        # a compound rule's groups are those of any of its conditions' stores
+        groups = set()
+        for store in [p.store for p in b.parts] or [b.store]:
+            series = fs.stores.get(store.id, {})
+            groups.update((k[0], k[1][:n]) for k, s in series.items() if k[0] in phases and _has_before(s.buckets, t))
+        series = fs.stores.get(b.store.id, {})
         # instances that exist but saw no data in retention still need evaluating (e.g. traffic dropped to zero)
         groups.update((k[2], k[3]) for k in fs.instances if k[0] == b.ruleset.name and k[1] == b.rule.id)
         for phase, group in sorted(groups):
-            if b.rule.compare is not None:  # the statistics are the product's; the windows here are full merges
+            if b.parts:  # all / any: the conditions evaluated here, combined by the product's three-valued logic
+                parts = [evaluate_metric(p.rule, p.base, p.param, p.store, fs.stores.get(p.store.id, {}), phase,
+                                         group, t, cache) for p in b.parts]  # fmt: skip
+                heads = [condition_head(p.rule) for p in b.parts]
+                ev = combine(b.rule.combine, parts, heads, t, b.rule.window_ms)
+            elif b.rule.compare is not None:  # the statistics are the product's; the windows here are full merges
                 ev = evaluate_compare(b.rule, b.base, b.param, b.store, series, phase, group, t, cache)
             else:
                 first = fs.phase_first.get(phase) if b.rule.baseline_trailing else None
