@@ -76,9 +76,11 @@ CANARY = tuple(
 
 def _eval_runs() -> list[dict[str, Any]]:
     """Offline evaluation runs (``type: eval``) for the packs that read them: the relevance eval of regional expansion,
-    the quality eval of GA (both above their lines) and the canary prompt's rubric, every 20 minutes."""
+    the quality eval of GA (both above their lines), the canary prompt's rubric and the production rubric's critical
+    categories (launch-gates), every 20 minutes."""
     runs = [("regional_expansion", "relevance", 0.8, 100), ("general_availability", "quality", 0.85, 100),
-            *((("prompt_canary", c, 0.9, 40)) for c in ("correctness", "safety", "tone"))]  # fmt: skip
+            *((("prompt_canary", c, 0.9, 40)) for c in ("correctness", "safety", "tone")),
+            *((("closed_beta", c, 0.9, 40)) for c in ("correctness", "safety"))]  # fmt: skip
     return [{"type": "eval", "event_id": f"eval-{phase}-{suite}-{k}", "ts": _iso(START + k * 20 * 60_000 + 30_000),
              "feature": FEATURE, "phase": phase, "suite": suite, "score": score, "n": n}
             for phase, suite, score, n in runs for k in range(5)]  # fmt: skip
