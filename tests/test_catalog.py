@@ -43,7 +43,9 @@ COMPARISON_PACKS = {  # rules judging a treatment against a control (compare)
     "email-reply-model-drift.yaml": "email-reply-model-drift",
 }
 FILTER_PACKS = {"email-reply-exclusions.yaml": "email-reply-exclusions"}  # rules on one cohort each (where)
-ROLLOUT_PACKS = {"prompt-canary.yaml": "prompt-canary"}  # a rollout of its own phases, with a promotion block
+# rollouts of their own phases, a rule set with a promotion block per phase
+ROLLOUT_PACKS = {"prompt-canary.yaml": ("prompt-canary",),
+                 "safe-llm-rollout.yaml": ("safe-llm-rollout-beta", "safe-llm-rollout-ga-10", "safe-llm-rollout-ga-50")}
 
 
 @pytest.fixture(scope="module")
@@ -67,20 +69,25 @@ def only(catalog, ruleset: str, *rule_ids: str):
 # ---------------------------------------------------------------------------------------------------- structure
 
 
-def test_every_file_loads_with_the_real_loader_as_one_named_rule_set(catalog):
+def test_every_file_loads_with_the_real_loader_as_named_rule_sets(catalog):
+    """One rule set a file, except the rollout packs: one a phase of their rollout."""
     files = sorted(p.name for p in CATALOG.glob("*.yaml"))
     expected = sorted([f for f, _, _ in EMAIL_PHASES] + list(GLOBAL_PACKS) + list(COMPARISON_PACKS) + list(FILTER_PACKS)
                       + list(ROLLOUT_PACKS))  # fmt: skip
     assert files == expected
-    by_file = {Path(rs.source).name: rs.name for rs in catalog.values()}
-    assert by_file == {**{f: n for f, n, _ in EMAIL_PHASES}, **GLOBAL_PACKS, **COMPARISON_PACKS, **FILTER_PACKS,
-                       **ROLLOUT_PACKS}  # fmt: skip
+    by_file: dict[str, tuple[str, ...]] = {}
+    for rs in catalog.values():
+        by_file[Path(rs.source).name] = by_file.get(Path(rs.source).name, ()) + (rs.name,)
+    singles = {**{f: n for f, n, _ in EMAIL_PHASES}, **GLOBAL_PACKS, **COMPARISON_PACKS, **FILTER_PACKS}
+    assert by_file == {**{f: (n,) for f, n in singles.items()}, **ROLLOUT_PACKS}
 
 
-def test_the_rollout_packs_promote_their_phase(catalog):
-    for name in ROLLOUT_PACKS.values():
-        rs = catalog[name]
-        assert rs.promotion is not None and len(rs.phases) == 1 and rs.promotion.to != rs.phases[0]
+def test_the_rollout_packs_promote_their_phases_one_after_the_other(catalog):
+    for names in ROLLOUT_PACKS.values():
+        sets = [catalog[n] for n in names]
+        for rs in sets:
+            assert rs.promotion is not None and len(rs.phases) == 1 and rs.promotion.to != rs.phases[0]
+        assert [rs.promotion.to for rs in sets[:-1]] == [rs.phases[0] for rs in sets[1:]]
 
 
 def test_the_comparison_packs_compare_every_rule_and_guard_every_split(catalog):

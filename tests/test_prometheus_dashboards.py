@@ -74,6 +74,13 @@ CANARY = tuple(
 )  # fmt: skip
 
 
+# The safe-llm-rollout pack's three phases (a feature following seed 000's rollout plan), healthy, small.
+ROLLOUT = tuple(
+    Scenario(feature=FEATURE, phase=phase, seed=41 + i, duration_ms=95 * 60_000, mean_rate_per_s=0.3, **_SHAPE)
+    for i, phase in enumerate(("beta_5pct", "ga_10pct", "ga_50pct"))
+)  # fmt: skip
+
+
 def _eval_runs() -> list[dict[str, Any]]:
     """Offline evaluation runs (``type: eval``) for the packs that read them: the relevance eval of regional expansion,
     the quality eval of GA (both above their lines), the canary prompt's rubric and the production rubric's critical
@@ -116,7 +123,7 @@ class Run:
 def _events() -> list[dict[str, Any]]:
     """The phases' traffic as one stream in arrival order (each phase's own order kept; the watermark is per
     feature, so the phases must interleave as they would arrive)."""
-    return list(heapq.merge(*(generate(s) for s in SCENARIOS + CANARY), sorted(_eval_runs(), key=lambda e: e["ts"]),
+    return list(heapq.merge(*(generate(s) for s in SCENARIOS + CANARY + ROLLOUT), sorted(_eval_runs(), key=lambda e: e["ts"]),
                             key=lambda e: parse_ts(e["ts"])))  # fmt: skip
 
 
