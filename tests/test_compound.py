@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
+
 import pytest
 
 from engine_kit import interactions, rule_body, rule_errors
@@ -180,3 +182,23 @@ def test_the_worker_exports_each_condition_and_the_panel_plots_it():
     rs = rule_body(GAP)[0]
     panel = JSONEncoder().encode(rule_panel(rs, rs.rules[0]).build())
     assert "rollguard_rule_condition_value" in panel and "rollguard_rule_condition_threshold" in panel
+
+
+def test_the_report_chart_keeps_each_conditions_value_and_formats_the_shared_unit(tmp_path):
+    from streams.offline.chart_render import draw_rule
+    from streams.offline.chart_series import SeriesCollector
+    from streams.offline.report_format import metric_value
+
+    collector = SeriesCollector()
+    eng = Engine(rule_body(GAP), CFG)
+    eng.observer = collector
+    eng.step(minutes([0] * 3 + [5] * 9, [0] * 8 + [5] * 4))
+    eng.finish()
+    [(key, rs)] = collector.rules.items()
+    [gs] = rs.groups.values()
+    mobile, desktop = (np.frombuffer(series.points()[1], dtype=np.float64) for series in gs.conditions)
+    assert (mobile.min(), mobile.max(), desktop.min(), desktop.max()) == (0.0, 0.5, 0.0, 0.5)
+    assert [c[1:] for c in rs.info.conditions] == [(">", 0.3), ("<", 0.1)] and rs.info.value_metric == "error_rate"
+    draw_rule(tmp_path / "gap.png", rs, key, [], (collector.first, collector.last))
+    assert (tmp_path / "gap.png").stat().st_size > 1000
+    assert metric_value(rs.info.metric, 0.25, False) == "25%"  # the conditions' shared unit

@@ -100,7 +100,7 @@ def _time_axis(ax, window: tuple[int, int], label: bool = True) -> None:
 
 def _value_axis(ax, rs: RuleSeries) -> None:
     info = rs.info
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: _fmt_value(info.metric, y, info.relative)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: _fmt_value(info.value_metric, y, info.relative)))
     ax.set_ylabel(info.compared, fontsize=8)
     ax.grid(True, color="#dddddd", linewidth=0.6)
 
@@ -110,12 +110,29 @@ def _lines(ax, rs: RuleSeries, groups: Sequence[tuple[str, ...]], style: str, su
     handles = []
     for i, g in enumerate(groups):
         gs = rs.groups[g]
+        if gs.conditions is not None:  # a compound rule: one line per condition, its number in the label
+            handles += _condition_lines(ax, rs, g, gs, i, style, suffix)
+            continue
         t, v = gs.values.points()
         (line,) = ax.plot(_x(np.frombuffer(t, dtype=np.int64)), np.frombuffer(v, dtype=np.float64), style,
                           color=colors[i % len(colors)], linewidth=1.1, label=_group_label(rs, g) + suffix)  # fmt: skip
         handles.append(line)
         if gs.low is not None:
             handles += _interval(ax, gs, colors[i % len(colors)], suffix)
+    return handles
+
+
+def _condition_lines(ax, rs: RuleSeries, g: tuple[str, ...], gs, i: int, style: str, suffix: str) -> list:
+    """A compound rule's group: each condition's value, in the group's colour, one dash pattern a condition."""
+    color = matplotlib.colormaps["tab10"].colors[i % 10]
+    dashes = ("-", "--", "-.", ":")
+    handles = []
+    for n, series in enumerate(gs.conditions):
+        t, v = series.points()
+        line_style = style if style != "-" else dashes[n % len(dashes)]
+        (line,) = ax.plot(_x(np.frombuffer(t, dtype=np.int64)), np.frombuffer(v, dtype=np.float64), line_style,
+                          color=color, linewidth=1.1, label=f"{_group_label(rs, g)} #{n + 1}{suffix}")  # fmt: skip
+        handles.append(line)
     return handles
 
 
@@ -139,6 +156,10 @@ def _interval(ax, gs, color, suffix: str) -> list:
 
 def _threshold(ax, rs: RuleSeries, color: str, style: str, suffix: str) -> list:
     info = rs.info
+    if info.conditions:  # a compound rule: each condition's line, numbered as its value's line
+        return [ax.axhline(line, color=color, linestyle=style, linewidth=1.0 + 0.3 * (n == 0),
+                           label=f"#{n + 1} {op} {_fmt_value(metric.partition('{')[0], line, False)}{suffix}")
+                for n, (metric, op, line) in enumerate(info.conditions)]  # fmt: skip
     if info.threshold is None:
         return []
     text = f"threshold {info.op} {_fmt_value(info.metric, info.threshold, info.relative)}{suffix}"

@@ -74,6 +74,8 @@ class RuleInfo:
     compared: str
     resolve_threshold: float | None = None  # hysteresis: where a firing instance resolves
     threshold_high: float | None = None  # op between / outside: the band's upper line
+    # a compound rule's conditions (all / any): (metric with its filter, op, line), each plotted on its own
+    conditions: tuple[tuple[str, str, float], ...] = ()
 
     @classmethod
     def of(cls, bound) -> RuleInfo:
@@ -84,8 +86,8 @@ class RuleInfo:
             compared = "treatment share" if r.compare.split else "stable-split log e-value"
         elif r.compare is not None:
             compared = "treatment vs control" + (" (relative)" if r.compare.relative else "")
-        elif r.conditions:  # all / any (rules.compound): no single line to draw
-            compared = "deciding condition's value"
+        elif r.conditions:  # all / any (rules.compound): each condition's value and line
+            compared = "each condition's value"
         elif r.baseline_ms is not None:
             compared = "change vs baseline"
         elif r.across:
@@ -94,8 +96,16 @@ class RuleInfo:
             compared = f"Wilson bound ({r.confidence:g})"
         else:
             compared = "value"
+        conditions = tuple((c.metric + ("{" + ", ".join(m.describe() for m in c.where) + "}" if c.where else ""),
+                            c.op, c.threshold) for c in r.conditions)  # fmt: skip
         return cls(r.tier, r.mode, bound.metric, r.op, r.threshold, r.every_ms, tuple(r.group_by), compared,
-                   r.resolve_threshold, r.threshold_high)  # fmt: skip
+                   r.resolve_threshold, r.threshold_high, conditions)  # fmt: skip
+
+    @property
+    def value_metric(self) -> str:
+        """The metric whose unit the value axis shows: a compound rule's conditions' when they share one."""
+        metrics = {c[0].partition("{")[0] for c in self.conditions}
+        return metrics.pop() if len(metrics) == 1 else self.metric
 
     @property
     def relative(self) -> bool:
@@ -257,6 +267,8 @@ class GroupSeries:
     # compare rules: the bounds of the difference's interval (rules.instants.Observation.interval), drawn as a band
     low: MinMaxSeries | None = None
     high: MinMaxSeries | None = None
+    # compound rules: each condition's value (rules.compound), drawn instead of ``values``
+    conditions: list[MinMaxSeries] | None = None
 
 
 @dataclass
@@ -331,6 +343,11 @@ class SeriesCollector:
             g = rs.groups[obs.group] = GroupSeries(MinMaxSeries(self.cap))
         g.values.add(t, obs.compared)
         g.states.add(t, obs.state)
+        if b.rule.conditions:
+            if g.conditions is None:
+                g.conditions = [MinMaxSeries(self.cap) for _ in b.rule.conditions]
+            for series, c in zip(g.conditions, obs.evaluation.details["conditions"]):
+                series.add(t, c["value"])
         if b.rule.compare is not None:
             iv = obs.interval
             if g.low is None:

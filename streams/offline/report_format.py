@@ -53,6 +53,9 @@ def number(x: float) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+_CONDITION_METRIC = re.compile(r"(?:\(|, )([a-z0-9_:.]+)")  # the metrics of ``all(m1{...} < x, m2 > y)``
+
+
 def metric_value(metric: str | None, value: Any, relative: bool) -> str:
     """A metric value in its unit, decided by the metric name (docs/contract.md §2)."""
     if value is None:
@@ -61,6 +64,9 @@ def metric_value(metric: str | None, value: Any, relative: bool) -> str:
         return str(value)
     if relative:  # baseline rules compare (value - value_then) / value_then
         return ("+" if value > 0 else "") + number(value * 100) + "%"
+    if metric and metric.startswith(("all(", "any(")):  # a compound rule: its conditions' unit, when they share one
+        names = set(_CONDITION_METRIC.findall(metric))
+        metric = names.pop() if len(names) == 1 else None
     name, _, param = (metric or "").partition(":")
     if name == "drift":
         name = _DRIFT_SIGNAL_METRIC.get(param.rpartition(":")[2], "")
