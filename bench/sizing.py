@@ -25,8 +25,8 @@ catalogue, ``streams.live.store.RedisStore.commit`` — into a real ``redis-serv
 Worker throughput is not measured here: ``bench/worker.py`` does that (its latest figures are quoted from the
 README, see ``WORKER_EVENTS_PER_S``); partitions guidance follows from it and from co-partitioning.
 
-``--json FILE`` also writes every number. Nothing here touches a configured Kafka or Redis. A full run took ~35 min
-on the 2-core development machine (the 15-day steady run is most of it); ``--quick`` is a 1-minute smoke run.
+``--json FILE`` also writes every number. Nothing here touches a configured Kafka or Redis. A full run took ~10 min
+on the 2-core development machine in 2026-12 (the 22-day steady run is most of it); ``--quick`` is a 1-minute smoke run.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ USER_KEY = b"sizing-user-key-0123456789abcdef"
 # Latest bench/worker.py run on the 2-core development machine (README, "Performance", 2026-12-04, batch engine):
 # events/s one worker process sustains with the whole catalogue. Quoted, not re-measured: run `./dev bench worker`
 # on your hardware.
-WORKER_EVENTS_PER_S = {"single-event messages": 8_331, "envelopes of 100 events": 37_773}
+WORKER_EVENTS_PER_S = {"single-event messages": 9_056, "envelopes of 100 events": 42_297}
 
 
 @dataclass(frozen=True)

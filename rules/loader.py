@@ -8,7 +8,8 @@ Like promtool, the loader never stops at the first problem: it checks all files 
 A file may hold several YAML documents (``---``); each is one rule set. ``defaults:`` apply where they make
 sense: ``window`` to threshold rules, ``confidence`` to rate-metric rules without ``across`` or ``baseline``,
 ``keep_firing_for`` to ``investigate`` rules, everything else to every rule (``resolve_threshold`` is per rule
-only). A rule set's ``version`` is the
+only). A compound rule (``all:`` / ``any:``) is loaded condition by condition, each as a threshold rule of the
+rule's shared keys and its own (``rules.compound_loader``). A rule set's ``version`` is the
 sha256 of ``json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` in UTF-8, so
 comments and formatting do not change it.
 
