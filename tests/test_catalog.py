@@ -333,3 +333,20 @@ def test_the_seed_requirements_table_names_real_rules_and_counts_right(catalog):
     status = Counter(r[2].strip().rstrip("¹²") for r in rows)
     stated = re.search(r"\*\*Counts: (\d+) full, (\d+) partial, (\d+) none\*\*", table)
     assert (status["full"], status["partial"], status["none"]) == tuple(map(int, stated.groups()))
+
+
+def test_no_store_keeps_a_long_span_in_fine_buckets(catalog):
+    """State per feature is buckets × their size: a store keeps ``retention / every`` buckets of every series. Every
+    feature's stores keep at most ~1,500 (the minute store over a day); an experiment's arm stores, kept only while
+    one runs, ~2,100 (10 minutes over 14 days). A long window or baseline on a rule that steps every few minutes (a
+    7-day trailing baseline every 5m: 2,029 five-minute buckets, ~860 KiB a feature) should step coarser instead."""
+    from rules.plan import Plan
+
+    plan = Plan(tuple(catalog.values()))
+    heavy = {}
+    for spec in plan.stores.values():
+        buckets = spec.retention_ms // spec.every_ms + 1
+        if buckets > (2_100 if spec.arm else 1_500):
+            readers = sorted(f"{b.ruleset.name}/{b.rule.id}" for b in plan.rules if b.store is spec)
+            heavy[plan.store_names[spec.id]] = (buckets, readers)
+    assert not heavy, heavy
