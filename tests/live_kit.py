@@ -100,7 +100,8 @@ def produce(stack, topics: Topics, events: Iterable[dict], envelope: int = 1) ->
         md.add_callback(lambda m: last.__setitem__(f"{m.topic}:{m.partition}", max(last.get(f"{m.topic}:{m.partition}", -1), m.offset)))
 
     for e in events:
-        topic = topics.feedback if e.get("type") == "feedback" else topics.interactions
+        # eval runs ride the feedback stream (contract §6.1), so they go on its topic, as the emitter sends them
+        topic = topics.feedback if e.get("type") in ("feedback", "eval") else topics.interactions
         if envelope == 1:
             send(topic, e.get("feature", ""), orjson.dumps(e))
             continue

@@ -167,6 +167,10 @@ def run(stack, tmp_path_factory) -> Iterator[Run]:
                 wait_processed(stack, topics, last, worker, timeout=120)
                 # two more scrapes of the final state
                 prom.wait_for(f"timestamp(rollguard_worker_info) > {time.time() + 1:.3f}", bool, timeout=20)
+                # and a range query's last step (one every STEP s from start) after them: a series that first
+                # appears in the final state (an hourly instant the last events evaluate) is otherwise missed
+                # whenever that scrape falls between the last step and the end
+                time.sleep(STEP + 0.5)
             except TimeoutError as e:  # a scrape target or series that never came: the worker's log says why
                 raise AssertionError(f"{e}\nworker log:\n{worker.tail()}") from None
             produced = Counter((e["phase"], e["type"]) for e in events)
