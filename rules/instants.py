@@ -192,12 +192,7 @@ class Instants:
             self._evaluate_compound(out, feature, fs, b, phases, t, cache)
             return
         series = fs.stores.get(b.store.id, {})
-        n = len(b.rule.group_by)
-        # a series counts from its first bucket before t: one that only holds later events (already applied, as
-        # they are within the allowed lateness) must not be evaluated, or when it is would depend on arrival order
-        groups = {(k[0], k[1][:n]) for k, s in series.items() if k[0] in phases and _has_before(s.buckets, t)}
-        # instances that exist but saw no data in retention still need evaluating (e.g. traffic dropped to zero)
-        groups.update((k[2], k[3]) for k in fs.instances if k[0] == b.ruleset.name and k[1] == b.rule.id)
+        groups = _groups(fs, b, [b.store], phases, t)
         hysteresis = b.rule.resolve_threshold is not None
         if b.rule.compare is not None:
             for phase, group in sorted(groups):
@@ -216,12 +211,7 @@ class Instants:
     def _evaluate_compound(self, out, feature, fs, b: BoundRule, phases, t, cache) -> None:
         """A compound rule (``all:`` / ``any:``): every condition for each group any of them has data for (or that
         has an instance), combined into one evaluation (rules.compound)."""
-        n = len(b.rule.group_by)
-        groups = set()
-        for p in b.parts:
-            series = fs.stores.get(p.store.id, {})
-            groups.update((k[0], k[1][:n]) for k, s in series.items() if k[0] in phases and _has_before(s.buckets, t))
-        groups.update((k[2], k[3]) for k in fs.instances if k[0] == b.ruleset.name and k[1] == b.rule.id)
+        groups = _groups(fs, b, [p.store for p in b.parts], phases, t)
         heads = [condition_head(p.rule) for p in b.parts]
         for phase, group in sorted(groups):
             parts = [evaluate_metric(p.rule, p.base, p.param, p.store, fs.stores.get(p.store.id, {}), phase, group, t,
@@ -289,6 +279,20 @@ class Instants:
                 del series[key]
         if fs.windows is not None:
             fs.windows.prune(fs.stores, horizons)
+
+
+def _groups(fs: FeatureState, b: BoundRule, stores, phases, t: int) -> set[tuple]:
+    """The (phase, group) instances of ``b`` to evaluate at ``t``: those with data in any of ``stores``, and those that
+    exist. A series counts from its first bucket before t: one that only holds later events (already applied, as
+    they are within the allowed lateness) must not be evaluated, or when it is would depend on arrival order.
+    Instances that saw no data in retention still need evaluating (e.g. traffic dropped to zero)."""
+    n = len(b.rule.group_by)
+    groups = set()
+    for spec in stores:
+        series = fs.stores.get(spec.id, {})
+        groups.update((k[0], k[1][:n]) for k, s in series.items() if k[0] in phases and _has_before(s.buckets, t))
+    groups.update((k[2], k[3]) for k in fs.instances if k[0] == b.ruleset.name and k[1] == b.rule.id)
+    return groups
 
 
 def _has_before(buckets: dict[int, object], t: int) -> bool:

@@ -153,10 +153,10 @@ class RuleSeries:
         for feature in sorted(self.rules):
             for _, r in sorted(self.rules[feature].items()):
                 rule = r.bound.rule
-                drift = rule.drift is not None or rule.combine is not None  # neither has a threshold of its own
-                th = None if drift else go(rule.threshold)
+                no_line = rule.drift is not None or rule.combine is not None  # neither has a threshold of its own
+                th = None if no_line else go(rule.threshold)
                 lines = [go(c.threshold) for c in rule.conditions]
-                rt = None if drift or rule.resolve_threshold is None else go(rule.resolve_threshold)
+                rt = None if no_line or rule.resolve_threshold is None else go(rule.resolve_threshold)
                 tb = None if rule.threshold_high is None else go(rule.threshold_high)
                 groups = r.groups
                 if len(groups) > cap:

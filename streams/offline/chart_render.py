@@ -158,7 +158,7 @@ def _threshold(ax, rs: RuleSeries, color: str, style: str, suffix: str) -> list:
     info = rs.info
     if info.conditions:  # a compound rule: each condition's line, numbered as its value's line
         return [ax.axhline(line, color=color, linestyle=style, linewidth=1.0 + 0.3 * (n == 0),
-                           label=f"#{n + 1} {op} {_fmt_value(metric.partition('{')[0], line, False)}{suffix}")
+                           label=f"#{n + 1} {op} {_fmt_value(metric, line, False)}{suffix}")
                 for n, (metric, op, line) in enumerate(info.conditions)]  # fmt: skip
     if info.threshold is None:
         return []

@@ -74,7 +74,7 @@ class RuleInfo:
     compared: str
     resolve_threshold: float | None = None  # hysteresis: where a firing instance resolves
     threshold_high: float | None = None  # op between / outside: the band's upper line
-    # a compound rule's conditions (all / any): (metric with its filter, op, line), each plotted on its own
+    # a compound rule's conditions (all / any): (metric, op, line), each plotted on its own
     conditions: tuple[tuple[str, str, float], ...] = ()
 
     @classmethod
@@ -96,15 +96,14 @@ class RuleInfo:
             compared = f"Wilson bound ({r.confidence:g})"
         else:
             compared = "value"
-        conditions = tuple((c.metric + ("{" + ", ".join(m.describe() for m in c.where) + "}" if c.where else ""),
-                            c.op, c.threshold) for c in r.conditions)  # fmt: skip
+        conditions = tuple((c.metric, c.op, c.threshold) for c in r.conditions)
         return cls(r.tier, r.mode, bound.metric, r.op, r.threshold, r.every_ms, tuple(r.group_by), compared,
                    r.resolve_threshold, r.threshold_high, conditions)  # fmt: skip
 
     @property
     def value_metric(self) -> str:
         """The metric whose unit the value axis shows: a compound rule's conditions' when they share one."""
-        metrics = {c[0].partition("{")[0] for c in self.conditions}
+        metrics = {c[0] for c in self.conditions}
         return metrics.pop() if len(metrics) == 1 else self.metric
 
     @property
