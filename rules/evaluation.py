@@ -16,6 +16,8 @@ Semantics (CONTRACT §3):
   for count metrics (a daily spend against its 7-day moving average) — over the time the phase has existed
   instead, when that is shorter, and undefined while it is shorter than one window; ``min_samples`` applies as for
   ``baseline``, the earlier samples being those of the whole span;
+* cohort metrics (``retention:<k>``, ``returning_share:<k>``): the share of one window's users found in the
+  adjacent one, ``rules.cohort``;
 * ``across``: the spread ``max - min`` of the metric over the values of one segment key; values with fewer than
   ``min_samples`` samples are left out, and at least two must remain.
 
@@ -31,6 +33,8 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 from rules.aggregate import Bucket
+from rules.cohort import cohort_windows, share_returning
+from rules.metric_names import COHORT_METRICS
 from rules.metrics import COUNT_METRICS, metric_value, rate_counts
 from rules.windows import RunningWindows, SeriesBuckets, SeriesKey, StoreSpec
 
@@ -118,6 +122,9 @@ def evaluate_metric(
     ev = Evaluation(None, None, 0, t - w, t)
     if rule.across is not None:
         return _evaluate_across(rule, base, param, spec, series, phase, group, t, cache, ev, firing)
+    if base in COHORT_METRICS:
+        return _evaluate_cohort(rule, base, param, spec, series.get((phase, group)), (phase, group), t, cache, ev,
+                                firing)  # fmt: skip
     key = (phase, group)
     s = series.get(key)
     now = cache.get(spec, key, s, t, w) if s is not None else Bucket.empty(spec.needs_latency, spec.needs_users)
@@ -149,6 +156,23 @@ def evaluate_metric(
         ev.live = any(now.c.values())
         return ev
     ev.verdict = rule.holds(compared, _line(rule, firing))
+    return ev
+
+
+def _evaluate_cohort(rule, base, param, spec, s, key, t, cache, ev: Evaluation, firing: bool) -> Evaluation:
+    """A cohort metric (``rules.cohort``): the share of one window's users found in the adjacent one."""
+    (xe, xw), (ye, yw) = cohort_windows(base, param, rule.window_ms, t)
+    ev.window_start = min(xe - xw, ye - yw)
+    if s is None:
+        return ev
+    x, y = cache.get(spec, key, s, xe, xw), cache.get(spec, key, s, ye, yw)
+    value, n, shared = share_returning(x.users, y.users)
+    ev.value, ev.samples = value, n
+    ev.details.update(users=n, shared_users=shared)
+    if value is None or n < rule.min_samples:
+        ev.live = any(x.c.values())
+        return ev
+    ev.verdict = rule.holds(value, _line(rule, firing))
     return ev
 
 

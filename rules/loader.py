@@ -41,7 +41,7 @@ from rules.exceptions import RollguardError
 from rules.file_kinds import has_tests_key, is_cases_file, is_cases_name
 from rules.loader_scope import RuleError, Scope
 from rules.located_yaml import LocatedMap, YamlSyntaxError, describe, line_of, parse_documents
-from rules.metric_names import METRICS, parse_metric
+from rules.metric_names import COHORT_METRICS, METRICS, cohort_span_ms, parse_metric
 from rules.model import (
     BAND_OPS,
     DEFAULT_EVERY_MS,
@@ -360,6 +360,7 @@ class _Checker:
 
         metric = v.get("metric") if threshold_rule else None
         is_rate = metric is not None and METRICS[parse_metric(metric)[0]].is_rate
+        cohort = metric is not None and parse_metric(metric)[0] in COHORT_METRICS
         group_by, _ = pick("group_by", ())
         across = v.get("across") if threshold_rule else None
         if across is not None and group_by and across in group_by:
@@ -374,7 +375,7 @@ class _Checker:
             for key in ("across", "baseline", "trailing_baseline"):
                 if key in item:
                     scope.error(line_of(item, "confidence"), f"confidence: cannot be combined with {key}")
-        elif (threshold_rule and is_rate and not any(k in item for k in ("across", baseline_key, "compare"))
+        elif (threshold_rule and is_rate and not cohort and not any(k in item for k in ("across", baseline_key, "compare"))
               and v.get("op") not in BAND_OPS):  # fmt: skip
             confidence = defaults.get("confidence")
         if baseline is not None and "across" in item:
@@ -384,6 +385,8 @@ class _Checker:
             message = ("distinct users do not add up over days, so their average window over a longer span is not "
                        "defined; compare with the same window earlier (baseline) instead")
             scope.error(line_of(item, "trailing_baseline"), f"trailing_baseline: {message}")
+        if cohort:
+            self._check_cohort(scope, item, metric, every)
         threshold, threshold_high = self._band(scope, item, v)
         where = load_where(scope, item) if threshold_rule and "where" in item else ()
         compare = None
@@ -441,6 +444,20 @@ class _Checker:
             group_by=first.group_by, summary=v.get("summary"), runbook=first.runbook,
             max_starved_ms=first.max_starved_ms, combine=parsed[0], conditions=tuple(conditions), line=item.line,
         )  # fmt: skip
+
+    @staticmethod
+    def _check_cohort(scope: Scope, item: LocatedMap, metric: str, every: int | None) -> None:
+        """A cohort metric (``rules.cohort``) already compares two windows of users: it takes none of the other
+        comparisons, and its span ends windows, so it is a multiple of ``every`` like the window."""
+        for key in ("baseline", "trailing_baseline", "across", "compare", "confidence"):
+            if key in item:
+                message = (f"{metric} is a share of one window's users found in another (estimated from sketches past "
+                           f"1,024 users), so it takes no {key}")  # fmt: skip
+                scope.error(line_of(item, key), f"{key}: {message}")
+        span = cohort_span_ms(parse_metric(metric)[1])
+        if every and span % every:
+            message = f"the span of {metric} is not a multiple of every ({format_duration(every)})"
+            scope.error(line_of(item, "metric"), f"metric: {message}")
 
     @staticmethod
     def _band(scope: Scope, item: LocatedMap, v: dict) -> tuple[float | None, float | None]:

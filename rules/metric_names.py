@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from rules.exceptions import RollguardError
 
-__all__ = ["MetricInfo", "METRICS", "PARAM_OPTIONAL", "SHARE_FIELDS", "MetricNameError", "parse_metric",
+__all__ = ["MetricInfo", "METRICS", "PARAM_OPTIONAL", "SHARE_FIELDS", "COHORT_METRICS", "cohort_span_ms", "MetricNameError", "parse_metric",
            "is_rate_metric", "share_of"]  # fmt: skip
 
 
@@ -66,10 +66,21 @@ METRICS: dict[str, MetricInfo] = {
     # share of items that passed
     "eval_score": MetricInfo(True, False),
     "eval_pass_rate": MetricInfo(True, True),
+    # user cohorts (rules.cohort), from the distinct-users sketches of two adjacent windows: retention:7d is the share
+    # of the window's users (the cohort, ending 7 days ago) active again in the 7 days since; returning_share:7d the
+    # share of the window's users who were active in the 7 days before it (1 - it: the new users' share)
+    "retention": MetricInfo(True, True),
+    "returning_share": MetricInfo(True, True),
+    "uses_per_user": MetricInfo(False, False),
 }
 # the fields a share metric reads (their events): review scores, survey csat scores, output confidence
 SHARE_FIELDS = ("review_score", "csat", "confidence")
 _SHARE_PARAM = re.compile(r"(review_score|csat|confidence):([0-9]{1,6}(?:\.[0-9]{1,6})?)")
+
+# cohort metrics take a span: whole days, hours or minutes (retention:7d, returning_share:48h)
+COHORT_METRICS = frozenset({"retention", "returning_share"})
+_SPAN_PARAM = re.compile(r"[1-9][0-9]{0,3}[dhm]")
+_SPAN_UNIT_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000}
 
 # Parameterised bases that may also be used bare: ``tickets`` counts all tickets, ``tickets:<tag>`` one tag; the same
 # for ``tickets_per_1k_users`` (``tickets_per_1k_users:escalation``: one tag's tickets per 1,000 active users).
@@ -115,7 +126,8 @@ def parse_metric(name: str) -> tuple[str, str | None]:
         raise MetricNameError(f"unknown metric {name!r}{hint}")
     if not sep:
         if info.parameterised and base not in PARAM_OPTIONAL:
-            raise MetricNameError(f"metric {base!r} needs a parameter, e.g. '{base}:pii_leak' ({base}:<param>)")
+            example = "7d" if base in COHORT_METRICS else "pii_leak"
+            raise MetricNameError(f"metric {base!r} needs a parameter, e.g. '{base}:{example}' ({base}:<param>)")
         return base, None
     if not info.parameterised:
         raise MetricNameError(f"metric {base!r} takes no parameter; remove ':{param}'")
@@ -123,6 +135,11 @@ def parse_metric(name: str) -> tuple[str, str | None]:
         if not _SHARE_PARAM.fullmatch(param):
             raise MetricNameError(f"metric {name!r}: write {base}:<field>:<number> with a field of "
                                   f"{', '.join(SHARE_FIELDS)} (e.g. {base}:review_score:4)")  # fmt: skip
+        return base, param
+    if base in COHORT_METRICS:
+        if not _SPAN_PARAM.fullmatch(param):
+            raise MetricNameError(f"metric {name!r}: write {base}:<span> with a span of whole days, hours or minutes (e.g. "
+                                  f"{base}:7d, {base}:48h)")  # fmt: skip
         return base, param
     if not _PARAM.fullmatch(param):
         raise MetricNameError(f"metric {name!r}: parameter {param!r} must match [a-z0-9_]{{1,64}}")
@@ -146,3 +163,12 @@ def share_of(base: str, param: str) -> tuple[str, bool, float]:
     """
     field, _, x = param.partition(":")
     return field, base == "share_ge", float(x)
+
+
+def cohort_span_ms(param: str) -> int:
+    """The span of a cohort metric's parameter, in milliseconds.
+
+    >>> cohort_span_ms("7d"), cohort_span_ms("48h"), cohort_span_ms("90m")
+    (604800000, 172800000, 5400000)
+    """
+    return int(param[:-1]) * _SPAN_UNIT_MS[param[-1]]

@@ -94,6 +94,12 @@ def _tickets_per_1k(b: Bucket, p: str | None) -> tuple[float | None, int]:
     return (b.c.get("tk:" + p if p else "tk", 0) / users * 1000 if users else None), users
 
 
+def _uses_per_user(b: Bucket, _p: str | None) -> tuple[float | None, int]:
+    """Requests per distinct user of the window; samples: the users."""
+    users = b.users.cardinality() if b.users is not None else 0
+    return (b.c.get("n", 0) / users if users else None), users
+
+
 def _nps(b: Bucket, _p: str | None) -> tuple[float | None, int]:
     c = b.c
     n = c.get("nps.n", 0)
@@ -130,6 +136,7 @@ _METRICS: dict[str, Callable[[Bucket, str | None], tuple[float | None, int]]] = 
     "review_score_mean": lambda b, _p: _mean(b.c, "rs", SCORE_SCALE),
     "tickets": lambda b, p: (float(b.c.get("tk:" + p if p else "tk", 0)), b.c.get("tk", 0)),
     "tickets_per_1k_users": _tickets_per_1k,
+    "uses_per_user": _uses_per_user,
     "csat_mean": lambda b, _p: _mean(b.c, "csat", SCORE_SCALE),
     "nps": _nps,
     "eval_score": _eval_score,
@@ -174,7 +181,7 @@ def needs_latency_sketch(base: str) -> bool:
 
 
 def needs_users(base: str) -> bool:
-    return base in ("active_users", "tickets_per_1k_users")
+    return base in ("active_users", "tickets_per_1k_users", "uses_per_user", "retention", "returning_share")
 
 
 def signal_value(signal: str, ev: Any) -> float | None:

@@ -14,7 +14,7 @@ from functools import lru_cache
 from rules.compare import COMPARABLE_MEANS
 from rules.compound import describe as describe_compound
 from rules.aggregate import share_key
-from rules.metric_names import parse_metric, share_of
+from rules.metric_names import COHORT_METRICS, cohort_span_ms, parse_metric, share_of
 from rules.metrics import metric_sources, needs_latency_sketch, needs_users, signal_sources
 from rules.model import TIER_ORDER, Rule, RuleSet
 from rules.promotion import BoundPromotion, probe_rules
@@ -125,7 +125,8 @@ class Plan:
             self.needs_squares |= s["sq"]
             s["lat"] |= needs_latency_sketch(base)
             s["users"] |= needs_users(base)
-            s["ret"] = max(s["ret"], rule.window_ms + (rule.baseline_ms or 0))
+            span = cohort_span_ms(param) if base in COHORT_METRICS else 0  # the adjacent window of users
+            s["ret"] = max(s["ret"], rule.window_ms + (rule.baseline_ms or 0) + span)
             return sk, base, param
 
         for rs in self.rulesets:

@@ -240,6 +240,10 @@ rules:
   - {id: starve-sh, tier: pause, mode: shadow, metric: acceptance_rate, op: "<", threshold: 0.01, min_samples: 8,
      max_starved: 3m, group_by: [platform]}
   - {id: band-in, tier: investigate, metric: error_rate, op: between, threshold: [0.1, 0.5], min_samples: 3}
+  - {id: ret, tier: investigate, metric: "retention:2m", op: "<", threshold: 0.6, window: 2m, every: 1m, min_samples: 2}
+  - {id: back, tier: investigate, metric: "returning_share:3m", op: between, threshold: [0.3, 0.8], window: 1m,
+     every: 1m, group_by: [platform], min_samples: 2}
+  - {id: upu, tier: investigate, metric: uses_per_user, op: ">", threshold: 2.5, min_samples: 2}
   - {id: band-out, tier: pause, metric: latency_p95, op: outside, threshold: [50, 700], min_samples: 3,
      group_by: [platform]}
   - id: both
@@ -482,6 +486,7 @@ def test_the_generated_streams_exercise_what_they_claim():
         starved.update(d["transition"] for o in outs for d in o.decisions if d["rule_id"].startswith("starve"))
         banded.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"].startswith("band-"))
         compound.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"] in ("both", "either"))
+        cohort.update(d["rule_id"] for o in outs for d in o.decisions if d["rule_id"] in ("ret", "back", "upu"))
         promoted.update(d["transition"] for o in outs for d in o.decisions if d["rule_id"] == "promotion")
         promoted.update(c["action"] for o in outs for c in o.commands if c["action"] == "promote_rollout")
 
@@ -490,6 +495,7 @@ def test_the_generated_streams_exercise_what_they_claim():
     starved: set[str] = set()
     banded: set[str] = set()
     compound: set[str] = set()
+    cohort: set[str] = set()
     promoted: set[str] = set()
     sample()
     assert all(seen.values()), seen
@@ -500,6 +506,7 @@ def test_the_generated_streams_exercise_what_they_claim():
     assert {"starved", "fed"} <= starved, starved  # starvation clocks flag and end in both engines
     assert {"band-in", "band-out"} <= banded, banded
     assert {"both", "either"} <= compound, compound  # all / any (rules.compound) decide in both engines
+    assert {"ret", "back", "upu"} <= cohort, cohort  # cohort metrics (rules.cohort) decide in both engines
     # promotion verdicts, sign-offs and their revocation in both engines (ready and its command: the stream below)
     assert {"blocked", "inconclusive", "signed_off", "signoff_revoked"} <= promoted, promoted
 

@@ -34,6 +34,8 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 from rules.aggregate import Bucket
+from rules.metric_names import cohort_span_ms
+from rules.sketches.hll import HyperLogLog
 from rules.metrics import COUNT_METRICS, metric_value, rate_counts
 
 from .windows import window
@@ -114,6 +116,8 @@ def evaluate_metric(
     ev = Evaluation(None, None, 0, t - w, t)
     if rule.across is not None:
         return _evaluate_across(rule, base, param, spec, series, phase, group, t, cache, ev)
+    if base in ("retention", "returning_share"):
+        return _evaluate_cohort(rule, base, param, spec, series.get((phase, group)), (phase, group), t, cache, ev)
     key = (phase, group)
     s = series.get(key)
     now = cache.get(spec, key, s, t, w) if s is not None else Bucket.empty(spec.needs_latency, spec.needs_users)
@@ -166,6 +170,38 @@ def _evaluate_across(rule, base, param, spec, series, phase, group, t, cache, ev
         ev.live = live
         return ev
     ev.value = max(values.values()) - min(values.values())
+    ev.verdict = _holds(rule, ev.value)
+    return ev
+
+
+def _evaluate_cohort(rule, base, param, spec, s, key, t, cache, ev: Evaluation) -> Evaluation:
+    """The share of the users of one window (the cohort ending ``k`` before ``t`` for retention, the rule's window
+    for returning_share) also active in the adjacent ``k``: a set intersection while both sketches hold their hashes,
+    inclusion–exclusion over the sketches past that."""
+    k, w = cohort_span_ms(param), rule.window_ms
+    ev.window_start = t - k - w
+    if s is None:
+        return ev
+    if base == "retention":
+        xb, yb = cache.get(spec, key, s, t - k, w), cache.get(spec, key, s, t, k)
+    else:
+        xb, yb = cache.get(spec, key, s, t, w), cache.get(spec, key, s, t - w, k)
+    n = xb.users.cardinality()
+    if n:
+        hx, hy = xb.users.exact_hashes(), yb.users.exact_hashes()
+        if hx is not None and hy is not None:
+            shared = len(hx & hy)
+        else:
+            ny = yb.users.cardinality()
+            shared = max(0, min(n, ny, n + ny - HyperLogLog.merged(xb.users, yb.users).cardinality()))
+        ev.value = shared / n
+    else:
+        shared = 0
+    ev.samples = n
+    ev.details.update(users=n, shared_users=shared)
+    if not n or n < rule.min_samples:
+        ev.live = any(xb.c.values())
+        return ev
     ev.verdict = _holds(rule, ev.value)
     return ev
 
