@@ -24,6 +24,7 @@ test 't': tests[0].expect_no[0].rule: no rule 'erors' in demo (did you mean 'err
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -55,7 +56,8 @@ _TEST_KEYS = ("name", "feature", "phase", "allowed_lateness", "max_kills_per_hou
 _EXPECT_KEYS = ("at", "from", "to", "rule", "transition", "ruleset", "tier", "mode", "feature", "phase", "group",
                 "command", "page")  # fmt: skip
 _EXPECT_NO_KEYS = ("rule", "transition", "ruleset", "tier", "mode", "feature", "phase", "group", "from", "to")
-_SERIES_KEYS = ("type", "feature", "phase", "from", "to", "every", "count", "users", "segment", "fields")
+_SERIES_KEYS = ("type", "feature", "phase", "from", "to", "every", "count", "users", "pool", "segment", "fields")
+_POOL = re.compile(r"[a-z0-9_-]{1,32}")
 _SERIES_FIELDS = {
     "interaction": ("outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags", "user",
                     "model_version", "prompt_version", "variant"),
@@ -309,6 +311,10 @@ class _Checker:
             lo, hi = self.duration(s, "from", where, 0), self.duration(s, "to", where)
             every, count = self.duration(s, "every", where), self.whole(s, "count", where, None, lo=1)
             users = self.whole(s, "users", where, None, lo=1)
+            pool = self.name(s, "pool", where, None)
+            if pool is not None and (not _POOL.fullmatch(pool) or "users" not in s):
+                message = "a pool name ([a-z0-9_-]{1,32}) goes with users: the series that name it share those ids"
+                self.error(line_of(s, "pool"), f"{where}.pool: {message}")
             feature, phase = self.name(s, "feature", where, d.feature), self.name(s, "phase", where, d.phase)
             if feature is None and "feature" not in s:
                 self.error(s.line, f"{where}: no feature: set it on the series, the test or the file")
@@ -332,7 +338,7 @@ class _Checker:
                 self.error(s.line, f"{where}: feedback series need fields.kind (suggestion, thumbs, review, ...)")
                 continue
             spec = SeriesSpec(kind, feature, phase or "default", start + lo, start + hi, every, count, users,
-                              layouts["segment"], layouts["fields"], f"t{i}-s{j}")  # fmt: skip
+                              layouts["segment"], layouts["fields"], f"t{i}-s{j}", pool)  # fmt: skip
             if spec.n > MAX_VALUES:
                 self.error(s.line, f"{where}: {spec.n:,} events is over {MAX_VALUES:,}; use a longer every")
                 continue

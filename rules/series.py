@@ -195,7 +195,8 @@ def _ratio_key(field: str, key: Any) -> Any:
 @dataclass(frozen=True)
 class SeriesSpec:
     """A validated series: ``n`` events of one type from ``start_ms``, ``every_ms`` apart (or ``count`` spread over
-    ``[start_ms, end_ms)``). ``users`` cycles that many user ids of its own (two series never share a user)."""
+    ``[start_ms, end_ms)``). ``users`` cycles that many user ids of its own (two series never share a user), or, with
+    ``pool``, the first ``users`` ids of that pool: series naming the same pool share them (a cohort that comes back)."""
 
     type: str
     feature: str
@@ -208,6 +209,7 @@ class SeriesSpec:
     segment: dict[str, Layout]
     fields: dict[str, Layout]
     id_prefix: str
+    pool: str | None = None
 
     @property
     def n(self) -> int:
@@ -234,7 +236,7 @@ class SeriesSpec:
                 if seg:
                     ev["segment"] = seg
             if self.users:
-                ev["user"] = f"{self.id_prefix}-u{i % self.users}"
+                ev["user"] = f"{f'pool-{self.pool}' if self.pool else self.id_prefix}-u{i % self.users}"
             for k, col in columns:
                 v = next(col)
                 if v is not None:

@@ -16,8 +16,8 @@ Per (rule set, rule, feature, phase, group) the engine keeps ``[since, flagged]`
   and its page resolves;
 * an idle evaluation restarts the clock of an unflagged instance and leaves a flagged one flagged.
 
-Defaults per tier (:data:`DEFAULT_MAX_STARVED_MS`), never shorter than the rule's window plus its baseline (a
-window cannot be asked to fill faster than it spans); ``max_starved: off`` turns it off. Drift rules and the ``.srm``
+Defaults per tier (:data:`DEFAULT_MAX_STARVED_MS`), never shorter than the rule's window plus its baseline, or its
+cohort metric's span (a window cannot be asked to fill faster than it spans); ``max_starved: off`` turns it off. Drift rules and the ``.srm``
 companions have none (a detector warms up by design; a withheld comparison has its own page).
 
 Deterministic like the lifecycle: the clock is the evaluation instants (event time). Skipping quiet instants
@@ -27,7 +27,10 @@ window, which restarted every unflagged clock of its rules, and an idle instant 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from rules.durations import format_duration
+from rules.metric_names import COHORT_METRICS, cohort_span_ms, parse_metric
 from rules.outputs import SEVERITY, decision, iso, stable_id
 from rules.policy import Outputs
 from rules.state import FeatureState
@@ -44,7 +47,14 @@ def max_starved_ms(rule) -> int | None:
         return None
     if rule.max_starved_ms is not None:
         return rule.max_starved_ms
-    return max(DEFAULT_MAX_STARVED_MS[rule.tier], rule.window_ms + (rule.baseline_ms or 0))
+    return max(DEFAULT_MAX_STARVED_MS[rule.tier], rule.window_ms + (rule.baseline_ms or 0) + _span_ms(rule.metric))
+
+
+@lru_cache(maxsize=1024)
+def _span_ms(metric: str | None) -> int:
+    """A cohort metric's span (``rules.cohort``): its value needs that long after the window too."""
+    base, param = parse_metric(metric) if metric else (None, None)
+    return cohort_span_ms(param) if base in COHORT_METRICS else 0
 
 
 def track(out: Outputs, fs: FeatureState, bound, feature: str, phase: str, group: tuple[str, ...], t: int,

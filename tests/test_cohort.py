@@ -159,3 +159,47 @@ def test_the_reference_engine_decides_the_same():
     assert ds == ref and {d['rule_id'] for d in ds} >= {'ret', 'back', 'upu'}
     assert {k: (e.value, e.samples, e.details) for k, e in seen.items()} == \
         {k: (e.value, e.samples, e.details) for k, e in ref_seen.items()}  # fmt: skip
+
+
+def test_a_test_case_pool_shares_user_ids_between_series(tmp_path):
+    from rules.case_loader import load_cases
+    from rules.cases import CasesInvalid
+    from rules.testing import run_case
+
+    (tmp_path / "r.yaml").write_text("version: 1\nname: t\nfeatures: ['*']\nrules:\n" + RETENTION)
+    case = """\
+rule_files: [r.yaml]
+feature: f
+phase: p
+tests:
+  - name: a quarter of the cohort comes back
+    series:
+      - {type: interaction, to: 1h, every: 1m, users: 20, pool: c}
+      - {type: interaction, from: 1h, to: 4h, every: 1m, users: 5, pool: c}
+    expect:
+      - {at: 3h, rule: ret, transition: firing, tier: pause}
+    exact: listed
+"""
+    (tmp_path / "c.test.yaml").write_text(case)
+    cases = load_cases(tmp_path / "c.test.yaml")
+    [result] = [run_case(cases, t) for t in cases.cases]
+    assert result.passed, result.failures
+    assert [d["value"] for d in result.outputs.decisions if d["rule_id"] == "ret"] == [0.25]
+    # without a pool each series has users of its own: nobody comes back
+    (tmp_path / "c.test.yaml").write_text(case.replace(", pool: c", ""))
+    cases = load_cases(tmp_path / "c.test.yaml")
+    result = run_case(cases, cases.cases[0])
+    assert [d["value"] for d in result.outputs.decisions if d["rule_id"] == "ret"] == [0.0]
+    (tmp_path / "c.test.yaml").write_text(case.replace("users: 20, pool: c", "pool: c"))
+    with pytest.raises(CasesInvalid, match="pool: a pool name .* goes with users"):
+        load_cases(tmp_path / "c.test.yaml")
+
+
+def test_a_cohort_rule_is_not_called_starved_before_its_span_has_passed():
+    from rules.starvation import max_starved_ms
+
+    ret = rule_body(RETENTION)[0].rules[0]
+    assert max_starved_ms(ret) == 12 * HOUR  # pause default; window + span is 3h
+    long = rule_body(RETENTION.replace('"retention:2h"', '"retention:7d"').replace("window: 1h, every: 1h, min_samples: 5",
+                                                                               "window: 7d, every: 1d"))[0].rules[0]
+    assert max_starved_ms(long) == 14 * 24 * HOUR

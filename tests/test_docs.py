@@ -240,6 +240,8 @@ def _concrete(name: str) -> str:
     """``flag_rate:<flag>`` as a rule would write it (a share's ``<x>`` as a number)."""
     if name.startswith("share_"):
         return name.replace("<x>", "0.5")
+    if "<span>" in name:
+        return name.replace("<span>", "2h")
     return re.sub(r"<\w+>", METRIC_PARAM, name)
 
 
