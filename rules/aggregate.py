@@ -6,7 +6,7 @@ is exact. An event's contribution is computed once (:func:`contributions`) and a
 
 >>> b = Bucket.empty(needs_latency=True, needs_users=False)
 >>> ev = type("E", (), dict(type="interaction", outcome="error", latency_ms=12.5, cost_usd=None, tokens_out=None,
-...                         confidence=None, flags=("pii_leak",), user=None))()
+...                         confidence=None, flags=("pii_leak",), user=None, session_ms=None))()
 >>> b.add(contributions(ev), ev)
 >>> sorted(b.c.items())
 [('flag:pii_leak', 1), ('lat.n', 1), ('lat.s', 12500), ('n', 1), ('o:error', 1)]
@@ -56,7 +56,9 @@ BUCKET_FORMAT = 1
 COUNTER_NAMES = ("n", "lat.n", "lat.s", "cost.n", "cost.s", "tok.n", "tok.s", "conf.n", "conf.s", "sug", "th", "rev",
                  "rs.n", "rs.s", "tk", "csat.n", "csat.s", "nps.n", "nps.p", "nps.d",
                  # sums of squares (of the scaled integers), kept only for rules that compare arms on a mean
-                 "lat.q", "cost.q", "tok.q", "conf.q", "rs.q", "csat.q")  # fmt: skip
+                 "lat.q", "cost.q", "tok.q", "conf.q", "rs.q", "csat.q",
+                 # user sessions (extension): interactions ending one, their summed length (µs), its squares
+                 "ses.n", "ses.s", "ses.q")  # fmt: skip
 COUNTER_PREFIXES = ("o:", "flag:", "sug:", "th:", "rev:", "tk:", "")  # "" last: any other name, spelled out
 _NAME_CODE = {name: 2 * i for i, name in enumerate(COUNTER_NAMES)}
 _LEGACY_JSON = 0x7B  # "{"
@@ -87,6 +89,9 @@ def contributions(ev: Any) -> list[tuple[str, int]]:
             out.append(("conf.s", round(ev.confidence * UNIT_SCALE)))
         for f in ev.flags:
             out.append(("flag:" + f, 1))
+        if ev.session_ms is not None:
+            out.append(("ses.n", 1))
+            out.append(("ses.s", round(ev.session_ms * LATENCY_SCALE)))
         return out
     kind = ev.kind
     if kind == "suggestion":
@@ -125,7 +130,7 @@ def group_counters(evs: list) -> dict[str, int]:
     keys, a key present even when its sum is 0), computed a column at a time.
 
     >>> evs = [type("E", (), dict(type="interaction", outcome=o, latency_ms=l, cost_usd=None, tokens_out=None,
-    ...                           confidence=None, flags=("pii_leak",) * (o == "error")))() for o, l in
+    ...                           confidence=None, flags=("pii_leak",) * (o == "error"), session_ms=None))() for o, l in
     ...        (("ok", 12.5), ("error", None))]
     >>> sorted(group_counters(evs).items())
     [('flag:pii_leak', 1), ('lat.n', 1), ('lat.s', 12500), ('n', 2), ('o:error', 1)]
@@ -156,6 +161,10 @@ def group_counters(evs: list) -> dict[str, int]:
         for f in [f for ev in inter if ev.flags for f in ev.flags]:
             k = "flag:" + f
             c[k] = c.get(k, 0) + 1
+        xs = [ev.session_ms for ev in inter if ev.session_ms is not None]
+        if xs:
+            c["ses.n"] = len(xs)
+            c["ses.s"] = sum([round(x * LATENCY_SCALE) for x in xs])
     if len(inter) < len(evs):
         for ev in evs:
             if ev.type != "interaction":
@@ -167,7 +176,8 @@ def group_counters(evs: list) -> dict[str, int]:
 # (event type, attribute, counter, scale) of the quantities whose mean a comparison of arms can test: their sums of
 # squares make the variance (rules.compare). Survey scores count for csat only (nps is a share, not a mean).
 _SQUARED = (("interaction", "latency_ms", "lat.q", LATENCY_SCALE), ("interaction", "cost_usd", "cost.q", COST_SCALE),
-            ("interaction", "tokens_out", "tok.q", 1), ("interaction", "confidence", "conf.q", UNIT_SCALE))  # fmt: skip
+            ("interaction", "tokens_out", "tok.q", 1), ("interaction", "confidence", "conf.q", UNIT_SCALE),
+            ("interaction", "session_ms", "ses.q", LATENCY_SCALE))  # fmt: skip
 
 
 def square_contributions(ev: Any) -> list[tuple[str, int]]:

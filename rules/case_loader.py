@@ -60,7 +60,7 @@ _SERIES_KEYS = ("type", "feature", "phase", "from", "to", "every", "count", "use
 _POOL = re.compile(r"[a-z0-9_-]{1,32}")
 _SERIES_FIELDS = {
     "interaction": ("outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags", "user",
-                    "model_version", "prompt_version", "variant"),
+                    "model_version", "prompt_version", "variant", "session_ms"),
     "feedback": ("kind", "label", "score", "interaction_id", "user", "model_version", "prompt_version", "variant"),
     "eval": ("suite", "score", "n", "passed", "model_version", "prompt_version", "variant"),
 }  # fmt: skip

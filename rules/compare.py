@@ -47,6 +47,7 @@ __all__ = ["evaluate_compare", "arm_stats", "COMPARABLE_MEANS", "COMPARABLE_QUAN
 # mean metric -> (counter prefix, scale of its integers)
 COMPARABLE_MEANS = {
     "latency_mean": ("lat", LATENCY_SCALE), "cost_per_request": ("cost", COST_SCALE), "tokens_out_mean": ("tok", 1),
+    "session_length_mean": ("ses", LATENCY_SCALE),
     "confidence_mean": ("conf", UNIT_SCALE), "review_score_mean": ("rs", SCORE_SCALE),
     "csat_mean": ("csat", SCORE_SCALE),
 }  # fmt: skip

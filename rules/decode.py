@@ -95,6 +95,7 @@ class Interaction(_Common, tag="interaction"):
     cost_usd: NonNeg | None = None
     confidence: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
     flags: Flags = ()
+    session_ms: NonNeg | None = None
 
 
 class Feedback(_Common, tag="feedback"):
@@ -111,6 +112,7 @@ class Feedback(_Common, tag="feedback"):
     flags: ClassVar[tuple] = ()
     n: ClassVar[None] = None
     passed: ClassVar[None] = None
+    session_ms: ClassVar[None] = None
 
     kind: Literal["suggestion", "thumbs", "review", "ticket", "survey"]
     phase: Name = "default"
@@ -136,6 +138,7 @@ class EvalRecord(_Common, tag="eval"):
     tokens_in: ClassVar[None] = None
     tokens_out: ClassVar[None] = None
     cost_usd: ClassVar[None] = None
+    session_ms: ClassVar[None] = None
     confidence: ClassVar[None] = None
     flags: ClassVar[tuple] = ()
     interaction_id: ClassVar[None] = None

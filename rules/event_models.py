@@ -64,6 +64,8 @@ class InteractionIn(_Base):
     cost_usd: NonNeg | None = None
     confidence: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
     flags: Annotated[list[Label], Field(max_length=64)] = []
+    # extension: the length of the user's session this interaction ends (composer open to send), in ms
+    session_ms: NonNeg | None = None
 
 
 class FeedbackIn(_Base):

@@ -99,7 +99,7 @@ class Event:
     FIELDS = (
         "type", "event_id", "ts", "feature", "phase", "segment", "user", "model_version", "prompt_version",
         "outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags",
-        "kind", "label", "score", "interaction_id", "variant", "n", "passed",
+        "kind", "label", "score", "interaction_id", "variant", "n", "passed", "session_ms",
     )  # fmt: skip
     # ``origin`` is where the event came from ({"file", "line"} or {"topic", "partition", "offset"}), set by the
     # shell: a held event that is later quarantined (rules.clock) names it in its dead letter. Not part of equality.
@@ -108,7 +108,7 @@ class Event:
     def __init__(self, type, event_id, ts, feature, phase, segment, user, model_version, prompt_version,
                  outcome=None, latency_ms=None, tokens_in=None, tokens_out=None, cost_usd=None, confidence=None,
                  flags=(), kind=None, label=None, score=None, interaction_id=None, variant=None, n=None,
-                 passed=None):  # fmt: skip
+                 passed=None, session_ms=None):  # fmt: skip
         self.type = type
         self.event_id = event_id
         self.ts = ts
@@ -132,6 +132,7 @@ class Event:
         self.variant = variant
         self.n = n  # an eval run (kind "eval", label its suite): the items evaluated and how many passed
         self.passed = passed
+        self.session_ms = session_ms  # an interaction that ends a user session: its length (extension)
         self.origin: dict | None = None
 
     def as_tuple(self) -> tuple:
@@ -139,19 +140,19 @@ class Event:
 
     def to_state(self) -> list:
         """JSON-able form (a held event persists with its feature's state): the fields up to ``interaction_id``,
-        the origin, then ``variant``, ``n`` and ``passed`` as far as one is set (so a state written before they
-        existed reads the same)."""
+        the origin, then ``variant``, ``n``, ``passed`` and ``session_ms`` as far as one is set (so a state written
+        before they existed reads the same)."""
         t = list(self.as_tuple())
         t[15] = list(t[15])  # flags
-        tail = [self.variant, self.n, self.passed]
+        tail = [self.variant, self.n, self.passed, self.session_ms]
         while tail and tail[-1] is None:
             tail.pop()
         return t[:20] + [self.origin] + tail
 
     @classmethod
     def from_state(cls, s: list) -> Event:
-        tail = s[21:] + [None] * (24 - len(s))
-        ev = cls(*s[:15], tuple(s[15]), *s[16:20], variant=tail[0], n=tail[1], passed=tail[2])
+        tail = s[21:] + [None] * (25 - len(s))
+        ev = cls(*s[:15], tuple(s[15]), *s[16:20], variant=tail[0], n=tail[1], passed=tail[2], session_ms=tail[3])
         ev.origin = s[20]
         return ev
 
@@ -218,7 +219,7 @@ class Control:
 _COMMON_KEYS = ("type", "event_id", "ts", "feature", "phase", "segment", "user", "model_version", "prompt_version",
                "variant")  # fmt: skip
 KNOWN_FIELDS = frozenset(
-    _COMMON_KEYS + ("outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags")
+    _COMMON_KEYS + ("outcome", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "flags", "session_ms")
     + ("kind", "label", "score", "interaction_id") + ("action", "reason", "operator", "role", "revoke")
     + ("suite", "n", "passed")
 )  # fmt: skip
@@ -265,7 +266,7 @@ def row_event(r: Interaction | Feedback) -> Event:
     return Event(
         r.type, r.event_id, r.ts, r.feature, r.phase, r.segment, r.user, r.model_version, r.prompt_version,
         r.outcome, r.latency_ms, r.tokens_in, r.tokens_out, r.cost_usd, r.confidence, r.flags, r.kind, r.label,
-        r.score, r.interaction_id, r.variant, r.n, r.passed,
+        r.score, r.interaction_id, r.variant, r.n, r.passed, r.session_ms,
     )  # fmt: skip
 
 
@@ -288,7 +289,7 @@ def _from_model(m: BaseModel, pseudo: Pseudonymizer) -> Event | Control:
     if isinstance(m, InteractionIn):
         return Event(
             "interaction", *common, m.outcome, m.latency_ms, m.tokens_in, m.tokens_out, m.cost_usd, m.confidence,
-            tuple(m.flags), variant=m.variant,
+            tuple(m.flags), variant=m.variant, session_ms=m.session_ms,
         )  # fmt: skip
     if isinstance(m, EvalIn):  # rides the feedback stream (rules.decode.EvalRecord)
         return Event("feedback", *common, kind="eval", label=m.suite, score=m.score, variant=m.variant, n=m.n,

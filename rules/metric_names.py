@@ -72,6 +72,9 @@ METRICS: dict[str, MetricInfo] = {
     "retention": MetricInfo(True, True),
     "returning_share": MetricInfo(True, True),
     "uses_per_user": MetricInfo(False, False),
+    # user sessions (interactions that end one carry ``session_ms``): their mean length, and how many ended
+    "session_length_mean": MetricInfo(False, False),
+    "sessions": MetricInfo(False, False),
 }
 # the fields a share metric reads (their events): review scores, survey csat scores, output confidence
 SHARE_FIELDS = ("review_score", "csat", "confidence")

@@ -23,7 +23,7 @@ __all__ = ["metric_value", "rate_counts", "needs_latency_sketch", "needs_users",
            "metric_sources", "signal_sources"]
 
 # metrics whose value is a count: zero is a real observation, not "no data"
-COUNT_METRICS = frozenset({"requests", "cost_total", "flag_count", "active_users", "tickets"})
+COUNT_METRICS = frozenset({"requests", "cost_total", "flag_count", "active_users", "tickets", "sessions"})
 _QUANTILES = {"latency_p50": 0.5, "latency_p95": 0.95, "latency_p99": 0.99}
 
 
@@ -130,6 +130,8 @@ _METRICS: dict[str, Callable[[Bucket, str | None], tuple[float | None, int]]] = 
     "cost_per_request": lambda b, _p: _mean(b.c, "cost", COST_SCALE),
     "cost_total": _cost_total,
     "tokens_out_mean": lambda b, _p: _mean(b.c, "tok", 1),
+    "session_length_mean": lambda b, _p: _mean(b.c, "ses", LATENCY_SCALE),
+    "sessions": lambda b, _p: (float(b.c.get("ses.n", 0)), b.c.get("n", 0)),
     "confidence_mean": lambda b, _p: _mean(b.c, "conf", UNIT_SCALE),
     "flag_count": lambda b, p: (float(b.c.get("flag:" + p, 0)), b.c.get("n", 0)),
     "active_users": _active_users,

@@ -127,7 +127,7 @@ def lay_out_ratio(weights: dict[Any, float], n: int) -> Iterator[Any]:
         yield keys[best]
 
 
-NUMERIC_FIELDS = frozenset({"latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "score"})
+NUMERIC_FIELDS = frozenset({"latency_ms", "tokens_in", "tokens_out", "cost_usd", "confidence", "score", "session_ms"})
 
 
 @dataclass(frozen=True)

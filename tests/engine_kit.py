@@ -18,7 +18,8 @@ def as_row(ev: Event) -> Interaction | Feedback | EvalRecord:
                   variant=ev.variant)  # fmt: skip
     if ev.type == "interaction":
         row = Interaction(**common, outcome=ev.outcome, latency_ms=ev.latency_ms, tokens_in=ev.tokens_in,
-                          tokens_out=ev.tokens_out, cost_usd=ev.cost_usd, confidence=ev.confidence, flags=ev.flags)  # fmt: skip
+                          tokens_out=ev.tokens_out, cost_usd=ev.cost_usd, confidence=ev.confidence, flags=ev.flags,
+                          session_ms=ev.session_ms)  # fmt: skip
     elif ev.kind == "eval":
         row = EvalRecord(**common, label=ev.label, score=ev.score, n=ev.n, passed=ev.passed)
     else:

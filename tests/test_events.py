@@ -279,7 +279,7 @@ interaction = st.fixed_dictionaries(
     {"type": st.just("interaction"), **common},
     optional={**optional_common, "outcome": st.sampled_from(["ok", "error", "timeout", "refused", "boom", 1, None]),
               "latency_ms": numbers, "tokens_in": numbers, "tokens_out": numbers, "cost_usd": numbers,
-              "confidence": numbers,
+              "confidence": numbers, "session_ms": numbers,
               "flags": st.one_of(st.lists(labels, max_size=3), st.just(["a"] * 64), st.just(["a"] * 65), st.none())},
 )  # fmt: skip
 feedback = st.fixed_dictionaries(
@@ -322,6 +322,7 @@ ok_interaction = st.fixed_dictionaries(
     {"type": st.just("interaction"), **ok_common},
     optional={**ok_optional, "outcome": st.sampled_from(["ok", "error", "timeout", "refused"]),
               "latency_ms": ok_amount, "cost_usd": ok_amount, "confidence": st.one_of(st.none(), st.floats(0, 1), st.just(1)),
+              "session_ms": ok_amount,
               "tokens_in": st.one_of(st.none(), st.integers(0, 2**64 - 1)), "tokens_out": st.integers(0, 10**6),
               "flags": st.lists(st.from_regex(r"[a-z0-9_]{1,8}", fullmatch=True), max_size=4)},
 )  # fmt: skip

@@ -46,6 +46,9 @@ def test_the_rate_metrics_are_exactly_those_a_confidence_bound_applies_to():
     assert rates == {
         "error_rate", "timeout_rate", "refusal_rate", "flag_rate", "acceptance_rate", "edit_rate", "rejection_rate",
         "thumbs_down_rate", "review_rate", "hallucination_rate", "share_ge", "share_lt", "eval_pass_rate",
+        # fractions too, but estimated from sketches past 1,024 users: the loader refuses a confidence bound on them
+        # (tests/test_cohort.py)
+        "retention", "returning_share",
     }  # fmt: skip
     assert is_rate_metric("review_rate:hallucination") and not is_rate_metric("flag_count:pii_leak")
     assert is_rate_metric("share_ge:review_score:4") and is_rate_metric("share_lt:confidence:0.7")
