@@ -193,6 +193,9 @@ def _signal_column(signal: str, evs: list) -> tuple[list, list]:
         return [getattr(ev, signal) for ev in carriers], carriers
     if signal == "error":
         return [1.0 if ev.outcome in ("error", "timeout") else 0.0 for ev in evs], evs
+    if signal in ("tokens_in", "tokens_out"):  # integers, seen as floats (rules.metrics.signal_value)
+        carriers = [ev for ev in evs if getattr(ev, signal) is not None]
+        return [float(getattr(ev, signal)) for ev in carriers], carriers
     pairs = [(x, ev) for ev in evs if (x := signal_value(signal, ev)) is not None]
     return [x for x, _ in pairs], [ev for _, ev in pairs]
 

@@ -197,6 +197,10 @@ def signal_value(signal: str, ev: Any) -> float | None:
             return ev.cost_usd
         if signal == "confidence":
             return ev.confidence
+        if signal == "tokens_in":  # the prompt's length: input drift
+            return None if ev.tokens_in is None else float(ev.tokens_in)
+        if signal == "tokens_out":  # the response's length: output drift
+            return None if ev.tokens_out is None else float(ev.tokens_out)
         return None
     if signal == "acceptance" and ev.kind == "suggestion":
         return 1.0 if ev.label in ("accepted", "edited") else 0.0

@@ -60,7 +60,7 @@ Mode = Literal["enforce", "shadow"]
 Op = Literal[">", ">=", "<", "<=", "between", "outside"]
 BAND_OPS = ("between", "outside")  # ops on a band [threshold, threshold_high]
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
-Signal = Literal["acceptance", "error", "latency_ms", "cost_usd", "confidence", "thumbs_down"]
+Signal = Literal["acceptance", "error", "latency_ms", "cost_usd", "confidence", "thumbs_down", "tokens_in", "tokens_out"]
 
 TIER_ORDER: dict[str, int] = {"ok": 0, "investigate": 1, "pause": 2, "kill": 3}
 

@@ -292,6 +292,10 @@ CLEAN = {
     "latency_ms": lambda rng, n: _lognormal(rng, n, 300 * np.where(rng.random(n) < 0.4, 1.15, 1.0), 0.45, 3000),
     "cost_usd": lambda rng, n: 0.00095 * np.exp(0.5 * rng.standard_normal(n)) + _lognormal(rng, n, 0.00096, 0.35),
     "confidence": lambda rng, n: rng.beta(8, 3, n),
+    "tokens_in": lambda rng, n: np.rint(950 * np.exp(0.5 * rng.standard_normal(n))) + 1,
+    # ~1 % errors answer nothing, ~0.5 % refusals a tenth
+    "tokens_out": lambda rng, n: np.rint(240 * np.exp(0.35 * rng.standard_normal(n))
+                                         * np.select([rng.random(n) < 0.01, rng.random(n) < 0.005], [0.0, 0.1], 1.0)),
 }
 INCIDENT = {
     "acceptance": lambda rng, n: (rng.random(n) < 0.12).astype(float),  # acceptance_decline 0.6
@@ -300,6 +304,8 @@ INCIDENT = {
     "latency_ms": lambda rng, n: CLEAN["latency_ms"](rng, n) * 1.5,  # drift at full strength
     "cost_usd": lambda rng, n: CLEAN["cost_usd"](rng, n) * 2.8,  # cost_runaway 4.0 (tokens out x5)
     "confidence": lambda rng, n: rng.beta(8, 3, n) * 0.65,  # drift at full strength
+    "tokens_in": lambda rng, n: CLEAN["tokens_in"](rng, n) * 1.5,  # different questions: prompts half as long again
+    "tokens_out": lambda rng, n: CLEAN["tokens_out"](rng, n) * 1.4,  # different answers: 40 % longer
 }
 CLEAN_LENGTH = {"thumbs_down": 40_000}  # a day of thumbs; every other signal: ~a day of interactions
 

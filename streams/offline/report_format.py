@@ -26,7 +26,7 @@ __all__ = ["plural", "number", "metric_value", "drift_evidence", "readable_summa
 
 # A drift rule's value is its detector's level of the signal; show it in the unit of the matching metric.
 _DRIFT_SIGNAL_METRIC = {"acceptance": "acceptance_rate", "error": "error_rate", "thumbs_down": "thumbs_down_rate",
-                        "latency_ms": "latency_mean", "cost_usd": "cost_per_request"}  # fmt: skip
+                        "latency_ms": "latency_mean", "cost_usd": "cost_per_request", "tokens_out": "tokens_out_mean"}  # fmt: skip
 # Detectors with a level of their own (river's ``estimation``); for the others rollguard reports the mean of the
 # values since the detector last started afresh, which it does on the update after each drift (detectors/base.py).
 _OWN_ESTIMATE = {"adwin": "window mean"}
