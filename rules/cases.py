@@ -40,7 +40,7 @@ TRANSITIONS = ("pending", "firing", "resolved", "cleared", "inhibited", "held", 
                *SIGNOFF_TRANSITIONS)  # fmt: skip
 FIRES = frozenset({"firing", "held", "inhibited"})  # the condition held for `for`: what expect_no forbids by default
 COMMANDS = {"rollback": "rollback", "pause": "pause_rollout", "pause_rollout": "pause_rollout", "promote": PROMOTE,
-            PROMOTE: PROMOTE, "none": "none"}  # fmt: skip
+            PROMOTE: PROMOTE, "shadow_only": "shadow_only", "revert_model": "revert_model", "none": "none"}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from rules.model import (
     RuleSet,
     summary_problems,
 )
+from rules.outputs import ACTION_TIER, RULE_ACTIONS
 from rules.promotion_loader import load_promotion
 from rules.where_loader import load_where
 
@@ -70,13 +71,13 @@ _DEFAULT_KEYS = (
 _RULE_KEYS = (
     "id", "tier", "mode", "metric", "op", "threshold", "drift", "window", "every", "for", "keep_firing_for",
     "min_samples", "confidence", "group_by", "baseline", "trailing_baseline", "across", "summary", "runbook",
-    "resolve_threshold", "compare", "where", "max_starved", "all", "any",
+    "resolve_threshold", "compare", "where", "max_starved", "all", "any", "action",
 )  # fmt: skip
 _BLOCKS = ("drift", "compare", "where", "all", "any")  # keys with a structure of their own, read by their own loaders
 _NOT_FOR_DRIFT = ("window", "baseline", "trailing_baseline", "across", "confidence", "resolve_threshold", "compare", "where",
                   "max_starved")  # fmt: skip
 _RATE_METRICS = ", ".join(name + (":<field>:<x>" if name.startswith("share_") else ":<param>" if m.parameterised else "")
-                          for name, m in METRICS.items() if m.is_rate)  # fmt: skip
+                          for name, m in METRICS.items() if m.is_rate and name not in COHORT_METRICS)  # fmt: skip
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 _FEATURE_GLOB = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,128}")
@@ -416,7 +417,8 @@ class _Checker:
             confidence=confidence, group_by=group_by, baseline_ms=baseline,
             baseline_trailing=baseline is not None and baseline_key == "trailing_baseline", across=across, summary=v.get("summary"),
             runbook=pick("runbook", None)[0], resolve_threshold=resolve, compare=compare, where=where or (),
-            max_starved_ms=pick("max_starved", None)[0] if threshold_rule else None, line=item.line,
+            max_starved_ms=pick("max_starved", None)[0] if threshold_rule else None, action=self._action(scope, item, v),
+            line=item.line,
         )  # fmt: skip
 
     def _compound(self, name: str | None, item: LocatedMap, defaults: dict[str, Any], scope: Scope, v: dict,
@@ -442,8 +444,26 @@ class _Checker:
             id=v["id"], tier=v["tier"], mode=first.mode, window_ms=first.window_ms, every_ms=first.every_ms,
             for_ms=first.for_ms, keep_firing_for_ms=first.keep_firing_for_ms, min_samples=min_samples,
             group_by=first.group_by, summary=v.get("summary"), runbook=first.runbook,
-            max_starved_ms=first.max_starved_ms, combine=parsed[0], conditions=tuple(conditions), line=item.line,
+            max_starved_ms=first.max_starved_ms, combine=parsed[0], conditions=tuple(conditions), action=first.action,
+            line=item.line,
         )  # fmt: skip
+
+    @staticmethod
+    def _action(scope: Scope, item: LocatedMap, v: dict) -> str | None:
+        """``action``: the command a pause or kill rule sends instead of its tier's (``rules.outputs.RULE_ACTIONS``);
+        None for the tier's own."""
+        action, tier = v.get("action"), v.get("tier")
+        if action is None:
+            return None
+        allowed = RULE_ACTIONS.get(tier)
+        if allowed is None:
+            scope.error(line_of(item, "action"), f"action: only pause and kill rules send commands; {tier} sends none")
+            return None
+        if action not in allowed:
+            hint = f" ({action} is a {ACTION_TIER[action]} action)" if action in ACTION_TIER else ""
+            scope.error(line_of(item, "action"), f"action: a {tier} rule sends {' or '.join(allowed)}, got {action!r}{hint}")
+            return None
+        return action if action != allowed[0] else None
 
     @staticmethod
     def _check_cohort(scope: Scope, item: LocatedMap, metric: str, every: int | None) -> None:

@@ -345,6 +345,8 @@ class Rule(BaseModel):
     # how long the rule may stay insufficient while its window holds data before it pages (rules.starvation); None:
     # the tier's default, 0: never
     max_starved_ms: int | None = None
+    # the command a pause or kill sends instead of its tier's (rules.outputs.RULE_ACTIONS): shadow_only, revert_model
+    action: str | None = None
     # a compound rule (``all:`` / ``any:``): its conditions, each a threshold rule with this rule's window, clocks
     # and groups (ids ``<id>#1``, ``<id>#2``…), combined into one verdict with one lifecycle; no metric of its own
     combine: Literal["all", "any"] | None = None

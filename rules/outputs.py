@@ -18,13 +18,19 @@ import orjson
 
 from rules.durations import format_duration
 
-__all__ = ["iso", "stable_id", "decision", "command", "page", "render_summary", "SEVERITY", "ACTIONS", "canonical",
+__all__ = ["iso", "stable_id", "decision", "command", "page", "render_summary", "SEVERITY", "ACTIONS", "RULE_ACTIONS",
+           "ACTION_TIER", "canonical",
            "STARVATION_TRANSITIONS"]
 
 # the decisions about a rule's data rather than its condition (rules.starvation); the others are lifecycle transitions
 STARVATION_TRANSITIONS = ("starved", "fed")
 SEVERITY = {"kill": "critical", "pause": "error", "investigate": "warning"}
-ACTIONS = {"kill": "rollback", "pause": "pause_rollout"}
+ACTIONS = {"kill": "rollback", "pause": "pause_rollout"}  # a tier's command, unless its rule names another action
+# what a rule's ``action`` may name instead, per tier: a kill may put the feature in shadow-only mode (outputs kept
+# out of users' sight, still generated and logged), a pause may revert the model version without touching the
+# feature (and hold the expansion); each command keeps its tier's latch
+RULE_ACTIONS = {"kill": ("rollback", "shadow_only"), "pause": ("pause_rollout", "revert_model")}
+ACTION_TIER = {action: tier for tier, actions in RULE_ACTIONS.items() for action in actions}
 
 
 def iso(ms: int) -> str:
@@ -119,17 +125,18 @@ def decision(
     return d
 
 
-def command(*, tier: str, dec: dict, incident: int) -> dict:
-    """A command, unsealed: ``rules.seal`` adds ``seq``, ``issued_at``, the signature and the chain fields."""
+def command(*, tier: str, dec: dict, incident: int, action: str | None = None) -> dict:
+    """A command, unsealed: ``rules.seal`` adds ``seq``, ``issued_at``, the signature and the chain fields.
+    ``action``: the rule's own (:data:`RULE_ACTIONS`), else the tier's."""
+    action = action or ACTIONS[tier]
     return {
         "command_id": stable_id(
-            "command", dec["feature"], dec["phase"], ACTIONS[tier], dec["ruleset"], dec["rule_id"], dec["group"],
-            incident,
+            "command", dec["feature"], dec["phase"], action, dec["ruleset"], dec["rule_id"], dec["group"], incident,
         ),  # fmt: skip
         "ts": dec["ts"],
         "feature": dec["feature"],
         "phase": dec["phase"],
-        "action": ACTIONS[tier],
+        "action": action,
         "ruleset": dec["ruleset"],
         "rule_id": dec["rule_id"],
         "decision_id": dec["decision_id"],

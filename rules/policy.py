@@ -102,7 +102,7 @@ class Policy:
         d = dec("firing")
         if tier in ("pause", "kill") and (latch is None or (latch == "pause" and tier == "kill")):
             fs.latches[phase] = tier
-            out.commands.append(command(tier=tier, dec=d, incident=inst.incident))  # signed by rules.seal
+            out.commands.append(command(tier=tier, dec=d, incident=inst.incident, action=rule.action))  # sealed later
         out.pages.append(page(action="trigger", dec=d, incident=inst.incident))
         inst.paged = True
 

@@ -217,6 +217,12 @@ def test_the_actuator_example_in_the_docs_runs(files, tmp_path, monkeypatch):
         def promote(self, feature, cohort, to):
             self.calls.append(("promote", feature, cohort, to))
 
+        def shadow_only(self, feature, cohort):
+            self.calls.append(("shadow", feature, cohort))
+
+        def revert_model(self, feature, cohort):
+            self.calls.append(("revert", feature, cohort))
+
     import time
 
     now = int(time.time() * 1000)
@@ -239,5 +245,11 @@ def test_the_actuator_example_in_the_docs_runs(files, tmp_path, monkeypatch):
     unknown = dict(cmd, command_id="c13", seq=5, action="reboot_everything")
     unknown["signature"] = sign(unknown, b"new-secret")
     assert on_command(orjson.dumps(unknown), emission_headers(unknown, now, b"new-secret"), flags) is False
+    for seq, action in ((6, "shadow_only"), (7, "revert_model")):  # a rule's own action (rules.outputs.RULE_ACTIONS)
+        other = dict(cmd, command_id=f"c{seq + 8}", seq=seq, action=action)
+        other["signature"] = sign(other, b"new-secret")
+        assert on_command(orjson.dumps(other), emission_headers(other, now, b"new-secret"), flags) is True
     assert flags.calls == [("disable", "email-reply", "ga"), ("promote", "email-reply", "closed_beta",
-                                                              "regional_expansion")]  # fmt: skip
+                                                              "regional_expansion"),
+                           ("shadow", "email-reply", "ga"), ("revert", "email-reply", "ga"),
+                           ("freeze", "email-reply", "ga")]  # fmt: skip

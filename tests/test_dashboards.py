@@ -43,6 +43,7 @@ METRIC_NAMES = frozenset(
         "rollguard_rule_value",
         "rollguard_rule_compared",
         "rollguard_rule_threshold",
+        "rollguard_rule_threshold_high",
         "rollguard_rule_resolve_threshold",
         "rollguard_rule_interval_low",
         "rollguard_rule_interval_high",
@@ -248,6 +249,14 @@ def test_each_rule_has_exactly_one_panel_with_its_threshold(dashboards, ruleset,
         return
     assert any("rollguard_rule_compared{" in e for e in exprs)
     assert any("rollguard_rule_threshold{" in e for e in exprs)
+    if rule.threshold_high is not None:  # a band: its two lines, red inside (between) or outside (outside)
+        assert any("rollguard_rule_threshold_high{" in e for e in exprs)
+        base, low, high = defaults["thresholds"]["steps"]
+        assert (low["value"], high["value"]) == (rule.threshold, rule.threshold_high)
+        red_inside = rule.op == "between"
+        assert (base["color"], low["color"], high["color"]) == (
+            ("transparent", "red", "transparent") if red_inside else ("red", "transparent", "red"))
+        return
     base, step = defaults["thresholds"]["steps"]
     assert step["value"] == rule.threshold
     assert defaults["custom"]["thresholdsStyle"]["mode"] != "off"

@@ -189,7 +189,7 @@ tests:
         "13: test 'bad inputs': tests[1].series[3]: the event at 33s: confidence: Input should be less than or equal to 1",
         "15: test 'bad inputs': tests[1].events[0]: outcome: Input should be 'ok', 'error', 'timeout' or 'refused'",
         "16: test 'bad inputs': tests[1].expect[0].command: must be one of rollback, pause, pause_rollout, promote, "
-        "promote_rollout, none; got string 'kill'",
+        "promote_rollout, shadow_only, revert_model, none; got string 'kill'",
         "16: test 'bad inputs': tests[1].expect[0].at: 1m30s is not an evaluation instant of slow (every 1m)",
         "17: test 'bad inputs': tests[1].expect_no[0].rule: no rule 'nope*' in demo",
         "18: test 'bad inputs': name already used by the test on line 8",

@@ -22,7 +22,7 @@ Records are validated here, once: identifiers must be tag-safe names, so a malfo
 >>> annotation_for(dict(cmd, action="resume"), "command")
 Traceback (most recent call last):
 ...
-streams.grafana.annotations.InvalidRecord: command: action must be one of pause_rollout, promote_rollout, rollback
+streams.grafana.annotations.InvalidRecord: command: action must be one of pause_rollout, promote_rollout, revert_model, rollback, shadow_only
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 from rules.events import parse_ts
 from rules.exceptions import RollguardError
-from rules.outputs import ACTIONS, STARVATION_TRANSITIONS, canonical
+from rules.outputs import ACTION_TIER, STARVATION_TRANSITIONS, canonical
 from rules.promotion import PROMOTE, SIGNOFF_TRANSITIONS, VERDICTS
 from rules.promotion_loader import PROMOTION_RULE_ID
 
@@ -48,7 +48,7 @@ _TRANSITIONS = frozenset({"pending", "cleared", *ANNOTATED_TRANSITIONS, *STARVAT
 _STARTS = frozenset({"firing", "held", "inhibited"})  # the instance is in the firing state from then on
 _TIERS = frozenset({"investigate", "pause", "kill"})
 _MODES = frozenset({"enforce", "shadow"})
-_TIER_OF_ACTION = {action: tier for tier, action in ACTIONS.items()} | {PROMOTE: PROMOTION_RULE_ID}
+_TIER_OF_ACTION = dict(ACTION_TIER) | {PROMOTE: PROMOTION_RULE_ID}
 # feature and phase charset (CONTRACT §1); rule set names and rule ids are narrower subsets of it
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 MAX_TEXT = 1024

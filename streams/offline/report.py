@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rules.model import TIER_ORDER, worst
-from rules.outputs import ACTIONS, SEVERITY, STARVATION_TRANSITIONS, iso
+from rules.outputs import ACTION_TIER, SEVERITY, STARVATION_TRANSITIONS, iso
 from streams.offline.report_promotion import Promotions, is_promotion
 from streams.offline.comparison import (
     _COMMAND_FIELDS,
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 TIERS = tuple(TIER_ORDER)  # ok < investigate < pause < kill
-ACTION_TIER = {action: tier for tier, action in ACTIONS.items()}
 SEVERITY_TIER = {severity: tier for tier, severity in SEVERITY.items()}
 FIRED = ("firing", "inhibited", "held")
 DEFAULT_CAP = 50
