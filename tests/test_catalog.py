@@ -92,7 +92,8 @@ def test_the_rollout_packs_promote_their_phases_one_after_the_other(catalog):
 
 def test_the_comparison_packs_compare_every_rule_and_guard_every_split(catalog):
     for name in COMPARISON_PACKS.values():
-        rules = catalog[name].rules
+        # the model-drift pack also holds the seed's reversibility short of a rollback (rules with an action)
+        rules = [r for r in catalog[name].rules if r.action is None]
         assert all(r.compare is not None for r in rules)
         for r in rules:
             if r.compare.split and r.srm_of is None:  # its companion follows it
@@ -100,7 +101,8 @@ def test_the_comparison_packs_compare_every_rule_and_guard_every_split(catalog):
     experiments = catalog["experiments"].rules
     assert {r.compare.by for r in experiments} == {"variant"}
     assert {r.compare.control for r in experiments} == {"control", "ai-off"}  # ai-off: the dual run
-    assert all(r.compare.phase == "internal" for r in catalog["email-reply-model-drift"].rules)
+    assert all(r.compare.phase == "internal" for r in catalog["email-reply-model-drift"].rules if r.action is None)
+    assert {r.action for r in catalog["email-reply-model-drift"].rules if r.action} == {"revert_model", "shadow_only"}
 
 
 @pytest.mark.parametrize("file, name, phase", EMAIL_PHASES, ids=[p for _, _, p in EMAIL_PHASES])
