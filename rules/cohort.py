@@ -13,7 +13,7 @@ Users are the keyed (HMAC) ids of interactions, reduced to 64-bit hashes by the 
 Both are ``|X ∩ Y| / |X|`` for the denominator set ``X`` and the other window ``Y``. The intersection is exact while
 both windows' sketches are (at most 1,024 distinct users each: the hashes themselves, a set intersection); past that
 it is estimated by inclusion–exclusion, ``|X| + |Y| - |X ∪ Y|`` over the sketches and their merge (clamped to
-``[0, min(|X|, |Y|)]``), whose error ``bench/cohort_error.py`` measures (docs/rules.md §2 gives the table): the
+``[0, min(|X|, |Y|)]``), whose error ``bench/cohort_error.py`` measures (docs/rules.md §3 gives the table): the
 estimate is a deterministic function of the two sets, so replay and the live worker agree on it to the bit.
 
 >>> from rules.sketches.hll import HyperLogLog
