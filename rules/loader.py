@@ -41,7 +41,7 @@ from rules.exceptions import RollguardError
 from rules.file_kinds import has_tests_key, is_cases_file, is_cases_name
 from rules.loader_scope import RuleError, Scope
 from rules.located_yaml import LocatedMap, YamlSyntaxError, describe, line_of, parse_documents
-from rules.metric_names import COHORT_METRICS, METRICS, cohort_span_ms, parse_metric
+from rules.metric_names import COHORT_METRICS, METRICS, parse_metric
 from rules.model import (
     BAND_OPS,
     DEFAULT_EVERY_MS,
@@ -54,8 +54,8 @@ from rules.model import (
     RuleSet,
     summary_problems,
 )
-from rules.outputs import ACTION_TIER, RULE_ACTIONS
 from rules.promotion_loader import load_promotion
+from rules.rule_checks import band, check_cohort, check_resolve, rule_action
 from rules.where_loader import load_where
 
 __all__ = ["RuleError", "RulesInvalid", "load_rules", "load_rules_text", "CATALOG"]
@@ -387,8 +387,8 @@ class _Checker:
                        "defined; compare with the same window earlier (baseline) instead")
             scope.error(line_of(item, "trailing_baseline"), f"trailing_baseline: {message}")
         if cohort:
-            self._check_cohort(scope, item, metric, every)
-        threshold, threshold_high = self._band(scope, item, v)
+            check_cohort(scope, item, metric, every)
+        threshold, threshold_high = band(scope, item, v)
         where = load_where(scope, item) if threshold_rule and "where" in item else ()
         compare = None
         if threshold_rule and "compare" in item:
@@ -402,7 +402,7 @@ class _Checker:
                 scope.error(line_of(item, "threshold"), f"threshold: {message}")
         resolve = v.get("resolve_threshold") if threshold_rule else None
         if resolve is not None and v.get("op") not in BAND_OPS:
-            self._check_resolve(scope, item, v, resolve, threshold, is_rate and baseline_key not in item)
+            check_resolve(scope, item, v, resolve, threshold, is_rate and baseline_key not in item)
         if v.get("summary") is not None:
             for problem in summary_problems(v["summary"], drift=is_drift and not metric_keys):
                 scope.error(line_of(item, "summary"), f"summary: {problem}")
@@ -417,7 +417,7 @@ class _Checker:
             confidence=confidence, group_by=group_by, baseline_ms=baseline,
             baseline_trailing=baseline is not None and baseline_key == "trailing_baseline", across=across, summary=v.get("summary"),
             runbook=pick("runbook", None)[0], resolve_threshold=resolve, compare=compare, where=where or (),
-            max_starved_ms=pick("max_starved", None)[0] if threshold_rule else None, action=self._action(scope, item, v),
+            max_starved_ms=pick("max_starved", None)[0] if threshold_rule else None, action=rule_action(scope, item, v),
             line=item.line,
         )  # fmt: skip
 
@@ -447,74 +447,3 @@ class _Checker:
             max_starved_ms=first.max_starved_ms, combine=parsed[0], conditions=tuple(conditions), action=first.action,
             line=item.line,
         )  # fmt: skip
-
-    @staticmethod
-    def _action(scope: Scope, item: LocatedMap, v: dict) -> str | None:
-        """``action``: the command a pause or kill rule sends instead of its tier's (``rules.outputs.RULE_ACTIONS``);
-        None for the tier's own."""
-        action, tier = v.get("action"), v.get("tier")
-        if action is None:
-            return None
-        allowed = RULE_ACTIONS.get(tier)
-        if allowed is None:
-            scope.error(line_of(item, "action"), f"action: only pause and kill rules send commands; {tier} sends none")
-            return None
-        if action not in allowed:
-            hint = f" ({action} is a {ACTION_TIER[action]} action)" if action in ACTION_TIER else ""
-            scope.error(line_of(item, "action"), f"action: a {tier} rule sends {' or '.join(allowed)}, got {action!r}{hint}")
-            return None
-        return action if action != allowed[0] else None
-
-    @staticmethod
-    def _check_cohort(scope: Scope, item: LocatedMap, metric: str, every: int | None) -> None:
-        """A cohort metric (``rules.cohort``) already compares two windows of users: it takes none of the other
-        comparisons, and its span ends windows, so it is a multiple of ``every`` like the window."""
-        for key in ("baseline", "trailing_baseline", "across", "compare", "confidence"):
-            if key in item:
-                message = (f"{metric} is a share of one window's users found in another (estimated from sketches past "
-                           f"1,024 users), so it takes no {key}")  # fmt: skip
-                scope.error(line_of(item, key), f"{key}: {message}")
-        span = cohort_span_ms(parse_metric(metric)[1])
-        if every and span % every:
-            message = f"the span of {metric} is not a multiple of every ({format_duration(every)})"
-            scope.error(line_of(item, "metric"), f"metric: {message}")
-
-    @staticmethod
-    def _band(scope: Scope, item: LocatedMap, v: dict) -> tuple[float | None, float | None]:
-        """(threshold, threshold_high): a band ``[low, high]`` goes with ``op: between`` / ``outside`` and only with
-        them, and not with what judges one side of a line (``confidence``, ``compare``, ``resolve_threshold``)."""
-        threshold, op = v.get("threshold"), v.get("op")
-        band = isinstance(threshold, tuple)
-        if op is None or threshold is None:
-            return (None, None) if band else (threshold, None)
-        if (op in BAND_OPS) != band:
-            message = (f"op {op} takes a band [low, high], got one number" if op in BAND_OPS else
-                       f"a band [low, high] goes with op between or outside, not {op}")  # fmt: skip
-            scope.error(line_of(item, "threshold"), f"threshold: {message}")
-            return None, None
-        if not band:
-            return threshold, None
-        for key in ("confidence", "compare", "resolve_threshold"):
-            if key in item:
-                scope.error(line_of(item, key), f"{key}: cannot be combined with op {op} (a band has two sides)")
-        return threshold
-
-    @staticmethod
-    def _check_resolve(scope: Scope, item: LocatedMap, v: dict, resolve: float, threshold: float | None,
-                       fraction: bool) -> None:  # fmt: skip
-        """``resolve_threshold`` (hysteresis): on the side of ``threshold`` where the rule does not fire, on an
-        ``investigate`` rule (pause and kill latch until an operator resumes), in [0, 1] for a rate."""
-        where = line_of(item, "resolve_threshold")
-        if v.get("tier") in ("pause", "kill"):
-            message = f"only tier investigate resolves; {v['tier']} latches until an operator resumes"
-            scope.error(where, f"resolve_threshold: {message}")
-        op = v.get("op")
-        if threshold is not None and op is not None:
-            above = op in (">", ">=")  # fires above the threshold: resolves once the value is back at or below
-            if (resolve > threshold) if above else (resolve < threshold):
-                message = (f"{resolve:g} is on the firing side of threshold {threshold:g}: with op {op} it must be "
-                           f"{'<=' if above else '>='} {threshold:g} (a firing instance then resolves only once the "
-                           f"value crosses back over it)")  # fmt: skip
-                scope.error(where, f"resolve_threshold: {message}")
-        if fraction and not 0 <= resolve <= 1:
-            scope.error(where, f"resolve_threshold: {v.get('metric')} is a fraction in [0, 1]; got {resolve:g}")
