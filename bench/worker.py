@@ -81,7 +81,7 @@ def messages(topics, events: list[dict], envelope: int = 1) -> list[tuple[str, b
     out: list[tuple[str, bytes, bytes, int]] = []
     buf: dict[tuple[str, str], list] = {}
     for e in events:
-        topic = topics.feedback if e["type"] == "feedback" else topics.interactions
+        topic = topics.interactions if e["type"] == "interaction" else topics.feedback  # eval runs: feedback
         if envelope == 1:
             out.append((topic, e["feature"].encode(), orjson.dumps(e), 1))
             continue

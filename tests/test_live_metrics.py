@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -66,8 +67,11 @@ def test_metrics_endpoint_counts_what_was_produced_and_published(stack, topic_pr
     events = interactions(0, 2, "ok") + interactions(2, 5, "error")  # the error rate passes 0.5 at minute 5
     try:
         assert get(port, "/healthz", worker)[0] == 200
+        # a dead letter, and a feedback event on the interactions topic (refused: wrong_topic, streams.kafka.routing)
+        misrouted = orjson.dumps({"type": "feedback", "event_id": "fb-x", "ts": events[-1]["ts"], "feature": FEATURE,
+                                  "kind": "thumbs", "label": "down"})  # fmt: skip
         last = merge_offsets(produce(stack, topics, events), produce_raw(stack, topics.interactions,
-                                                                         FEATURE.encode(), [b"{not json"]))  # fmt: skip
+                                                                         FEATURE.encode(), [b"{not json", misrouted]))  # fmt: skip
         wait_processed(stack, topics, last, worker, timeout=60)
         status, ctype, body = get(port, "/metrics", worker)
         assert (status, ctype) == (200, CONTENT_TYPE_LATEST)
@@ -89,8 +93,10 @@ def test_metrics_endpoint_counts_what_was_produced_and_published(stack, topic_pr
     decisions, commands = out[topics.decisions], out[topics.commands]
     assert [c["action"] for c in commands] == ["rollback"]
     assert value("rollguard_events_total", type="interaction") == len(events)
-    assert value("rollguard_messages_total") == len(events) + 1
+    assert value("rollguard_messages_total") == len(events) + 2
     assert value("rollguard_invalid_events_total", reason="invalid_json") == 1
+    assert value("rollguard_invalid_events_total", reason="wrong_topic") == 1
+    assert value("rollguard_events_total", type="feedback") == 0
     assert by("rollguard_decisions_total", "transition", "tier") == Counter(
         (d["transition"], d["tier"]) for d in decisions)  # fmt: skip
     assert by("rollguard_commands_total", "action") == {("rollback",): 1}

@@ -45,6 +45,7 @@ from rules.state import BreakerState, FeatureState
 from rules.verify import emission_headers
 from streams.live.status_summary import summary_of
 from streams.live.store import FeatureWrite, RedisStore
+from streams.kafka.routing import input_streams, misrouted
 from streams.kafka.topics import Topics
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ class Processor:
         self.parser = parser
         self.publisher = publisher
         self.topics = topics
+        self._streams = input_streams(topics)  # input topic -> the stream it carries (streams.kafka.routing)
         self.key = detector_key
         self.clock = clock
         self.max_backoff_s = max_backoff_s
@@ -210,6 +212,7 @@ class Processor:
         for m in messages:
             items = []
             on_input = m.topic != self.topics.control
+            stream = self._streams.get(m.topic)
             value = m.value or b"null"
             rows = self.parser.parse_rows(value)  # the hot path: every item valid (rules.events rows)
             if rows is None:
@@ -218,6 +221,8 @@ class Processor:
             for item in rows:
                 if on_input and is_control(item):  # whoever writes an input topic must not un-kill anything
                     item = misplaced(item)
+                elif stream is not None and not isinstance(item, InvalidEvent) and item.type != stream:
+                    item = misrouted(item, stream, m.topic) or item  # on the other stream's topic (routing.py)
                 if isinstance(item, InvalidEvent):
                     if dead_letters:
                         dead.append(self._dead_letter(m, item))

@@ -32,6 +32,7 @@ import orjson
 
 from rules.events import parse_ts
 from rules.exceptions import RollguardError
+from streams.kafka.routing import input_streams
 from streams.kafka.topics import Topics
 
 __all__ = ["KafkaMessage", "KafkaSource", "KafkaSourceError", "add_from_kafka_args", "source_from_args", "time_arg"]
@@ -269,6 +270,7 @@ def source_from_args(args: argparse.Namespace, default_prefix: str = "") -> Kafk
     src = KafkaSource(bootstrap, [*topics.inputs(), topics.control], since_ms=args.since, until_ms=args.until,
                       consumer_config=kafka_python_config())  # fmt: skip
     src.control_topic = topics.control  # replay refuses controls read from any other topic, as the worker does
+    src.input_streams = input_streams(topics)  # and an event read from the other stream's topic (wrong_topic)
     return src
 
 

@@ -23,6 +23,7 @@ from rules.engine import Engine, EngineConfig, Outputs
 from rules.events import Control, Event, EventParser, InvalidEvent, Pseudonymizer, redact
 from rules.model import RuleSet
 from rules.outputs import iso
+from streams.kafka.routing import misrouted
 from streams.offline.chart_series import CHART_MODES, SeriesCollector
 from streams.offline.charts import (
     CHARTS_DIR, ChartFile, charts_section, clear_charts, write_overlays, write_rule_charts,
@@ -194,6 +195,7 @@ def replay(
     out = Path(out_dir)
     parser = EventParser(Pseudonymizer(user_key), operator_keys)
     control_topic = getattr(src, "control_topic", None)  # --from-kafka: controls only from the control topic
+    streams_of = getattr(src, "input_streams", None) or {}  # --from-kafka: each stream's events from its topic only
     sides = (rulesets,) + ((compare,) if compare is not None else ())
     collectors = [SeriesCollector() for _ in sides] if charts != "none" else []
     engines = [Engine(rs, config, observer=collectors[i] if collectors else None) for i, rs in enumerate(sides)]
@@ -227,9 +229,12 @@ def replay(
             items = parser.parse_rows(payload)  # the hot path: every item valid (rules.events rows)
             if items is None:
                 items = parser.parse_items(payload)  # item by item, invalid ones named
+            stream = streams_of.get(origin.get("topic"))
             for item in items:
                 if off_topic and is_control(item):
                     item = misplaced(item)
+                elif stream is not None and not isinstance(item, InvalidEvent) and item.type != stream:
+                    item = misrouted(item, stream, origin["topic"]) or item
                 if isinstance(item, InvalidEvent):
                     result.events_read += 1
                     result.invalid[item.reason] = result.invalid.get(item.reason, 0) + 1
