@@ -360,8 +360,9 @@ class _Checker:
                 scope.error(line_of(item, key if source == "rule" else "every"), f"{key}: {message}")
 
         metric = v.get("metric") if threshold_rule else None
-        is_rate = metric is not None and METRICS[parse_metric(metric)[0]].is_rate
-        cohort = metric is not None and parse_metric(metric)[0] in COHORT_METRICS
+        base = parse_metric(metric)[0] if metric is not None else None
+        is_rate = base is not None and METRICS[base].is_rate
+        cohort = base in COHORT_METRICS
         group_by, _ = pick("group_by", ())
         across = v.get("across") if threshold_rule else None
         if across is not None and group_by and across in group_by:

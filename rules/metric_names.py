@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 from rules.exceptions import RollguardError
 
-__all__ = ["MetricInfo", "METRICS", "PARAM_OPTIONAL", "SHARE_FIELDS", "COHORT_METRICS", "cohort_span_ms", "MetricNameError", "parse_metric",
-           "is_rate_metric", "share_of"]  # fmt: skip
+__all__ = ["MetricInfo", "METRICS", "PARAM_OPTIONAL", "SHARE_FIELDS", "COHORT_METRICS", "cohort_span_ms",
+           "MetricNameError", "parse_metric", "is_rate_metric", "share_of"]  # fmt: skip
 
 
 class MetricInfo(NamedTuple):

@@ -83,20 +83,25 @@ def _latency_quantile(q: float) -> Callable[[Bucket, str | None], tuple[float | 
     return f
 
 
+def _users(b: Bucket) -> int:
+    """Distinct users of the window (0 without a users sketch)."""
+    return b.users.cardinality() if b.users is not None else 0
+
+
 def _active_users(b: Bucket, _p: str | None) -> tuple[float | None, int]:
-    n = b.users.cardinality() if b.users is not None else 0
+    n = _users(b)
     return float(n), n
 
 
 def _tickets_per_1k(b: Bucket, p: str | None) -> tuple[float | None, int]:
     """Tickets (of tag ``p``, or all) per 1,000 distinct users of the window; samples: the users."""
-    users = b.users.cardinality() if b.users is not None else 0
+    users = _users(b)
     return (b.c.get("tk:" + p if p else "tk", 0) / users * 1000 if users else None), users
 
 
 def _uses_per_user(b: Bucket, _p: str | None) -> tuple[float | None, int]:
     """Requests per distinct user of the window; samples: the users."""
-    users = b.users.cardinality() if b.users is not None else 0
+    users = _users(b)
     return (b.c.get("n", 0) / users if users else None), users
 
 

@@ -228,6 +228,7 @@ class SeriesSpec:
         n = self.n
         seg_columns = [(k, lay.lay_out(n)) for k, lay in self.segment.items()]
         columns = [(k, lay.lay_out(n)) for k, lay in self.fields.items()]
+        users_prefix = f"pool-{self.pool}" if self.pool else self.id_prefix
         for i, ts in enumerate(self.times()):
             ev = {"type": self.type, "event_id": f"{self.id_prefix}-{i}", "ts": ts, "feature": self.feature,
                   "phase": self.phase}  # fmt: skip
@@ -236,7 +237,7 @@ class SeriesSpec:
                 if seg:
                     ev["segment"] = seg
             if self.users:
-                ev["user"] = f"{f'pool-{self.pool}' if self.pool else self.id_prefix}-u{i % self.users}"
+                ev["user"] = f"{users_prefix}-u{i % self.users}"
             for k, col in columns:
                 v = next(col)
                 if v is not None:

@@ -16,9 +16,9 @@ Per (rule set, rule, feature, phase, group) the engine keeps ``[since, flagged]`
   and its page resolves;
 * an idle evaluation restarts the clock of an unflagged instance and leaves a flagged one flagged.
 
-Defaults per tier (:data:`DEFAULT_MAX_STARVED_MS`), never shorter than the rule's window plus its baseline, or its
-cohort metric's span (a window cannot be asked to fill faster than it spans); ``max_starved: off`` turns it off. Drift rules and the ``.srm``
-companions have none (a detector warms up by design; a withheld comparison has its own page).
+Defaults per tier (:data:`DEFAULT_MAX_STARVED_MS`), never shorter than the rule's window plus its baseline and its
+cohort metric's span (a window cannot be asked to fill faster than it spans); ``max_starved: off`` turns it off.
+Drift rules and the ``.srm`` companions have none (a detector warms up by design; a withheld comparison has its own page).
 
 Deterministic like the lifecycle: the clock is the evaluation instants (event time). Skipping quiet instants
 (``rules.instants``) is invisible here: a clock's instants are skipped only after one that saw no data in any
