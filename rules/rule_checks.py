@@ -4,7 +4,7 @@ metric's companions, a band's two lines, and ``resolve_threshold``'s side. Each 
 
 from __future__ import annotations
 
-from rules.durations import format_duration
+from rules.durations import MAX_DURATION_MS, format_duration
 from rules.loader_scope import Scope
 from rules.located_yaml import LocatedMap, line_of
 from rules.metric_names import cohort_span_ms, parse_metric
@@ -40,7 +40,9 @@ def check_cohort(scope: Scope, item: LocatedMap, metric: str, every: int | None)
                        f"1,024 users), so it takes no {key}")  # fmt: skip
             scope.error(line_of(item, key), f"{key}: {message}")
     span = cohort_span_ms(parse_metric(metric)[1])
-    if every and span % every:
+    if span > MAX_DURATION_MS:  # as for any duration: state is kept for window + span
+        scope.error(line_of(item, "metric"), f"metric: the span of {metric} is over {format_duration(MAX_DURATION_MS)}")
+    elif every and span % every:
         message = f"the span of {metric} is not a multiple of every ({format_duration(every)})"
         scope.error(line_of(item, "metric"), f"metric: {message}")
 

@@ -73,6 +73,8 @@ def test_the_language_says_what_a_cohort_metric_takes():
         assert any(e.startswith(f"5: {key}: retention:2h is a share") for e in errors), errors
     errors = rule_errors(head.replace("retention:2h", "retention:90m") + "min_samples: 1}\n")
     assert errors == ["5: metric: the span of retention:90m is not a multiple of every (1h)"]
+    errors = rule_errors(head.replace("retention:2h", "retention:9999d") + "min_samples: 1}\n")
+    assert errors == ["5: metric: the span of retention:9999d is over 3650d"]  # state is kept for window + span
     # a rate, but estimated past 1,024 users: the defaults' confidence is not inherited (it would be refused)
     body = "defaults: {confidence: 0.9}\nrules:\n" + head.replace("  - {", "  - {") + "min_samples: 1}\n"
     from rules.loader import load_rules_text
