@@ -41,6 +41,7 @@ EVAL_N_MAX = 1_000_000_000  # items in one eval run
 
 __all__ = [
     "Interaction", "Feedback", "EvalRecord", "ControlRecord", "MESSAGE", "DecodeFailed", "convert", "json_shaped", "names",
+    "AMOUNT_MAX",
     "seen_name", "seen_labels",
 ]  # fmt: skip
 
@@ -55,7 +56,10 @@ EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 SegKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Segment = Annotated[dict[SegKey, Short], msgspec.Meta(max_length=16)]
 Flags = Annotated[tuple[Label, ...], msgspec.Meta(max_length=64)]
-NonNeg = Annotated[float, msgspec.Meta(ge=0.0, le=_FMAX)]
+# amounts (latency_ms, cost_usd, session_ms) are kept as scaled integers (rules.aggregate: ms -> µs, USD -> nano-USD):
+# bounded so that the scaled value stays finite (1e308 ms made an infinity and crashed the aggregation)
+AMOUNT_MAX = 1e12
+NonNeg = Annotated[float, msgspec.Meta(ge=0.0, le=AMOUNT_MAX)]
 Finite = Annotated[float, msgspec.Meta(ge=-_FMAX, le=_FMAX)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=_I64)]
 # an RFC 3339 string is checked afterwards (rules.timestamps.rfc3339_ms); an integer is epoch ms within 1970..9999

@@ -33,7 +33,7 @@ Name = Annotated[StrictStr, Field(pattern=_NAME)]
 Label = Annotated[StrictStr, Field(pattern=_LABEL)]
 Short = Annotated[StrictStr, Field(max_length=128)]
 SegKey = Annotated[StrictStr, Field(min_length=1, max_length=64)]
-NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+NonNeg = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]  # rules.decode.AMOUNT_MAX: scaled, still finite
 
 
 class _Base(BaseModel):

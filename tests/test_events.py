@@ -68,6 +68,10 @@ def test_timestamps_normalise_to_utc_epoch_ms(ts, ms):
         ("bad outcome", {"outcome": "crashed"}, "outcome:"),
         ("negative latency", {"latency_ms": -3}, "latency_ms:"),
         ("string latency", {"latency_ms": "12"}, "latency_ms:"),
+        # amounts are kept as scaled integers: 1e308 ms made an infinity (rules.decode.AMOUNT_MAX)
+        ("latency beyond 1e12 ms", {"latency_ms": 1e308}, "latency_ms:"),
+        ("cost beyond 1e12 USD", {"cost_usd": 2e12}, "cost_usd:"),
+        ("session beyond 1e12 ms", {"session_ms": 1e13}, "session_ms:"),
         ("fractional tokens", {"tokens_out": 1.5}, "tokens_out:"),
         ("confidence above 1", {"confidence": 1.2}, "confidence:"),
         ("bad flag", {"flags": ["PII"]}, "flags.0:"),

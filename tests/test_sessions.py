@@ -95,3 +95,12 @@ def test_the_reference_engine_decides_the_same():
         evs += visits(m, 10, 40_000.0 + 900 * (m % 7), "ai-off")
         evs += visits(m, 12 if m % 4 else 2, 45_000.0 + 2_000 * (m % 5), "ai-on")
     assert run(evs)[0] == run(evs, ReferenceEngine)[0]
+
+
+def test_the_largest_amounts_aggregate_without_overflow():
+    """At the schema's bound (rules.decode.AMOUNT_MAX) the scaled sums and squares stay finite integers."""
+    big = [Event("interaction", f"b{i}", T0 + i * 1000, "f", "p", {}, None, None, None, "ok", 1e12, None, 10**9, 1e12,
+                 variant="ai-on" if i % 2 else "ai-off", session_ms=1e12) for i in range(150)]  # fmt: skip
+    ds, seen = run(big)
+    values = [e.value for (rule, _), e in seen.items() if rule == "long"]
+    assert values and values[0] == pytest.approx(1e12)
