@@ -243,7 +243,7 @@ rules:
   - {id: ret, tier: investigate, metric: "retention:2m", op: "<", threshold: 0.6, window: 2m, every: 1m, min_samples: 2}
   - {id: back, tier: investigate, metric: "returning_share:3m", op: between, threshold: [0.3, 0.8], window: 1m,
      every: 1m, group_by: [platform], min_samples: 2}
-  - {id: upu, tier: investigate, metric: uses_per_user, op: ">", threshold: 2.5, min_samples: 2}
+  - {id: upu, tier: investigate, metric: uses_per_user, op: ">", threshold: 1.5, min_samples: 2}
   - {id: band-out, tier: pause, metric: latency_p95, op: outside, threshold: [50, 700], min_samples: 3,
      group_by: [platform]}
   - id: both
