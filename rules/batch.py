@@ -4,7 +4,10 @@ The engine (``rules.engine``) keeps its per-event bookkeeping — clock checks, 
 which instants are due — but defers the expensive part, adding an event to its windows and detectors, into a
 per-feature *pending* list. :func:`apply_pending` then applies a whole run of events at once:
 
-* **windows**: events are grouped by (phase, segment, bucket of the finest ``every`` among the plan's stores).
+* **windows**: events are grouped by (phase, segment, bucket of the finest ``every`` among the plan's stores); when
+  the plan's stores read at most two segment keys (``Plan.segment_keys``: their keys and filters, no arm fields),
+  by the values of those keys instead of the whole segment — every store routes an event by those values alone
+  (``StoreSpec.admits`` and a series key read ``seg.get(k, "")``), so each group still lands in one series per store.
   Each group's counters are computed a column at a time (``rules.aggregate.group_counters``: one list per
   quantity, summed), its latencies go into one sketch (``DDSketch.add_many``) and its users into one set of hashes
   (cached per engine); then the group is merged into every store bucket it falls in, instead of adding each event
@@ -115,17 +118,33 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
     # spans a reload, and the plan's per-phase objects, even if its cache rebuilt one, hold the same rules)
     drift: dict[tuple, tuple[FeaturePlan, list]] = {}
     arms = plan.needs_arms
+    # few segment keys read by any store (plan.segment_keys): group by their values alone, so the events of one
+    # (phase, bucket) that every store counts together are summarised once, not once per full segment
+    read = plan.segment_keys
+    few = -1 if read is None or len(read) > 2 else len(read)
+    k0, k1 = (read + ("", ""))[:2] if few > 0 else ("", "")
     for fp, ev in pending:
         if fp.stores:
             start = ev.ts - ev.ts % fine_ms
-            if arms:  # stores keyed by an arm field (rules.compare) read it from the group's segment
+            if few == 0:
+                gk = (ev.phase, start)
+            elif few == 1:
+                gk = (ev.phase, ev.segment.get(k0, ""), start)
+            elif few == 2:
+                seg = ev.segment
+                gk = (ev.phase, seg.get(k0, ""), seg.get(k1, ""), start)
+            elif arms:  # stores keyed by an arm field (rules.compare) read it from the group's segment
                 versions = (ev.model_version, ev.prompt_version, ev.variant)
                 gk = (ev.phase, tuple(ev.segment.items()), versions, start)
             else:
                 gk = (ev.phase, tuple(ev.segment.items()), start)
             g = groups.get(gk)
             if g is None:
-                g = groups[gk] = _Group(fp, ev.phase, with_arms(ev) if arms else ev.segment, start)
+                if few >= 0:  # what the stores read of the segment (absent reads as "", as StoreSpec does)
+                    seg = {k: ev.segment.get(k, "") for k in read}
+                else:
+                    seg = with_arms(ev) if arms else ev.segment
+                g = groups[gk] = _Group(fp, ev.phase, seg, start)
             g.evs.append(ev)
         if fp.drift_rules:
             k = (ev.phase, ev.type)

@@ -154,6 +154,10 @@ class Plan:
             for i, (sk, v) in enumerate(stores.items())
         }
         self.store_by_id = {s.id: s for s in self.stores.values()}
+        # the segment keys some store reads (its keys, its filter's); events whose segments agree on them land in the
+        # same store series, so rules.batch may group them together. None: by the whole segment (arm fields read)
+        read = {k for s in self.stores.values() for k in (*s.keys, *(m.store_key for m in s.where), s.arm or "")}
+        self.segment_keys = None if self.needs_arms else tuple(sorted(read - {""}))
         # names of the stores that stay the same across rule reloads (persisted state refers to stores by these)
         self.store_names = {s.id: _store_name(s) for s in self.stores.values()}
         self.store_ids = {name: sid for sid, name in self.store_names.items()}
