@@ -8,7 +8,7 @@ from engine_kit import interactions, rule_body, rule_errors, run, timeline
 
 from dashboards.rulepack import rule_panel
 from streams.grafana.annotations import _evidence
-from streams.offline.report import _fmt_evidence
+from streams.offline.report_format import evidence as _fmt_evidence
 
 BAND = """  - {{id: r, tier: investigate, metric: error_rate, op: {op}, threshold: [0.2, 0.4], window: 5m, min_samples: 10,
      keep_firing_for: 0s}}

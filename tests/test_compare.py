@@ -416,7 +416,7 @@ def test_without_a_split_a_split_that_changes_withholds_the_verdict_and_pages():
     summary = page["payload"]["summary"]
     assert page["payload"]["class"] == "r.srm" and summary.startswith("arm split changed: treatment 9.1% of samples")
     assert "since 2026-" in summary and "33.3% before" in summary and "r is withheld" in summary
-    from streams.offline.report import _fmt_evidence
+    from streams.offline.report_format import evidence as _fmt_evidence
 
     [fired] = [d for d in out.decisions if d["rule_id"] == "r.srm" and d["transition"] == "firing"]
     assert _fmt_evidence(fired).startswith("treatment share 9.1% since 2026-11-02T00:")  # the report's evidence

@@ -22,6 +22,7 @@ from streams.offline.report import (
     write_report,
 )
 from streams.offline import report as report_module
+from streams.offline import report_format
 
 GOLDEN = Path(__file__).parent / "testdata" / "report"
 DAY = "2026-11-02"
@@ -177,7 +178,7 @@ EVIDENCE_CASES = {
 
 @pytest.mark.parametrize("decision_, text", EVIDENCE_CASES.values(), ids=EVIDENCE_CASES.keys())
 def test_evidence_shows_what_the_rule_compared(decision_, text):
-    assert report_module._fmt_evidence(decision_) == text
+    assert report_format.evidence(decision_) == text
 
 
 SUMMARY_CASES = {

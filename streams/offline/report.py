@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rules.model import TIER_ORDER, worst
-from rules.outputs import ACTION_TIER, SEVERITY, STARVATION_TRANSITIONS, iso
+from rules.outputs import ACTION_TIER, SEVERITY, STARVATION_TRANSITIONS
 from streams.offline.report_promotion import Promotions, is_promotion
 from streams.offline.comparison import (
     _COMMAND_FIELDS,
@@ -34,7 +34,8 @@ from streams.offline.comparison import (
     _require,
     diff_outputs,
 )
-from streams.offline.report_format import comparison_evidence, drift_evidence, percent, readable_summary
+from streams.offline.report_format import count_list, evidence, fmt_duration, fmt_ts, md_table, readable_summary
+from streams.offline.report_format import relative_threshold
 from streams.offline.report_format import metric_value as _fmt_value
 from streams.offline.report_format import number as _num
 
@@ -101,85 +102,8 @@ class ComparisonInput:
 # --------------------------------------------------------------------------------------------- formatting
 
 
-def _fmt_ts(ms: int) -> str:
-    return iso(ms).replace("T", " ")  # "2026-11-02 10:42:00Z": the RFC 3339 instant, easier on the eye
-
-
-def _fmt_duration(ms: int, signed: bool = False) -> str:
-    """Two largest units: ``+12m``, ``1h30m``, ``-45s``, ``2d3h``, ``0s``.
-
-    >>> _fmt_duration(12 * 60_000, signed=True), _fmt_duration(-5_430_000, signed=True), _fmt_duration(0)
-    ('+12m', '-1h30m', '0s')
-    """
-    sign = "-" if ms < 0 else "+" if signed and ms > 0 else ""
-    rest, parts = abs(ms), []
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if rest >= size:
-            parts.append(f"{rest // size}{unit}")
-            rest %= size
-    if not parts:
-        parts = [f"{rest}ms" if rest else "0s"]
-    return sign + "".join(parts[:2])
-
-
-def _relative(d: Mapping) -> bool:
-    # A baseline rule's threshold bounds the relative change the engine puts in ``details``, not the value; a
-    # relative comparison's value and threshold are changes against the control.
-    details = d.get("details") or {}
-    return "baseline_value" in details or bool((details.get("compare") or {}).get("relative"))
-
-
-def _fmt_evidence(d: Mapping) -> str:
-    """``value (op threshold)`` in the metric's unit, with what the rule actually compared when it is not the value.
-
-    >>> _fmt_evidence({"metric": "latency_p95", "value": 1620, "op": ">", "threshold": 0.5,
-    ...                "details": {"baseline_value": 1000, "change": 0.62}})
-    '1,620 ms, +62% vs baseline (> +50%)'
-    """
-    metric, details = d.get("metric"), d.get("details") or {}
-    if (metric or "").startswith("drift:") and d.get("threshold") is None:
-        return drift_evidence(metric, d.get("value"), details)
-    if "compare" in details:
-        return comparison_evidence(d, metric, details)
-    if "srm" in details:  # a comparison's sample-ratio companion: the treatment's share against the configured one
-        srm = details["srm"]
-        if srm.get("test") == "stable":  # no configured split: the share before and after the likeliest change
-            return (f"treatment share {percent(srm['share_after'])} since {srm['changed_at'] or '—'}, "
-                    f"{percent(srm['share_before'])} before (log e-value {srm['log_e']:.1f})")
-        share, expected = percent(srm["treatment_share"]), percent(srm["expected_share"])
-        return f"treatment share {share} of {sum(srm['counts']):,} (expected {expected})"
-    text = _fmt_value(metric, d.get("value"), False)
-    if "change" in details:
-        text += f", {_fmt_value(metric, details['change'], True)} vs baseline"
-    elif "bound" in details:  # ``confidence``: the Wilson bound on the far side of the threshold
-        text += f", bound {_fmt_value(metric, details['bound'], False)}"
-    if d.get("threshold") is None:
-        return text
-    line = _fmt_value(metric, d["threshold"], _relative(d))
-    if d.get("threshold_high") is not None:  # op between / outside: a band
-        line = f"{line} – {_fmt_value(metric, d['threshold_high'], _relative(d))}"
-    return f"{text} ({d.get('op') or 'vs'} {line})"
-
-
 def _fmt_group(group: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in _group_key(group)) or "—"
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ") or "—"
-
-
-def _row(*cells: Any) -> str:
-    return "| " + " | ".join(_cell(c) for c in cells) + " |"
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    return [_row(*header), "|" + "---|" * len(header), *(_row(*r) for r in rows)]
-
-
-def _counts(counter: Mapping[str, int], order: Sequence[str] = ()) -> str:
-    keys = [k for k in order if counter.get(k)] + sorted(k for k in counter if k not in order and counter[k])
-    return ", ".join(f"{counter[k]:,} {k}" for k in keys) or "—"
 
 
 # ------------------------------------------------------------------------------------ one pass over a side
@@ -310,19 +234,19 @@ def _render_header(stats: ReplayStats, sides: Sequence[tuple[str, ReplayStats]])
     n_out = sum(stats.outliers.values())
     if n_out:
         parts = ", ".join(f"{n:,} {d}" for d, n in sorted(stats.outliers.items()) if n)
-        skew = f" more than {_fmt_duration(stats.max_clock_skew)} from" if stats.max_clock_skew is not None else " off"
+        skew = f" more than {fmt_duration(stats.max_clock_skew)} from" if stats.max_clock_skew is not None else " off"
         lines.append(f"- **Clock outliers**: {n_out:,} events ({parts}) with times{skew} their stream, quarantined as "
                      "`ts_outlier` in `deadletter.jsonl`: they moved no watermark and decided nothing")
     if stats.first_event_ts is not None and stats.last_event_ts is not None:
         first, last = _ms(stats.first_event_ts, "first_event_ts"), _ms(stats.last_event_ts, "last_event_ts")
         lateness = f" · allowed lateness {stats.allowed_lateness}" if stats.allowed_lateness else ""
-        lines.append(f"- **Event time**: {_fmt_ts(first)} → {_fmt_ts(last)} ({_fmt_duration(last - first)}){lateness}")
+        lines.append(f"- **Event time**: {fmt_ts(first)} → {fmt_ts(last)} ({fmt_duration(last - first)}){lateness}")
     else:
         lines.append("- **Event time**: no valid events")
     rows = [([label] if label else []) + [r.name, f"`{r.version[:12]}`", len(r.rule_ids)]
             for label, side in sides for r in side.rulesets]
     if rows:
-        lines += ["", *_table((["side"] if sides[0][0] else []) + ["ruleset", "version", "rules"], rows)]
+        lines += ["", *md_table((["side"] if sides[0][0] else []) + ["ruleset", "version", "rules"], rows)]
     return lines
 
 
@@ -347,10 +271,10 @@ def _render_commands(digest: _Digest, title: str, cap: int) -> list[str]:
     lines = ["", f"### {title}", ""]
     if not digest.commands:
         return lines + ["No commands issued."]
-    rows = [(_fmt_ts(_ms(c["ts"], "command")), _place(c), c["action"],
+    rows = [(fmt_ts(_ms(c["ts"], "command")), _place(c), c["action"],
              f"{c.get('ruleset', '—')} / {c['rule_id']}", readable_summary(c.get("reason") or "—"))
             for c in digest.commands[:cap]]
-    lines += _table(("time", "feature / phase", "action", "rule", "reason"), rows)
+    lines += md_table(("time", "feature / phase", "action", "rule", "reason"), rows)
     if len(digest.commands) > cap:
         lines.append(f"\n… {len(digest.commands) - cap:,} more, see commands.jsonl")
     return lines
@@ -366,17 +290,17 @@ def _render_verdict(a: _Digest, b: _Digest | None, labels: tuple[str, str], cap:
     more, fps = len(fps) - len(fps[:cap]), fps[:cap]
     if b is None:
         header = ("feature", "phase", "final", "enforce firings", "pages", "shadow would reach", "kills held")
-        rows = [(f, p, _fmt_tier(a.final[(f, p)]), _counts(a.firings[(f, p)], TIERS),
-                 _counts(a.pages[(f, p)], tuple(SEVERITY_TIER)), a.shadow.get((f, p), "—"), a.held[(f, p)] or "—")
+        rows = [(f, p, _fmt_tier(a.final[(f, p)]), count_list(a.firings[(f, p)], TIERS),
+                 count_list(a.pages[(f, p)], tuple(SEVERITY_TIER)), a.shadow.get((f, p), "—"), a.held[(f, p)] or "—")
                 for f, p in fps]
     else:
         header = ("feature", "phase", f"final ({labels[0]})", f"final ({labels[1]})",
                   f"pages ({labels[0]})", f"pages ({labels[1]})")
         rows = [(f, p, _fmt_tier(a.final.get((f, p), "ok")), _fmt_tier(b.final.get((f, p), "ok")),
-                 _counts(a.pages[(f, p)], tuple(SEVERITY_TIER)), _counts(b.pages[(f, p)], tuple(SEVERITY_TIER)))
+                 count_list(a.pages[(f, p)], tuple(SEVERITY_TIER)), count_list(b.pages[(f, p)], tuple(SEVERITY_TIER)))
                 for f, p in fps]
     lines += ["Final: the tier in force at the end of the replay (pause and kill latch; investigate counts while "
-              "still firing). Shadow rules never change it.", "", *_table(header, rows)]
+              "still firing). Shadow rules never change it.", "", *md_table(header, rows)]
     if more:
         lines.append(f"\n… {more:,} more feature/phase pairs, all at or below the last tier shown")
     lines += _render_commands(a, f"Commands ({labels[0]})" if b else "Commands", cap)
@@ -402,7 +326,7 @@ def _render_timelines(digest: _Digest, stats: ReplayStats, label: str, cap: int)
         starved = digest.starved.get(rs)
         if starved:
             shown_starved = [f"{d['rule_id']} ({_place(d)}{_starved_group(d)} since "
-                             f"{_fmt_ts(_ms(d['starved_since'], 'decision'))})" for d in starved[:cap]]
+                             f"{fmt_ts(_ms(d['starved_since'], 'decision'))})" for d in starved[:cap]]
             more = f" and {len(starved) - cap:,} more" if len(starved) > cap else ""
             lines.append(f"Starved rules (too little data to decide for longer than `max_starved`): "
                          f"{', '.join(shown_starved)}{more}.")
@@ -411,10 +335,10 @@ def _render_timelines(digest: _Digest, stats: ReplayStats, label: str, cap: int)
         rows = []
         for d in digest.timeline_rows(rs):
             samples = d.get("samples")
-            rows.append((_fmt_ts(_ms(d["ts"], "decision")), d["rule_id"], _tier_mode(d), _place(d),
-                         _fmt_group(d.get("group")), d["transition"], _fmt_evidence(d),
+            rows.append((fmt_ts(_ms(d["ts"], "decision")), d["rule_id"], _tier_mode(d), _place(d),
+                         _fmt_group(d.get("group")), d["transition"], evidence(d),
                          "—" if samples is None else _num(samples)))
-        lines += ["", *_table(("time", "rule", "tier", "feature / phase", "group", "transition",
+        lines += ["", *md_table(("time", "rule", "tier", "feature / phase", "group", "transition",
                                 "value (vs threshold)", "samples"), rows)]
         if shown > cap:
             lines.append(f"\n… {shown - cap:,} more, see decisions.jsonl")
@@ -430,7 +354,7 @@ def _bottom_line(diff: Diff, label_b: str, label_a: str, when) -> str:
             if not hits:
                 continue
             where = [f"{c.key[0]}/{c.key[1]} " + (f"at {when(c.ts_a if c.b is None else c.ts_b)}"
-                     if c.delta_ms is None else _fmt_duration(abs(c.delta_ms)) +
+                     if c.delta_ms is None else fmt_duration(abs(c.delta_ms)) +
                      (" later" if c.delta_ms > 0 else " earlier")) for c in hits[:3]]
             more = ", …" if len(hits) > 3 else ""
             parts.append(f"{verb} {len(hits)} {tier}{'s' if len(hits) > 1 else ''} ({', '.join(where)}{more})")
@@ -451,8 +375,8 @@ def _change_rows(changes: Sequence[Change], kind: str, cap: int) -> tuple[list[t
     shown = [c for c in changes if c.kind == kind and c.status != "same"]
     for c in shown[:cap]:
         r = c.record
-        times = tuple("—" if t is None else _fmt_ts(t) for t in (c.ts_a, c.ts_b)) + \
-            ("—" if c.delta_ms is None else _fmt_duration(c.delta_ms, signed=True),)
+        times = tuple("—" if t is None else fmt_ts(t) for t in (c.ts_a, c.ts_b)) + \
+            ("—" if c.delta_ms is None else fmt_duration(c.delta_ms, signed=True),)
         if kind == "commands":
             reason = readable_summary(r.get("reason") or "—")
             rows.append((c.status, _place(r), r["action"], r["rule_id"], *times, reason))
@@ -461,7 +385,7 @@ def _change_rows(changes: Sequence[Change], kind: str, cap: int) -> tuple[list[t
             rows.append((c.status, f"{pl['component']} / {pl['group']}", pl["class"], r["event_action"],
                          pl["severity"], *times))
         else:
-            fmt = {"threshold": lambda v: _fmt_value(r.get("metric"), v, _relative(r))}
+            fmt = {"threshold": lambda v: _fmt_value(r.get("metric"), v, relative_threshold(r))}
             differences = "; ".join(f"{f} {fmt.get(f, str)(x)} → {fmt.get(f, str)(y)}" for f, x, y in c.differences)
             rows.append((c.status, _place(r), r["rule_id"], _tier_mode(r), _fmt_group(r.get("group")),
                          r["transition"], *times, differences or "—"))
@@ -479,10 +403,10 @@ _CHANGE_HEADERS = {
 def _render_comparison(diff: Diff, stats_a: ReplayStats, cmp: ComparisonInput, cap: int) -> list[str]:
     first, last = stats_a.first_event_ts, stats_a.last_event_ts
     one_day = first is not None and last is not None and \
-        _fmt_ts(_ms(first, "first_event_ts"))[:10] == _fmt_ts(_ms(last, "last_event_ts"))[:10]
+        fmt_ts(_ms(first, "first_event_ts"))[:10] == fmt_ts(_ms(last, "last_event_ts"))[:10]
 
     def when(ms: int) -> str:
-        return _fmt_ts(ms)[11:16] if one_day else _fmt_ts(ms)
+        return fmt_ts(ms)[11:16] if one_day else fmt_ts(ms)
 
     lines = ["", f"## What changes if you ship {cmp.label_b}", "",
              f"**Bottom line:** {_bottom_line(diff, cmp.label_b, cmp.label_a, when)}", "",
@@ -495,11 +419,12 @@ def _render_comparison(diff: Diff, stats_a: ReplayStats, cmp: ComparisonInput, c
             lines.append(f"Rules only in {label}: {', '.join(sorted(only))}.")
     for kind, title in (("commands", "Commands"), ("pages", "Pages"), ("decisions", "Firings")):
         counts = Counter(c.status for c in diff.select(kind))
-        summary = _counts(counts, ("gained", "lost", "moved", "changed", "same")) if counts else "None on either side"
+        summary = (count_list(counts, ("gained", "lost", "moved", "changed", "same")) if counts
+                   else "None on either side")
         lines += ["", f"### {title}", "", f"{summary}."]
         rows, more = _change_rows(diff.changes, kind, cap)
         if rows:
-            lines += ["", *_table(_CHANGE_HEADERS[kind], rows)]
+            lines += ["", *md_table(_CHANGE_HEADERS[kind], rows)]
         if more:
             lines.append(f"\n… {more:,} more, see {kind}.jsonl of both runs")
     return lines

@@ -1,4 +1,5 @@
-"""Numbers, metric values and summaries as people read them in report.md, the charts and the CLI's output.
+"""Numbers, metric values and summaries as people read them in report.md, the charts and the CLI's output; and
+report.md's times, evidence cells and Markdown tables (:mod:`streams.offline.report` lays the sections out).
 
 Presentation only: the JSON outputs (decisions, commands, pages) are the contract and keep their raw values and
 summary texts; these functions change how the report shows them.
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rules.metric_names import MetricNameError, is_rate_metric
+from rules.outputs import iso
 
-__all__ = ["plural", "number", "metric_value", "drift_evidence", "readable_summary", "comparison_evidence", "percent"]
+__all__ = ["plural", "number", "metric_value", "drift_evidence", "readable_summary", "comparison_evidence", "percent",
+           "evidence", "fmt_ts", "fmt_duration", "md_table", "md_row", "md_cell", "count_list"]
 
 # A drift rule's value is its detector's level of the signal; show it in the unit of the matching metric.
 _DRIFT_SIGNAL_METRIC = {"acceptance": "acceptance_rate", "error": "error_rate", "thumbs_down": "thumbs_down_rate",
@@ -143,3 +146,83 @@ def comparison_evidence(d: Mapping, metric: str | None, details: Mapping) -> str
     arms = ", ".join(c["treatment"]) or "treatment"
     return (f"{text}; {arms} {metric_value(metric, c['treatment_value'], False)} ({c['treatment_samples']:,}) vs "
             f"{c['control']} {metric_value(metric, c['control_value'], False)} ({c['control_samples']:,})")
+
+
+# --- report.md: times, evidence, tables ---------------------------------------------------------------------------
+
+
+def fmt_ts(ms: int) -> str:
+    return iso(ms).replace("T", " ")  # "2026-11-02 10:42:00Z": the RFC 3339 instant, easier on the eye
+
+
+def fmt_duration(ms: int, signed: bool = False) -> str:
+    """Two largest units: ``+12m``, ``1h30m``, ``-45s``, ``2d3h``, ``0s``.
+
+    >>> fmt_duration(12 * 60_000, signed=True), fmt_duration(-5_430_000, signed=True), fmt_duration(0)
+    ('+12m', '-1h30m', '0s')
+    """
+    sign = "-" if ms < 0 else "+" if signed and ms > 0 else ""
+    rest, parts = abs(ms), []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    if not parts:
+        parts = [f"{rest}ms" if rest else "0s"]
+    return sign + "".join(parts[:2])
+
+
+def relative_threshold(d: Mapping) -> bool:
+    # A baseline rule's threshold bounds the relative change the engine puts in ``details``, not the value; a
+    # relative comparison's value and threshold are changes against the control.
+    details = d.get("details") or {}
+    return "baseline_value" in details or bool((details.get("compare") or {}).get("relative"))
+
+
+def evidence(d: Mapping) -> str:
+    """``value (op threshold)`` in the metric's unit, with what the rule actually compared when it is not the value.
+
+    >>> evidence({"metric": "latency_p95", "value": 1620, "op": ">", "threshold": 0.5,
+    ...                "details": {"baseline_value": 1000, "change": 0.62}})
+    '1,620 ms, +62% vs baseline (> +50%)'
+    """
+    metric, details = d.get("metric"), d.get("details") or {}
+    if (metric or "").startswith("drift:") and d.get("threshold") is None:
+        return drift_evidence(metric, d.get("value"), details)
+    if "compare" in details:
+        return comparison_evidence(d, metric, details)
+    if "srm" in details:  # a comparison's sample-ratio companion: the treatment's share against the configured one
+        srm = details["srm"]
+        if srm.get("test") == "stable":  # no configured split: the share before and after the likeliest change
+            return (f"treatment share {percent(srm['share_after'])} since {srm['changed_at'] or '—'}, "
+                    f"{percent(srm['share_before'])} before (log e-value {srm['log_e']:.1f})")
+        share, expected = percent(srm["treatment_share"]), percent(srm["expected_share"])
+        return f"treatment share {share} of {sum(srm['counts']):,} (expected {expected})"
+    text = metric_value(metric, d.get("value"), False)
+    if "change" in details:
+        text += f", {metric_value(metric, details['change'], True)} vs baseline"
+    elif "bound" in details:  # ``confidence``: the Wilson bound on the far side of the threshold
+        text += f", bound {metric_value(metric, details['bound'], False)}"
+    if d.get("threshold") is None:
+        return text
+    line = metric_value(metric, d["threshold"], relative_threshold(d))
+    if d.get("threshold_high") is not None:  # op between / outside: a band
+        line = f"{line} – {metric_value(metric, d['threshold_high'], relative_threshold(d))}"
+    return f"{text} ({d.get('op') or 'vs'} {line})"
+
+
+def md_cell(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ") or "—"
+
+
+def md_row(*cells: Any) -> str:
+    return "| " + " | ".join(md_cell(c) for c in cells) + " |"
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    return [md_row(*header), "|" + "---|" * len(header), *(md_row(*r) for r in rows)]
+
+
+def count_list(counter: Mapping[str, int], order: Sequence[str] = ()) -> str:
+    keys = [k for k in order if counter.get(k)] + sorted(k for k in counter if k not in order and counter[k])
+    return ", ".join(f"{counter[k]:,} {k}" for k in keys) or "—"
