@@ -53,6 +53,7 @@ class LatencyResult:
     background_rate: float = 0.0
     worker_startup: float = 0.0
     fetch_floor: list[float] = field(default_factory=list)  # ms, see fetch_floor()
+    fetch_wait_ms: int = 0  # the consumers' fetch_max_wait_ms
 
     def print(self) -> None:
         ok = [t for t in self.trials if t.seen is not None and t.trip_wall is not None]
@@ -72,8 +73,8 @@ class LatencyResult:
             print(f"{label:<44} {np.percentile(a, 50):>8.0f} {np.percentile(a, 99):>8.0f} {a.min():>7.0f} "
                   f"{a.max():>7.0f}")  # fmt: skip
         if self.fetch_floor:
-            print("reference: produce -> consumed by a bare aiokafka consumer with fetch_max_wait_ms=1500 (what "
-                  "Faust's consumer hardcodes), on an otherwise idle topic")  # fmt: skip
+            print("reference: produce -> consumed by a bare aiokafka consumer with fetch_max_wait_ms="
+                  f"{self.fetch_wait_ms} (the worker's ROLLGUARD_FETCH_MAX_WAIT), on an otherwise idle topic")
 
 
 def _feedback(feature: str, seq: int, ts: int) -> bytes:
@@ -123,15 +124,15 @@ def _create_topic(bootstrap: str, name: str) -> None:
         admin.close()
 
 
-def fetch_floor(bootstrap: str, topic: str, samples: int = 20) -> list[float]:
-    """Milliseconds from sending a message to an aiokafka consumer (fetch_max_wait_ms=1500, as Faust's) having
-    it: what the broker's fetch wait alone adds to any Faust pipeline on this broker."""
+def fetch_floor(bootstrap: str, topic: str, wait_ms: int, samples: int = 20) -> list[float]:
+    """Milliseconds from sending a message to an aiokafka consumer (``fetch_max_wait_ms`` = ``wait_ms``, as the
+    worker's) having it: what the broker's fetch wait alone adds to any Faust pipeline on this broker."""
     import asyncio
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     async def run() -> list[float]:
-        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=1500, enable_auto_commit=False,
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=wait_ms, enable_auto_commit=False,
                              auto_offset_reset="latest")  # fmt: skip
         p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
         await c.start()
@@ -166,13 +167,16 @@ def measure_latency(stack, topics, child_env, argv: list[str], logdir: Path, tri
     import redis
     from kafka import KafkaProducer
 
+    from rules.durations import parse_duration
     from rules.loader import CATALOG
     from streams.kafka.topics import ensure_topics
+    from streams.settings import Settings
 
     ensure_topics(stack.kafka_bootstrap, topics, 4)
     probe = f"{topics.prefix}bench.fetch-probe"
     _create_topic(stack.kafka_bootstrap, probe)
-    result = LatencyResult(fetch_floor=fetch_floor(stack.kafka_bootstrap, probe))
+    wait_ms = parse_duration(Settings().fetch_max_wait)  # the worker child reads the same environment
+    result = LatencyResult(fetch_floor=fetch_floor(stack.kafka_bootstrap, probe, wait_ms), fetch_wait_ms=wait_ms)
     app_id = f"{topics.prefix}worker-latency"
     env = child_env(stack, topics.prefix, app_id, RULES=json.dumps([str(CATALOG), str(BENCH / "latency_rules.yaml")]),
                     ALLOWED_LATENESS=f"{LATENESS_MS // 1000}s", MAX_KILLS_PER_HOUR="1000000")  # fmt: skip

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1, le=16, description="replicas of each topic rollguard creates (3 in production)")
     batch_max: int = Field(2000, ge=1, description="messages per processed batch at most")
     batch_within: str = Field("100ms", description="wait at most this long to fill a batch")
+    fetch_max_wait: str = Field("250ms", description="longest a Kafka fetch with no data is held (Faust: 1500ms)")
     idle_after: str | None = Field("2m", description="advance an idle feature's watermark after this wall time")
     session_timeout_s: float = Field(10.0, gt=1, le=300, description="Kafka group session/rebalance timeout")
     rules_poll: str = Field("5s", description="how often the rules folder is checked for changes")
@@ -126,6 +127,14 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, v: str) -> str:
         _check_duration(v)
+        return v
+
+    @field_validator("fetch_max_wait")
+    @classmethod
+    def _fetch_wait(cls, v: str) -> str:
+        _check_duration(v)
+        if not 1 <= parse_duration(v) <= 30_000:  # below the consumer's request timeout (40 s in Faust)
+            raise ValueError(f"fetch_max_wait must be between 1ms and 30s, got {v}")
         return v
 
     @field_validator("max_clock_skew")

@@ -40,6 +40,7 @@ from streams.security import aiokafka_config, faust_credentials, redis_kwargs
 from streams.settings import Settings
 from streams.live.store import RedisStore
 from streams.live.store import redis_client as store_client
+from streams.kafka.faust_fetch import set_fetch_max_wait
 from streams.kafka.topics import Topics
 
 __all__ = ["create_app", "Worker", "rules_fingerprint", "faust_settings"]
@@ -76,7 +77,9 @@ def rules_fingerprint(paths: list[str]) -> str:
 
 
 def faust_settings(s: Settings) -> dict[str, Any]:
-    """The Faust configuration of a rollguard worker (shared with bench/bare_agent.py, so both measure alike)."""
+    """The Faust configuration of a rollguard worker (shared with bench/bare_agent.py, so both measure alike); it
+    also sets the consumer's fetch wait, which Faust has no setting for (``streams.kafka.faust_fetch``)."""
+    set_fetch_max_wait(parse_duration(s.fetch_max_wait))
     datadir = os.path.join(tempfile.gettempdir(), "rollguard-faust")
     os.makedirs(datadir, exist_ok=True)  # Faust creates only the last level
     return dict(
