@@ -247,22 +247,31 @@ class Processor:
         origins = []  # where each item of ``batch`` came from (a row has no attribute for it)
         part_off: dict[str, int] = {}
         skipped = False  # events of fenced features: the partition offsets must not claim them processed
+        tps: dict[tuple[str, int], str] = {}  # "topic:partition" once per partition, not per message
+        fenced, cache = self.fenced, self.cache
         for m, items, origin in parsed:
-            tp = m.tp
-            part_off[tp] = max(part_off.get(tp, -1), m.offset)
+            tp = tps.get((m.topic, m.partition))
+            if tp is None:
+                tp = tps[(m.topic, m.partition)] = m.tp
+            offset = m.offset
+            if offset > part_off.get(tp, -1):
+                part_off[tp] = offset
             for item in items:
                 f = item.feature
-                if f in self.fenced:
+                if f in fenced:
                     self.stats.skipped_fenced += 1
                     skipped = True
                     continue
-                c = self.cache.get(f)
-                if c is not None and m.offset <= c.offsets.get(tp, -1):
+                c = cache.get(f)
+                if c is not None and offset <= c.offsets.get(tp, -1):
                     self.stats.skipped_replayed += 1
                     continue
                 batch.append(item)
                 origins.append(origin)
-                applied.setdefault(f, {})[tp] = m.offset
+                done = applied.get(f)
+                if done is None:
+                    done = applied[f] = {}
+                done[tp] = offset
                 if item.type != "control":
                     arrived.add((f, item.type))
         for f in applied:
