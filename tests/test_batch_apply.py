@@ -24,7 +24,8 @@ MIN = 60_000
 T0 = 1_767_225_600_000
 
 labels = {"suggestion": ["accepted", "edited", "rejected", "ignored"], "thumbs": ["up", "down"],
-          "review": ["pass", "fail", "p0"], "ticket": [None, "billing", "quality"], "survey": ["csat", "nps"]}  # fmt: skip
+          "review": ["pass", "fail", "p0"], "ticket": [None, "billing", "quality"], "survey": ["csat", "nps"],
+          "eval": ["golden", "safety"]}  # fmt: skip
 maybe = st.none() | st.floats(0, 1e6, allow_nan=False)
 
 
@@ -46,6 +47,10 @@ def event(draw, i: int = 0):
         score = float(draw(st.integers(0, 10))) if label == "nps" else float(draw(st.integers(1, 5)))
     elif kind == "review":
         score = draw(st.none() | st.floats(1, 5))
+    elif kind == "eval":  # an eval run: n items, a mean score and/or how many passed
+        n = draw(st.integers(1, 500))
+        return Event("feedback", f"f{i}", ts, "email-reply", phase, seg, None, None, None, kind=kind, label=label,
+                     score=draw(st.none() | st.floats(0, 1)), n=n, passed=draw(st.none() | st.integers(0, n)))
     return Event("feedback", f"f{i}", ts, "email-reply", phase, seg, None, None, None, kind=kind, label=label,
                  score=score)  # fmt: skip
 
