@@ -8,6 +8,8 @@ summary texts; these functions change how the report shows them.
 ('1 PNG', '2,500 PNGs')
 >>> metric_value("error_rate", 0.07525, False), metric_value("latency_p95", 1523.4, False)
 ('7.52%', '1,523 ms')
+>>> metric_value("all(acceptance_rate{region in (eu, us)} < 0.14, acceptance_rate between [0.1, 0.2])", 0.13, False)
+'13%'
 >>> readable_summary("kill: safe-llm/errors on email-reply/closed_beta: error_rate = 0.07525 > 0.05")
 'kill: safe-llm/errors on email-reply/closed_beta: error_rate = 7.52% > 5%'
 >>> drift_evidence("drift:hddm_a:error", 0.0, {"drift_flags": 1})
@@ -56,7 +58,18 @@ def number(x: float) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-_CONDITION_METRIC = re.compile(r"(?:\(|, )([a-z0-9_:.]+)")  # the metrics of ``all(m1{...} < x, m2 > y)``
+# a compound rule's conditions (rules.compound.describe: ``all(m1{filter} < x, m2 between [lo, hi])``) without their
+# filters and bands, whose commas and values are not conditions
+_FILTERS_AND_BANDS = re.compile(r"\{[^}]*\}|\[[^\]]*\]")
+
+
+def _condition_metrics(metric: str) -> set[str]:
+    """The metrics of a compound rule's description.
+
+    >>> sorted(_condition_metrics("any(error_rate{region in (eu, us)} between [0.1, 0.5], error_rate > 0.3)"))
+    ['error_rate']
+    """
+    return {part.split(" ", 1)[0] for part in _FILTERS_AND_BANDS.sub("", metric[4:-1]).split(", ")}
 
 
 def metric_value(metric: str | None, value: Any, relative: bool) -> str:
@@ -68,7 +81,7 @@ def metric_value(metric: str | None, value: Any, relative: bool) -> str:
     if relative:  # baseline rules compare (value - value_then) / value_then
         return ("+" if value > 0 else "") + number(value * 100) + "%"
     if metric and metric.startswith(("all(", "any(")):  # a compound rule: its conditions' unit, when they share one
-        names = set(_CONDITION_METRIC.findall(metric))
+        names = _condition_metrics(metric)
         metric = names.pop() if len(names) == 1 else None
     name, _, param = (metric or "").partition(":")
     if name == "drift":
