@@ -15,6 +15,8 @@ code:
 6. commit the touched features' state with their new offsets to Redis (atomic per feature), then the partition
    offsets.
 
+(The records themselves — keys, headers, dead letters, the degraded page — are :mod:`streams.live.publishing`'s.)
+
 A crash between 5 and 6 re-runs the batch from the old state: the same outputs with the same ids are published
 again (at-least-once delivery of deterministic records, never different content). Any Redis or Kafka failure in
 2, 5 or 6 drops the touched features from memory, backs off, pages "monitor degraded" once and retries from 1: the
@@ -38,11 +40,10 @@ import orjson
 
 from rules.control_auth import is_control, misplaced
 from rules.engine import Engine
-from rules.events import Control, Event, EventParser, InvalidEvent, redact
-from rules.outputs import iso, stable_id
+from rules.events import Control, Event, EventParser, InvalidEvent
 from rules.policy import Outputs
 from rules.state import BreakerState, FeatureState
-from rules.verify import emission_headers
+from streams.live.publishing import command_headers, dead_letter, degraded_page, output_records
 from streams.live.status_summary import summary_of
 from streams.live.store import FeatureWrite, RedisStore
 from streams.kafka.routing import input_streams, misrouted
@@ -56,11 +57,6 @@ __all__ = ["Message", "Processor", "Publisher", "ProcessorStats"]
 _NO_EVENTS = 1 << 62  # "since" of a write that applied no event: no bucket changed (expired ones are diffed)
 
 log = logging.getLogger("rollguard.processor")
-
-
-def _dead_key(dead: dict) -> bytes:
-    src = dead.get("source") or {}
-    return str(src.get("topic") or dead.get("payload", {}).get("feature") or "").encode()
 
 
 def _source_tp(dead: dict) -> str:
@@ -225,7 +221,7 @@ class Processor:
                     item = misrouted(item, stream, m.topic) or item  # on the other stream's topic (routing.py)
                 if isinstance(item, InvalidEvent):
                     if dead_letters:
-                        dead.append(self._dead_letter(m, item))
+                        dead.append(dead_letter(m, item, self.parser.pseudo))
                 elif owns is None or owns(item.feature):
                     if origin is None:
                         origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset}
@@ -325,20 +321,9 @@ class Processor:
                     err.payload = orjson.loads(m.value or b"null")  # type: ignore[attr-defined]  # redacted below
                 except orjson.JSONDecodeError:
                     pass
-                await self._publish(Outputs(), [self._dead_letter(m, err)])
+                await self._publish(Outputs(), [dead_letter(m, err, self.parser.pseudo)])
                 await self.store.commit([], None, {m.tp: m.offset})
                 self.stats.invalid["processing_error"] = self.stats.invalid.get("processing_error", 0) + 1
-
-    def _dead_letter(self, m: Message, item: InvalidEvent) -> dict:
-        payload = getattr(item, "payload", None)
-        return {
-            "reason": item.reason,
-            "detail": item.detail,
-            "source": {"topic": m.topic, "partition": m.partition, "offset": m.offset},
-            "payload": redact(payload, self.parser.pseudo)
-            if hasattr(item, "payload")
-            else {"_payload": f"<redacted {len(m.value or b'')} bytes>"},
-        }
 
     # --- state --------------------------------------------------------------------------------------------------
 
@@ -418,25 +403,11 @@ class Processor:
     # --- outputs ------------------------------------------------------------------------------------------------
 
     async def _publish(self, out: Outputs, dead: list[dict]) -> None:
-        t = self.topics
-        recs: list[tuple[str, bytes, bytes]] = []
-        recs += [(t.decisions, d["feature"].encode(), orjson.dumps(d)) for d in out.decisions]
-        recs += [(t.commands, c["feature"].encode(), orjson.dumps(c)) for c in out.commands]
-        recs += [(t.pages, p["payload"]["component"].encode(), orjson.dumps(p)) for p in out.pages]
-        # the engine's own dead letters (events it quarantined, rules.clock) are deterministic outputs like
-        # decisions: published again, identical, if a crash re-runs their batch
-        recs += [(t.deadletter, _dead_key(d), orjson.dumps(d)) for d in dead + out.dead_letters]
+        recs = output_records(self.topics, out, dead)
         if recs:
             key = self.engine.config.signing_key
             if out.commands and key is not None and getattr(self.publisher, "carries_headers", False):
-                # the emission time, signed apart from the command (which replay reproduces byte for byte): lets an
-                # actuator tell a command decided late (backlog) from an old one re-sent (rules.verify)
-                now_ms = int(self.clock() * 1000)
-                first = len(out.decisions)
-                headers: list = [None] * len(recs)
-                for i, c in enumerate(out.commands):
-                    if "signature" in c:
-                        headers[first + i] = emission_headers(c, now_ms, key)
+                headers = command_headers(out, len(recs), key, int(self.clock() * 1000))
                 await self.publisher.publish(recs, headers=headers)
             else:
                 await self.publisher.publish(recs)
@@ -464,19 +435,7 @@ class Processor:
             log.error("cannot resolve the 'monitor degraded' page (%s)", e)
 
     def _degraded_page(self, action: str, summary: str) -> dict:
-        return {
-            "event_action": action,
-            "dedup_key": "rollguard-" + stable_id("degraded", self.topics.prefix),
-            "payload": {
-                "summary": summary,
-                "source": "rollguard",
-                "severity": "error",
-                "timestamp": iso(int(self.clock() * 1000)),
-                "component": "rollguard",
-                "group": "monitor",
-                "class": "monitor-degraded",
-            },
-        }
+        return degraded_page(action, summary, self.topics.prefix, self.clock())
 
     # --- idle watermarks ----------------------------------------------------------------------------------------
 
@@ -534,9 +493,9 @@ class Processor:
     async def refuse_control(self, m: Message, payload: dict, reason: str, detail: str) -> None:
         """Dead-letter a control the shell refused before the engine (a reload that is not signed as it must be)."""
         err = InvalidEvent(reason, detail)
-        err.payload = payload  # type: ignore[attr-defined]  # redacted by _dead_letter
+        err.payload = payload  # type: ignore[attr-defined]  # redacted by dead_letter
         async with self.lock:
-            await self._publish(Outputs(), [self._dead_letter(m, err)])
+            await self._publish(Outputs(), [dead_letter(m, err, self.parser.pseudo)])
             self.stats.invalid[reason] = self.stats.invalid.get(reason, 0) + 1
 
     async def reload(self, rulesets: tuple) -> None:
