@@ -402,7 +402,7 @@ def test_every_prometheus_metric_named_is_exported(doc, name):
 
 @pytest.mark.parametrize(
     "page_class, source",
-    [("kill-breaker", "rules/policy.py"), ("monitor-degraded", "streams/live/processor.py")],
+    [("kill-breaker", "rules/policy.py"), ("monitor-degraded", "streams/live/publishing.py")],
 )
 def test_page_classes_named_in_oncall_are_the_ones_sent(page_class, source):
     assert f'"class": "{page_class}"' in (ROOT / source).read_text()
