@@ -312,15 +312,11 @@ PAGES = scenario_pages()
 
 
 def degraded_page(action: str) -> dict:
-    from types import SimpleNamespace
-
-    from streams.live.processor import Processor
-    from streams.kafka.topics import Topics
-
-    """The worker's monitor-degraded page, built by the processor's own method (its inputs are a topic prefix and
+    """The worker's monitor-degraded page, built by the worker's own function (its inputs are a topic prefix and
     a wall clock)."""
-    me = SimpleNamespace(topics=Topics("t."), clock=lambda: 1_793_577_601.5)
-    return Processor._degraded_page(me, action, "rollguard monitor degraded: ConnectionError: down")
+    from streams.live.publishing import degraded_page as page
+
+    return page(action, "rollguard monitor degraded: ConnectionError: down", "t.", 1_793_577_601.5)
 
 
 def settings(stack, prefix: str, **kw) -> Settings:
