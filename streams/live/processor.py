@@ -243,31 +243,22 @@ class Processor:
         origins = []  # where each item of ``batch`` came from (a row has no attribute for it)
         part_off: dict[str, int] = {}
         skipped = False  # events of fenced features: the partition offsets must not claim them processed
-        tps: dict[tuple[str, int], str] = {}  # "topic:partition" once per partition, not per message
-        fenced, cache = self.fenced, self.cache
         for m, items, origin in parsed:
-            tp = tps.get((m.topic, m.partition))
-            if tp is None:
-                tp = tps[(m.topic, m.partition)] = m.tp
-            offset = m.offset
-            if offset > part_off.get(tp, -1):
-                part_off[tp] = offset
+            tp = m.tp
+            part_off[tp] = max(part_off.get(tp, -1), m.offset)
             for item in items:
                 f = item.feature
-                if f in fenced:
+                if f in self.fenced:
                     self.stats.skipped_fenced += 1
                     skipped = True
                     continue
-                c = cache.get(f)
-                if c is not None and offset <= c.offsets.get(tp, -1):
+                c = self.cache.get(f)
+                if c is not None and m.offset <= c.offsets.get(tp, -1):
                     self.stats.skipped_replayed += 1
                     continue
                 batch.append(item)
                 origins.append(origin)
-                done = applied.get(f)
-                if done is None:
-                    done = applied[f] = {}
-                done[tp] = offset
+                applied.setdefault(f, {})[tp] = m.offset
                 if item.type != "control":
                     arrived.add((f, item.type))
         for f in applied:
