@@ -51,6 +51,7 @@ __all__ = [
     "parse_ts",
     "rfc3339_ms",
     "redact",
+    "dead_letter",
     "KNOWN_FIELDS",
 ]
 
@@ -443,6 +444,20 @@ def redact(payload: Any, pseudo: Pseudonymizer) -> Any:
         else:
             out[k] = _safe(v)
     return out
+
+
+def dead_letter(err: InvalidEvent, source: dict | None, size: int, pseudo: Pseudonymizer) -> dict:
+    """The dead-letter record of an invalid input read at ``source`` (``{"file", "line"}`` or ``{"topic",
+    "partition", "offset"}``): its reason and detail, and the rejected item :func:`redact`-ed — or, when nothing
+    could be decoded, only the raw message's ``size`` in bytes."""
+    return {
+        "reason": err.reason,
+        "detail": err.detail,
+        "source": source,
+        "payload": redact(getattr(err, "payload", None), pseudo)
+        if hasattr(err, "payload")
+        else {"_payload": f"<redacted {size} bytes>"},
+    }
 
 
 def _safe(v: Any) -> Any:

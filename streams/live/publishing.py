@@ -13,7 +13,8 @@ from typing import Protocol
 
 import orjson
 
-from rules.events import InvalidEvent, Pseudonymizer, redact
+from rules import events
+from rules.events import InvalidEvent, Pseudonymizer
 from rules.outputs import iso, stable_id
 from rules.policy import Outputs
 from rules.verify import emission_headers
@@ -62,16 +63,9 @@ def command_headers(out: Outputs, n_records: int, key: bytes, now_ms: int) -> li
 
 
 def dead_letter(m: Record, item: InvalidEvent, pseudo: Pseudonymizer) -> dict:
-    """The dead letter of an invalid input read from ``m``."""
-    payload = getattr(item, "payload", None)
-    return {
-        "reason": item.reason,
-        "detail": item.detail,
-        "source": {"topic": m.topic, "partition": m.partition, "offset": m.offset},
-        "payload": redact(payload, pseudo)
-        if hasattr(item, "payload")
-        else {"_payload": f"<redacted {len(m.value or b'')} bytes>"},
-    }
+    """The dead letter of an invalid input read from ``m`` (:func:`rules.events.dead_letter`)."""
+    source = {"topic": m.topic, "partition": m.partition, "offset": m.offset}
+    return events.dead_letter(item, source, len(m.value or b""), pseudo)
 
 
 def degraded_page(action: str, summary: str, prefix: str, now_s: float) -> dict:

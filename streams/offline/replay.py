@@ -20,7 +20,7 @@ import orjson
 
 from rules.control_auth import CONTROL_REASONS, is_control, misplaced
 from rules.engine import Engine, EngineConfig, Outputs
-from rules.events import Control, Event, EventParser, InvalidEvent, Pseudonymizer, redact
+from rules.events import Control, Event, EventParser, InvalidEvent, Pseudonymizer, dead_letter
 from rules.model import RuleSet
 from rules.outputs import iso
 from streams.kafka.routing import misrouted
@@ -238,40 +238,28 @@ def replay(
                     else:
                         result.outside_window += 1
                 result.events_read += len(batch) - n
-                if len(batch) >= BATCH:
-                    flush()
-                    bar.update(src.progress, result.events_read)
-                continue
-            off_topic = control_topic is not None and origin.get("topic") != control_topic
-            if items is None:
-                items = parser.parse_items(payload)  # item by item, invalid ones named
-            stream = streams_of.get(origin.get("topic"))
-            for item in items:
-                if off_topic and is_control(item):
-                    item = misplaced(item)
-                elif stream is not None and not isinstance(item, InvalidEvent) and item.type != stream:
-                    item = misrouted(item, stream, origin["topic"]) or item
-                if isinstance(item, InvalidEvent):
-                    result.events_read += 1
-                    result.invalid[item.reason] = result.invalid.get(item.reason, 0) + 1
-                    dead.append(
-                        {
-                            "reason": item.reason,
-                            "detail": item.detail,
-                            "source": origin,
-                            "payload": redact(getattr(item, "payload", None), parser.pseudo)
-                            if hasattr(item, "payload")
-                            else {"_payload": f"<redacted {len(payload)} bytes>"},
-                        }
-                    )
-                elif lo <= item.ts < hi:
-                    result.events_read += 1
-                    if type(item) is Event or type(item) is Control:
-                        item.origin = origin  # a refused control names its line (a row's origin is in origins)
-                    batch.append(item)
-                    origins.append(origin)
-                else:
-                    result.outside_window += 1
+            else:
+                off_topic = control_topic is not None and origin.get("topic") != control_topic
+                if items is None:
+                    items = parser.parse_items(payload)  # item by item, invalid ones named
+                stream = streams_of.get(origin.get("topic"))
+                for item in items:
+                    if off_topic and is_control(item):
+                        item = misplaced(item)
+                    elif stream is not None and not isinstance(item, InvalidEvent) and item.type != stream:
+                        item = misrouted(item, stream, origin["topic"]) or item
+                    if isinstance(item, InvalidEvent):
+                        result.events_read += 1
+                        result.invalid[item.reason] = result.invalid.get(item.reason, 0) + 1
+                        dead.append(dead_letter(item, origin, len(payload), parser.pseudo))
+                    elif lo <= item.ts < hi:
+                        result.events_read += 1
+                        if type(item) is Event or type(item) is Control:
+                            item.origin = origin  # a refused control names its line (a row's origin is in origins)
+                        batch.append(item)
+                        origins.append(origin)
+                    else:
+                        result.outside_window += 1
             if len(batch) >= BATCH:
                 flush()
                 bar.update(src.progress, result.events_read)
