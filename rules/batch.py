@@ -122,7 +122,7 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
     # (phase, bucket) that every store counts together are summarised once, not once per full segment
     read = plan.segment_keys
     few = -1 if read is None or len(read) > 2 else len(read)
-    k0, k1 = (read + ("", ""))[:2] if few > 0 else ("", "")
+    k0, k1 = ((read or ()) + ("", ""))[:2]
     for fp, ev in pending:
         if fp.stores:
             start = ev.ts - ev.ts % fine_ms
