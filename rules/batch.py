@@ -165,6 +165,7 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
 
 def _merge_groups(fs: FeatureState, groups) -> None:
     stores = fs.stores
+    touched = fs.touched  # the live shell's incremental writes: which buckets changed (None: nobody asks)
     for g in groups:
         users = None
         for spec in g.fp.stores:
@@ -179,6 +180,8 @@ def _merge_groups(fs: FeatureState, groups) -> None:
             if s is None:
                 s = series[key] = SeriesBuckets()
             b = s.bucket(g.start, spec.every_ms, spec.needs_latency, spec.needs_users)
+            if touched is not None:
+                touched.add((spec.id, key, g.start - g.start % spec.every_ms))
             c = b.c
             for k, d in g.c.items():
                 c[k] = c.get(k, 0) + d

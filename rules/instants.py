@@ -275,7 +275,14 @@ class Instants:
             spec = self.plan.store_by_id[sid]
             horizon = watermark - spec.retention_ms - spec.every_ms
             horizons[sid] = horizon
-            for key in [k for k, s in series.items() if (s.expire(horizon) or not s.buckets)]:
+            gone = []
+            for key, s in series.items():
+                dropped = s.expire(horizon)
+                if dropped and fs.dropped is not None:  # the live shell deletes their stored fields
+                    fs.dropped.extend((sid, key, start) for start in dropped)
+                if not s.buckets:
+                    gone.append(key)
+            for key in gone:
                 del series[key]
         if fs.windows is not None:
             fs.windows.prune(fs.stores, horizons)

@@ -141,15 +141,19 @@ class SeriesBuckets:
             out.merge(buckets[s])
         return out
 
-    def expire(self, before: int) -> None:
-        """Drop buckets starting before ``before``."""
+    def expire(self, before: int) -> list[int]:
+        """Drop buckets starting before ``before``; returns the starts of those dropped."""
         starts = self._starts
         if starts is None:
             starts = self._starts = list(self.buckets)
             heapify(starts)
         buckets = self.buckets
+        dropped = []
         while starts and starts[0] < before:
-            buckets.pop(heappop(starts), None)
+            start = heappop(starts)
+            if buckets.pop(start, None) is not None:
+                dropped.append(start)
+        return dropped
 
     def to_state(self) -> dict:
         return {str(s): b.to_state() for s, b in sorted(self.buckets.items())}

@@ -351,8 +351,11 @@ class Processor:
                       part_off: dict[str, int]) -> None:  # fmt: skip
         """``since``: per feature, the earliest event time applied (None: every bucket may have changed)."""
         # a control message for a feature without state changes nothing (the engine ignores it)
-        writes = [self._write(f, offs, since.get(f, _NO_EVENTS)) for f, offs in sorted(applied.items())
-                  if f in self.engine.features]  # fmt: skip
+        writes, persisted = [], {}
+        for f, offs in sorted(applied.items()):
+            if f in self.engine.features:
+                w, persisted[f] = self._write(f, offs, since.get(f, _NO_EVENTS))
+                writes.append(w)
         with self._redis_timer("commit"):
             result = await self.store.commit(writes, self.engine.breaker, part_off)
         if self.metrics is not None:
@@ -362,6 +365,8 @@ class Processor:
                 c = self.cache[f]
                 c.offsets.update(applied[f])
                 c.version += 1
+                c.persisted = persisted[f]
+                self.engine.features[f].track_changes()  # the next write sends what changes from here
             else:
                 self.stats.fenced += 1
                 log.warning("state of %s was written by another worker; dropping the local copy", f)
@@ -370,16 +375,24 @@ class Processor:
     def _redis_timer(self, op: str) -> AbstractContextManager:
         return self.metrics.redis_timer(op) if self.metrics is not None else nullcontext()
 
-    def _write(self, f: str, offsets: dict[str, int], since: int | None) -> FeatureWrite:
+    def _write(self, f: str, offsets: dict[str, int], since: int | None) -> tuple[FeatureWrite, set[str]]:
+        """The write of feature ``f``'s state, and the bucket fields stored once it succeeds. After the feature's
+        first successful write since it was loaded (or created, or the rules reloaded), only the buckets written to
+        and dropped since the last write are looked at (``FeatureState.bucket_changes``); before it, every bucket
+        held (``bucket_fields``: those that can hold an event at or after ``since``, all after a reload)."""
         eng = self.engine
         fs = eng.features[f]
         c = self.cache[f]
-        if f in self.full_rewrite:
-            since = None
-            self.full_rewrite.discard(f)
-        changed, present = fs.bucket_fields(eng.plan, since)
-        deleted = sorted(c.persisted - present)
-        c.persisted = present
+        if f in self.full_rewrite or fs.touched is None:
+            if f in self.full_rewrite:
+                since = None
+                self.full_rewrite.discard(f)
+            changed, present = fs.bucket_fields(eng.plan, since)
+            deleted = sorted(c.persisted - present)
+        else:
+            changed, gone = fs.bucket_changes(eng.plan)
+            deleted = sorted(gone & c.persisted)
+            present = (c.persisted - gone) | changed.keys()
         return FeatureWrite(
             feature=f,
             core=orjson.dumps(fs.core_state(self.key, eng.config.allowed_lateness_ms)),
@@ -389,7 +402,7 @@ class Processor:
             epoch=self.epoch or 0,
             changed=changed,
             deleted=deleted,
-        )
+        ), present
 
     # --- outputs ------------------------------------------------------------------------------------------------
 
