@@ -22,7 +22,7 @@ import orjson
 from rules.sketches.ddsketch import DDSketch
 from rules.sketches.exceptions import SketchError
 from rules.sketches.hll import HyperLogLog
-from rules.sketches.packing import Reader, put_int, put_uint
+from rules.sketches.packing import Reader, put_uint
 
 __all__ = ["Bucket", "contributions", "group_counters", "square_contributions", "group_squares", "share_key",
            "share_contributions", "group_shares", "LATENCY_SCALE", "COST_SCALE", "UNIT_SCALE", "SCORE_SCALE",
@@ -61,6 +61,7 @@ COUNTER_NAMES = ("n", "lat.n", "lat.s", "cost.n", "cost.s", "tok.n", "tok.s", "c
                  "ses.n", "ses.s", "ses.q")  # fmt: skip
 COUNTER_PREFIXES = ("o:", "flag:", "sug:", "th:", "rev:", "tk:", "")  # "" last: any other name, spelled out
 _NAME_CODE = {name: 2 * i for i, name in enumerate(COUNTER_NAMES)}
+assert 2 * max(len(COUNTER_NAMES), len(COUNTER_PREFIXES)) < 0x80, "counter codes are written as one varint byte"
 _LEGACY_JSON = 0x7B  # "{"
 
 
@@ -317,14 +318,19 @@ class Bucket:
         for name in sorted(c):
             code = _NAME_CODE.get(name)
             if code is not None:
-                put_uint(out, code)
+                out.append(code)  # < 128: one varint byte
             else:
                 j = next(j for j, p in enumerate(COUNTER_PREFIXES) if name.startswith(p))
                 suffix = name[len(COUNTER_PREFIXES[j]) :].encode()
-                put_uint(out, 2 * j + 1)
+                out.append(2 * j + 1)
                 put_uint(out, len(suffix))
                 out += suffix
-            put_int(out, c[name])
+            v = c[name]  # put_int, inlined: a bucket has ~20 counters and a worker writes its buckets every batch
+            v = v << 1 if v >= 0 else ((-v) << 1) - 1
+            while v >= 0x80:
+                out.append((v & 0x7F) | 0x80)
+                v >>= 7
+            out.append(v)
         if self.lat is not None:
             self.lat.write_to(out)
         if self.users is not None:

@@ -371,3 +371,22 @@ def test_hll_rejects_non_string_keys_and_bad_precision():
 def test_hll_from_state_rejects_malformed_state(state, where):
     with pytest.raises(SketchError, match=where):
         HyperLogLog.from_state(state)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 300), max_size=600))
+def test_short_and_vectorised_varint_packing_write_the_same_bytes(values):
+    from rules.sketches.packing import Reader, _pack_vectorised, pack_uints
+
+    packed = pack_uints(values)
+    assert packed == pack_uints(np.array(values, dtype=np.uint64)) == _pack_vectorised(np.array(values, dtype=np.uint64))
+    r = Reader(packed, "test")
+    assert r.uints(len(values)).tolist() == values and r.at_end()
+
+
+@pytest.mark.parametrize("bad", [-1, 2**64])
+def test_packing_refuses_values_outside_64_bits(bad):
+    from rules.sketches.packing import pack_uints
+
+    with pytest.raises(SketchError, match="2\\*\\*64"):
+        pack_uints([1, bad])

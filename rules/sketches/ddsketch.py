@@ -31,8 +31,6 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from rules.sketches.exceptions import SketchError
 from rules.sketches.packing import Reader, pack_uints, put_uint, unzigzag, zigzag
 
@@ -281,7 +279,7 @@ class DDSketch:
         if max(counts) >= 1 << 64:
             raise SketchError("a DDSketch bin count reached 2**64, beyond what its binary state holds")
         steps = [zigzag(keys[0])] + [b - a for a, b in zip(keys, keys[1:])]
-        out += pack_uints(np.array(steps + counts, dtype=np.uint64))
+        out += pack_uints(steps + counts)
 
     @classmethod
     def read_from(cls, r: Reader) -> DDSketch:

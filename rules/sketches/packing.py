@@ -51,9 +51,31 @@ def put_int(out: bytearray, n: int) -> None:
     put_uint(out, zigzag(n))
 
 
-def pack_uints(values: np.ndarray) -> bytes:
-    """The varints of an array of unsigned 64-bit values, concatenated (vectorised)."""
-    v = np.asarray(values, dtype=_U64)
+_SHORT = 256  # below this many values a Python loop is faster than numpy's set-up (50 values: 2 vs 11 µs)
+
+
+def pack_uints(values: np.ndarray | list[int]) -> bytes:
+    """The varints of unsigned 64-bit values (an array, or a list of ints in ``[0, 2**64)``), concatenated:
+    vectorised, or a Python loop for fewer than ``_SHORT`` values (the same bytes).
+
+    >>> vals = [0, 1, 127, 128, 300, 2**63, 2**64 - 1]
+    >>> pack_uints(vals) == _pack_vectorised(np.array(vals, dtype=np.uint64))
+    True
+    """
+    if len(values) < _SHORT:
+        out = bytearray()
+        for n in values.tolist() if isinstance(values, np.ndarray) else values:
+            if not 0 <= n < 1 << 64:
+                raise SketchError(f"pack_uints takes values in [0, 2**64), got {n}")
+            while n >= 0x80:
+                out.append((n & 0x7F) | 0x80)
+                n >>= 7
+            out.append(n)
+        return bytes(out)
+    return _pack_vectorised(np.asarray(values, dtype=_U64))
+
+
+def _pack_vectorised(v: np.ndarray) -> bytes:
     if not len(v):
         return b""
     groups = np.ones(len(v), dtype=np.int64)  # 7-bit groups per value: at least one
