@@ -96,8 +96,11 @@ def _child(mode: str, path: str) -> None:
         from streams.offline.replay import replay
         from streams.settings import Settings
 
+        from streams.runtime import tune_gc
+
         rulesets = load_rules([CATALOG] if mode == "replay" else [ROOT / "bench" / "light_rules.yaml"])
         s = Settings()
+        tune_gc()  # as `rollguard replay` does (streams.cli.cmd_replay)
         with tempfile.TemporaryDirectory() as out:
             res = replay(rulesets, [path], out, config=s.engine_config(), user_key=b"bench", progress=False)
             n = res.events_read

@@ -66,6 +66,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for p in args.events or ():
         if p != "-" and not os.path.isfile(p):
             return _fail(f"events file not found: {p}")
+    if args.whole_process:  # the program itself, not main() called by other code: the process is replay's
+        from streams.runtime import tune_gc
+
+        tune_gc()
     res = replay(
         rulesets,
         None if source else args.events,
@@ -317,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on bad arguments, as the contract wants
         return int(e.code or 0)
+    # run as the program (no ``argv``: the console script, ``python -m streams.cli``), a command may set up the
+    # process for itself (streams.runtime); called with arguments by other code (tests, scripts), it must not
+    args.whole_process = argv is None
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -60,7 +60,7 @@ def test_the_product_never_imports_the_tests_or_the_reference_engine(package):
 # import itself and the units listed here, nothing else; a unit missing from the table fails the test, so a new
 # package or top-level module comes with a decision about where it sits.
 
-SHARED = {"settings", "security", "metrics_server", "subcommand"}  # used by every concern
+SHARED = {"settings", "security", "metrics_server", "subcommand", "runtime"}  # used by every concern
 ALLOWED: dict[str, set[str]] = {
     "streams": set(),  # streams/__init__.py
     # shared infrastructure
@@ -68,6 +68,7 @@ ALLOWED: dict[str, set[str]] = {
     "security": {"settings"},
     "metrics_server": set(),  # /metrics, /healthz, /ready: served by the worker and by the pager
     "subcommand": {"settings"},  # the error line and settings of every subcommand, below the CLI
+    "runtime": set(),  # process set-up of the long-running commands (the garbage collector)
     # the concerns
     "kafka": SHARED,
     "live": SHARED | {"kafka", "pager"},  # the worker can run the pager in its own process (ROLLGUARD_PAGER_IN_WORKER)

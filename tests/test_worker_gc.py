@@ -1,5 +1,6 @@
-"""The worker's garbage-collector set-up (streams.live.worker.tune_gc): run in a child interpreter, so the test
-process's own collector is untouched."""
+"""The garbage-collector set-up of the long-running commands (streams.runtime.tune_gc): run in a child interpreter,
+so the test process's own collector is untouched; the worker and `rollguard replay` call it, `main()` called with
+arguments by other code does not."""
 
 import subprocess
 import sys
@@ -9,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = """
 import gc
-from streams.live.worker import GC_THRESHOLDS, tune_gc
+from streams.runtime import GC_THRESHOLDS, tune_gc
 kept = [[i] for i in range(1000)]  # alive at start-up: frozen
 assert gc.get_freeze_count() == 0
 tune_gc()
@@ -50,3 +51,25 @@ def test_the_worker_tunes_the_collector_after_start_up_and_before_it_runs(monkey
     monkeypatch.setattr(worker, "faust_worker", lambda app, level: FakeFaust())
     assert worker.run_worker(Settings()) == 0
     assert calls == ["build", "tune_gc", "run"]
+
+
+def _replay_args(tmp_path) -> list[str]:
+    rules = tmp_path / "r.yaml"
+    rules.write_text("version: 1\nname: r\nfeatures: ['*']\nrules:\n  - {id: e, tier: pause, metric: error_rate, "
+                     "op: '>', threshold: 0.5, window: 5m, every: 1m}\n")
+    events = tmp_path / "e.jsonl"
+    events.write_text("")
+    return ["replay", "--rules", str(rules), "--events", str(events), "--out", str(tmp_path / "o"), "--no-progress"]
+
+
+def test_replay_tunes_the_collector_only_when_it_is_the_program(tmp_path, monkeypatch):
+    import streams.runtime as runtime
+    from streams.cli import main
+
+    calls = []
+    monkeypatch.setattr(runtime, "tune_gc", lambda: calls.append("tune_gc"))
+    assert main(_replay_args(tmp_path)) == 0  # called by other code (this test): the process is not replay's
+    assert calls == []
+    monkeypatch.setattr(sys, "argv", ["rollguard", *_replay_args(tmp_path)])
+    assert main() == 0  # the program itself
+    assert calls == ["tune_gc"]

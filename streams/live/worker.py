@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import sys
 from typing import IO, Any
 
+from streams.runtime import tune_gc
 from streams.settings import Settings
 from streams.kafka.topics import KafkaUnavailable, Topics, TopicsError, ensure_topics, input_partitions
 
-__all__ = ["run_worker", "preflight", "faust_worker", "redacted_url", "tune_gc", "GC_THRESHOLDS"]
+__all__ = ["run_worker", "preflight", "faust_worker", "redacted_url"]
 
 
 def preflight(settings: Settings, create_topics: bool = True) -> Settings:
@@ -90,28 +90,6 @@ def run_worker(settings: Settings, create_topics: bool = True, log_level: str = 
     faust_worker(worker.app, log_level).execute_from_commandline()
     return 0
 
-
-GC_THRESHOLDS = (20_000, 20, 10)
-"""The worker's garbage-collector thresholds (Python's default: 700, 10, 10)."""
-
-
-def tune_gc() -> None:
-    """Collect once, freeze what start-up built, and collect young objects less often (call once, at start-up).
-
-    A worker allocates many short-lived container objects per message (Faust's events and futures, aiokafka's
-    records, the engine's rows and groups) and holds many long-lived ones (modules, the rule plan, feature state).
-    With Python's default thresholds the collector ran 1,600 young and 13 full collections over a 100,000-message
-    run, the full ones ~100 ms each, all but one of them walking the same start-up objects again
-    (``./dev bench worker``, 2-core machine, 2026-12-06). ``gc.freeze()`` moves everything alive after start-up
-    (imports, the catalogue, the Faust app) out of the collector's sight — it is still freed by reference counting
-    when released; only a reference cycle among those objects would outlive its last use — and a young generation
-    of 20,000 objects instead of 700 makes collections rarer (cyclic garbage waits a little longer: at most ~20,000
-    objects of it). Measured on the same bench, CPU per event: single-event messages 94.9-99.2 -> 81.8 us,
-    envelopes of 100 (whole catalogue) 15.3-16.2 -> 10.9 us. Decisions do not depend on when the collector runs.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def faust_worker(app: Any, log_level: str, stdout: IO[str] | None = None) -> Any:
