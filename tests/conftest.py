@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-import importlib
 import itertools
-import pkgutil
 
 import pytest
+from hypothesis.internal.conjecture import providers
 
 from streams.live.embedded import EmbeddedStack
 
 _ns = itertools.count()
 
 
-def _import_the_product() -> None:
-    """Import every module of the product before any test runs. Hypothesis mixes constants from the source of the
-    local modules already imported into what it generates, so without this the examples of a derandomized test depend
-    on which tests ran before it in the process (``-k``, xdist's split): a coverage claim held in one run and failed
-    in another."""
-    for pkg in ("rules", "detectors", "streams", "dashboards"):
-        root = importlib.import_module(pkg)
-        for mod in pkgutil.walk_packages(root.__path__, pkg + "."):
-            importlib.import_module(mod.name)
+def _no_local_constants() -> None:
+    """Hypothesis (6.170 here) mixes literal constants found in the source of the *local modules already imported*
+    — the product's and the tests' — into what it generates (5 % of draws). So a derandomized test's examples
+    changed whenever a number was added anywhere in the product, and with which modules a run had imported (``-k``,
+    xdist's split): a coverage claim held in one run and failed in another. Drawing from Hypothesis's own constants
+    only makes a test's examples depend on its strategies and seed alone. This replaces a private function of
+    Hypothesis: an upgrade that renames it fails here, loudly, instead of bringing the dependence back silently."""
+    assert callable(getattr(providers, "_get_local_constants", None)), (
+        "hypothesis.internal.conjecture.providers._get_local_constants is gone: find how this Hypothesis version "
+        "collects local constants and turn that off again (tests/conftest.py)"
+    )
+    empty = providers.Constants()
+    providers._get_local_constants = lambda: empty
 
 
-_import_the_product()
+_no_local_constants()
 
 
 @pytest.fixture(scope="session")
