@@ -63,6 +63,28 @@ COUNTER_PREFIXES = ("o:", "flag:", "sug:", "th:", "rev:", "tk:", "")  # "" last:
 _NAME_CODE = {name: 2 * i for i, name in enumerate(COUNTER_NAMES)}
 assert 2 * max(len(COUNTER_NAMES), len(COUNTER_PREFIXES)) < 0x80, "counter codes are written as one varint byte"
 _LEGACY_JSON = 0x7B  # "{"
+_NAME_BYTES: dict[str, bytes] = {}  # counter name -> its encoding (code, and the suffix of a prefixed name)
+
+
+def _name_bytes(name: str) -> bytes:
+    """The encoding of a counter's name in the binary state (cached: a worker writes the same names every batch;
+    at most 65,536 kept, names being outcomes, flags and labels).
+
+    >>> _name_bytes("n").hex(), _name_bytes("o:error").hex()
+    ('00', '01056572726f72')
+    """
+    code = _NAME_CODE.get(name)
+    if code is not None:
+        b = bytes((code,))  # < 128: one varint byte
+    else:
+        j = next(j for j, p in enumerate(COUNTER_PREFIXES) if name.startswith(p))
+        suffix = name[len(COUNTER_PREFIXES[j]) :].encode()
+        out = bytearray((2 * j + 1,))
+        put_uint(out, len(suffix))
+        b = bytes(out + suffix)
+    if len(_NAME_BYTES) < 65_536:
+        _NAME_BYTES[name] = b
+    return b
 
 
 class StateFormatError(SketchError):
@@ -315,16 +337,9 @@ class Bucket:
         out = bytearray((BUCKET_FORMAT, (self.lat is not None) | (self.users is not None) << 1))
         c = self.c
         put_uint(out, len(c))
+        names = _NAME_BYTES
         for name in sorted(c):
-            code = _NAME_CODE.get(name)
-            if code is not None:
-                out.append(code)  # < 128: one varint byte
-            else:
-                j = next(j for j, p in enumerate(COUNTER_PREFIXES) if name.startswith(p))
-                suffix = name[len(COUNTER_PREFIXES[j]) :].encode()
-                out.append(2 * j + 1)
-                put_uint(out, len(suffix))
-                out += suffix
+            out += names.get(name) or _name_bytes(name)
             v = c[name]  # put_int, inlined: a bucket has ~20 counters and a worker writes its buckets every batch
             v = v << 1 if v >= 0 else ((-v) << 1) - 1
             while v >= 0x80:

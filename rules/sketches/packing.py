@@ -78,6 +78,16 @@ def pack_uints(values: np.ndarray | list[int]) -> bytes:
 def _pack_vectorised(v: np.ndarray) -> bytes:
     if not len(v):
         return b""
+    top = int(v.max())
+    if top < 0x80:  # one byte each: sketch bin steps and small counts
+        return v.astype(np.uint8).tobytes()
+    if top < 0x4000:  # one or two bytes each (974 values: 23 -> ~10 µs)
+        big = v >= _U64(0x80)
+        first = np.arange(len(v)) + np.cumsum(big) - big  # where each value's first byte goes
+        out = np.empty(len(v) + int(big.sum()), dtype=np.uint8)
+        out[first] = np.where(big, (v & _U64(0x7F)) | _U64(0x80), v).astype(np.uint8)
+        out[first[big] + 1] = (v[big] >> _U64(7)).astype(np.uint8)
+        return out.tobytes()
     groups = np.ones(len(v), dtype=np.int64)  # 7-bit groups per value: at least one
     rest = v >> _U64(7)
     while rest.any():
