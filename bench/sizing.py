@@ -270,7 +270,7 @@ async def loaded_heap(store: RedisStore, plan: Plan, features: list[str]) -> int
     try:
         base = tracemalloc.get_traced_memory()[0]
         records = await store.load(features)
-        held = {f: FeatureState.from_parts(r.core, r.buckets, plan, DETECTOR_KEY) for f, r in records.items()}
+        held = {f: FeatureState.from_parts(r.core, r.buckets, plan, DETECTOR_KEY, r.ids) for f, r in records.items()}
         del records
         gc.collect()
         size = tracemalloc.get_traced_memory()[0] - base

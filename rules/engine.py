@@ -178,6 +178,8 @@ class Engine(Instants):
             return
         stats.events[src] += 1
         fs.seen[ev.event_id] = ts
+        if fs.seen_new is not None:  # the live shell stores the ids added since its last write (FeatureState)
+            fs.seen_new.append(ev.event_id)
         if stats.min_ts is None or ts < stats.min_ts:
             stats.min_ts = ts
         if stats.max_ts is None or ts > stats.max_ts:

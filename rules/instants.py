@@ -270,6 +270,7 @@ class Instants:
     def _expire(self, fs: FeatureState, watermark: int) -> None:
         if len(fs.seen) > 1024:
             fs.seen = {i: ts for i, ts in fs.seen.items() if ts >= watermark}
+            fs.seen_pruned = True  # the live shell then stores the ids whole (FeatureState.seen_changes)
         horizons: dict[int, int] = {}
         for sid, series in fs.stores.items():
             spec = self.plan.store_by_id[sid]

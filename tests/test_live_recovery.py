@@ -133,7 +133,7 @@ def _redis_states(stack, topics, features: list[str], plan, key: bytes):
             await r.aclose()
 
     records, breaker, listed = asyncio.run(load())
-    states = {f: FeatureState.from_parts(rec.core, rec.buckets, plan, key) for f, rec in records.items()
+    states = {f: FeatureState.from_parts(rec.core, rec.buckets, plan, key, rec.ids) for f, rec in records.items()
               if rec.core is not None}  # fmt: skip
     return states, {f: rec.offsets for f, rec in records.items()}, breaker, listed
 

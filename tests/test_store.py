@@ -67,7 +67,7 @@ async def stored_state(url: str, ns: str, feature: str) -> dict:
     finally:
         await r.aclose()
     rec = recs[feature]
-    return FeatureState.from_parts(rec.core, rec.buckets, Engine(RULESETS).plan, KEY).to_state(KEY)
+    return FeatureState.from_parts(rec.core, rec.buckets, Engine(RULESETS).plan, KEY, rec.ids).to_state(KEY)
 
 
 MSGS = messages()

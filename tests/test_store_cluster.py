@@ -94,7 +94,7 @@ async def stored_states(url: str, ns: str) -> dict[str, dict]:
     finally:
         await r.aclose()
     plan = Engine(RULESETS).plan
-    return {f: FeatureState.from_parts(rec.core, rec.buckets, plan, KEY).to_state(KEY) for f, rec in recs.items()}
+    return {f: FeatureState.from_parts(rec.core, rec.buckets, plan, KEY, rec.ids).to_state(KEY) for f, rec in recs.items()}
 
 
 @pytest.mark.parametrize(("batch", "n"), [(1, 400), (97, 8000), (1000, len(MSGS))], ids=["1", "97", "1000"])

@@ -42,7 +42,7 @@ from rules.control_auth import is_control, misplaced
 from rules.engine import Engine
 from rules.events import Control, Event, EventParser, InvalidEvent
 from rules.policy import Outputs
-from rules.state import BreakerState, FeatureState
+from rules.state import BreakerState, FeatureState, seen_field, seen_field_order
 from streams.live.publishing import command_headers, dead_letter, degraded_page, output_records
 from streams.live.status_summary import summary_of
 from streams.live.store import FeatureWrite, RedisStore
@@ -111,6 +111,7 @@ class _Cached:
     first_seen: float  # wall clock when this worker took the feature over
     version: int = 0  # the feature's version in Redis as of our last load or write (write fence)
     src_arrival: dict[str, float] = field(default_factory=dict)  # source -> wall clock of its last event
+    seen_fields: dict[str, int] = field(default_factory=dict)  # dedup-id fields in Redis -> their latest event time
 
 
 class Processor:
@@ -333,12 +334,14 @@ class Processor:
                 log.warning("state of %s is owned by a newer worker; skipping its events", f)
                 continue
             if rec.core is not None:
-                self.engine.features[f] = FeatureState.from_parts(rec.core, rec.buckets, self.engine.plan, self.key)
+                self.engine.features[f] = FeatureState.from_parts(rec.core, rec.buckets, self.engine.plan, self.key,
+                                                                  rec.ids)  # fmt: skip
                 if any(v[:1] == b"{" for v in rec.buckets.values()):  # JSON of an earlier version: migrate it all
                     self.full_rewrite.add(f)
             else:
                 self.engine.features.pop(f, None)
-            self.cache[f] = _Cached(dict(rec.offsets), set(rec.buckets), now, version=rec.version)
+            self.cache[f] = _Cached(dict(rec.offsets), set(rec.buckets), now, version=rec.version,
+                                    seen_fields={k: seen_field_order(k)[1] for k in rec.ids})  # fmt: skip
 
     def forget(self, features: set[str]) -> None:
         """Drop in-memory state (it is reloaded from Redis on next use): after a failure or a revocation."""
@@ -354,8 +357,9 @@ class Processor:
         writes, persisted = [], {}
         for f, offs in sorted(applied.items()):
             if f in self.engine.features:
-                w, persisted[f] = self._write(f, offs, since.get(f, _NO_EVENTS))
+                w, present, ids = self._write(f, offs, since.get(f, _NO_EVENTS))
                 writes.append(w)
+                persisted[f] = (present, ids)
         with self._redis_timer("commit"):
             result = await self.store.commit(writes, self.engine.breaker, part_off)
         if self.metrics is not None:
@@ -365,7 +369,7 @@ class Processor:
                 c = self.cache[f]
                 c.offsets.update(applied[f])
                 c.version += 1
-                c.persisted = persisted[f]
+                c.persisted, c.seen_fields = persisted[f]
                 self.engine.features[f].track_changes()  # the next write sends what changes from here
             else:
                 self.stats.fenced += 1
@@ -375,11 +379,14 @@ class Processor:
     def _redis_timer(self, op: str) -> AbstractContextManager:
         return self.metrics.redis_timer(op) if self.metrics is not None else nullcontext()
 
-    def _write(self, f: str, offsets: dict[str, int], since: int | None) -> tuple[FeatureWrite, set[str]]:
-        """The write of feature ``f``'s state, and the bucket fields stored once it succeeds. After the feature's
-        first successful write since it was loaded (or created, or the rules reloaded), only the buckets written to
-        and dropped since the last write are looked at (``FeatureState.bucket_changes``); before it, every bucket
-        held (``bucket_fields``: those that can hold an event at or after ``since``, all after a reload)."""
+    def _write(self, f: str, offsets: dict[str, int], since: int | None) -> tuple[FeatureWrite, set[str], dict]:
+        """The write of feature ``f``'s state, and the bucket fields and dedup-id fields stored once it succeeds.
+        After the feature's first successful write since it was loaded (or created, or the rules reloaded), only the
+        buckets written to and dropped since the last write are looked at (``FeatureState.bucket_changes``); before
+        it, every bucket held (``bucket_fields``: those that can hold an event at or after ``since``, all after a
+        reload). Dedup ids (``FeatureState.seen_changes``): the ids added since the last write go into a field of
+        this write's own, and fields whose ids are all below the floor are deleted; when the ids are written whole,
+        one field replaces every other."""
         eng = self.engine
         fs = eng.features[f]
         c = self.cache[f]
@@ -393,16 +400,30 @@ class Processor:
             changed, gone = fs.bucket_changes(eng.plan)
             deleted = sorted(gone & c.persisted)
             present = (c.persisted - gone) | changed.keys()
+        ids, whole = fs.seen_changes(eng.config.allowed_lateness_ms)
+        floor = fs.seen_floor(eng.config.allowed_lateness_ms)
+        drop = set(c.seen_fields) if whole else {k for k, top in c.seen_fields.items()
+                                                 if floor is not None and top < floor}  # fmt: skip
+        seen_fields = {k: top for k, top in c.seen_fields.items() if k not in drop}
+        ids_changed = {}
+        if ids:
+            top = max(ts for _, ts in ids)
+            name = seen_field(c.version + 1, top)
+            ids_changed[name] = orjson.dumps(ids)
+            seen_fields[name] = top
+            drop.discard(name)  # a write retried after a failure rewrites its own field
         return FeatureWrite(
             feature=f,
-            core=orjson.dumps(fs.core_state(self.key, eng.config.allowed_lateness_ms)),
+            core=orjson.dumps(fs.core_state(self.key, eng.config.allowed_lateness_ms, with_seen=False)),
             summary=orjson.dumps(summary_of(eng, f, fs)),
             offsets=offsets,
             version=c.version,
             epoch=self.epoch or 0,
             changed=changed,
             deleted=deleted,
-        ), present
+            ids_changed=ids_changed,
+            ids_deleted=sorted(drop),
+        ), present, seen_fields
 
     # --- outputs ------------------------------------------------------------------------------------------------
 

@@ -9,13 +9,17 @@ feature lives in one slot and one Lua script can update them together):
 * ``ns:{f:FEATURE}:buckets`` hash: one field per window bucket (see ``FeatureState.bucket_fields``), its value the
   bucket's versioned binary state (``rules.aggregate.Bucket.to_bytes``; JSON values of earlier versions are still
   read, and migrate as their buckets are next written);
+* ``ns:{f:FEATURE}:ids``     hash: the dedup ids of the events within the allowed lateness, one field per state
+  write that added some (``rules.state.seen_field``: the write's version and its latest event time; the value a
+  JSON array of ``[event_id, ts]``), deleted once all its ids are older than the lateness allows (before this key,
+  the ids were in the core state, rewritten whole at every write; such a core is still read);
 * ``ns:{tp:TOPIC:PARTITION}`` string: the partition's processed offset (a lower bound: features may be ahead);
 * ``ns:{breaker}``           hash: ``kill:HOUR:ID``, ``paged:HOUR`` and ``resolved:HOUR`` fields (the cross-feature kill breaker;
   set-like, so writing the same kill twice is harmless);
 * ``ns:features``            set: the features with state (for status).
 
 A batch's write has three steps, in this order: the breaker fields (and the features set); a Lua script per touched
-feature that writes core, changed buckets, deleted buckets and offsets, refusing the write unless the feature's
+feature that writes core, changed and deleted buckets and dedup-id fields, and offsets, refusing the write unless the feature's
 stored version (``ver``, +1 per write) is the one this worker loaded or last wrote and no worker with a newer
 epoch (``owner``) claimed it — a worker that lost the feature to another is fenced, whatever it writes (events,
 idle advances, reloads); then the partition offsets.
@@ -53,8 +57,9 @@ __all__ = ["RedisStore", "StoreError", "FeatureRecord", "FeatureWrite", "EVICTIO
 
 EVICTION_SAFE = ("noeviction",)
 
-# KEYS: core, buckets.  ARGV: expected version, epoch, n_offsets, (field, offset)*, state, summary, updated_ms,
-# n_set, (field, value)*, n_del, field*.  Returns 1 when written, 0 when fenced: the stored version is not the one
+# KEYS: core, buckets, ids.  ARGV: expected version, epoch, n_offsets, (field, offset)*, state, summary, updated_ms,
+# then for buckets and for ids each: n_set, (field, value)*, n_del, field*.  Returns 1 when written, 0 when
+# fenced: the stored version is not the one
 # this worker loaded or last wrote, i.e. another worker wrote the feature since (this one is stale), or a worker
 # with a newer epoch (a later partition assignment) claimed the feature.
 _COMMIT = """
@@ -72,17 +77,19 @@ for _ = 1, n do
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[i], 'summary', ARGV[i + 1], 'updated_ms', ARGV[i + 2], 'ver', cur + 1)
 i = i + 3
-local nset = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, nset do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-local ndel = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, ndel do
-  redis.call('HDEL', KEYS[2], ARGV[i])
+for k = 2, 3 do
+  local nset = tonumber(ARGV[i])
   i = i + 1
+  for _ = 1, nset do
+    redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  local ndel = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, ndel do
+    redis.call('HDEL', KEYS[k], ARGV[i])
+    i = i + 1
+  end
 end
 return 1
 """
@@ -146,6 +153,7 @@ class FeatureRecord:
     offsets: dict[str, int]  # "topic:partition" -> highest offset applied
     version: int = 0  # incremented by every write; a write must name the version it read
     claimed: bool = True  # False: a worker with a newer epoch owns the feature (``load(..., epoch=)``)
+    ids: dict[str, bytes] = field(default_factory=dict)  # dedup-id fields (rules.state.seen_field) -> their ids
 
 
 @dataclass
@@ -158,6 +166,8 @@ class FeatureWrite:
     epoch: int = 0  # the writer's epoch (``RedisStore.new_epoch``); 0: no epoch fencing
     changed: dict[str, bytes] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
+    ids_changed: dict[str, bytes] = field(default_factory=dict)  # dedup-id fields written, and deleted
+    ids_deleted: list[str] = field(default_factory=list)
 
 
 class RedisStore:
@@ -179,6 +189,9 @@ class RedisStore:
 
     def buckets_key(self, feature: str) -> str:
         return f"{self.ns}:{{f:{feature}}}:buckets"
+
+    def ids_key(self, feature: str) -> str:
+        return f"{self.ns}:{{f:{feature}}}:ids"
 
     def tp_key(self, tp: str) -> str:
         return f"{self.ns}:{{tp:{tp}}}"
@@ -250,20 +263,22 @@ class RedisStore:
         """The stored records of ``features``, in one round trip (the breaker: ``load_breaker``). With ``epoch``
         each feature is claimed first, in the same round trip (``FeatureRecord.claimed``)."""
         pipe = self.r.pipeline(transaction=False)
-        per = 2 if epoch is None else 3
+        per = 3 if epoch is None else 4
         for f in features:
             if epoch is not None:
                 await self._queue_claim(pipe, f, epoch, "")
             pipe.hgetall(self.core_key(f))
             pipe.hgetall(self.buckets_key(f))
+            pipe.hgetall(self.ids_key(f))
         res = await pipe.execute()
         out: dict[str, FeatureRecord] = {}
         for i, f in enumerate(features):
-            core, buckets = res[per * i + per - 2], res[per * i + per - 1]
+            core, buckets, ids = res[per * i + per - 3 : per * i + per]
             offsets = {k[4:].decode(): int(v) for k, v in core.items() if k.startswith(b"off:")}
             state = orjson.loads(core[b"state"]) if b"state" in core else None
             out[f] = FeatureRecord(state, {k.decode(): v for k, v in buckets.items()}, offsets,
-                                   int(core.get(b"ver", 0)), claimed=epoch is None or bool(res[per * i]))  # fmt: skip
+                                   int(core.get(b"ver", 0)), claimed=epoch is None or bool(res[per * i]),
+                                   ids={k.decode(): v for k, v in ids.items()})  # fmt: skip
         return out
 
     async def new_epoch(self) -> int:
@@ -367,7 +382,7 @@ class RedisStore:
 
         async def features_step(pipe: Any) -> None:
             for w in writes:
-                keys = [self.core_key(w.feature), self.buckets_key(w.feature)]
+                keys = [self.core_key(w.feature), self.buckets_key(w.feature), self.ids_key(w.feature)]
                 args = self._commit_args(w, now)
                 if self._commit is None:
                     pipe.eval(_COMMIT, len(keys), *keys, *args)
@@ -386,10 +401,12 @@ class RedisStore:
         args: list[Any] = [w.version, w.epoch, len(w.offsets)]
         for tp, off in sorted(w.offsets.items()):
             args += [f"off:{tp}", off]
-        args += [w.core, w.summary, now, len(w.changed)]
-        for k, v in w.changed.items():
-            args += [k, v]
-        args += [len(w.deleted), *w.deleted]
+        args += [w.core, w.summary, now]
+        for changed, deleted in ((w.changed, w.deleted), (w.ids_changed, w.ids_deleted)):
+            args.append(len(changed))
+            for k, v in changed.items():
+                args += [k, v]
+            args += [len(deleted), *deleted]
         return args
 
     async def _in_order(self, steps: list[Callable[[Any], Awaitable[None]]]) -> list[list[Any]]:
