@@ -25,6 +25,16 @@ InstanceKey = tuple[str, str, str, tuple[str, ...]]  # (ruleset, rule id, phase,
 US = "\x1f"  # separates segment values inside one persisted field name
 
 
+def bucket_field(store_name: str, key: SeriesKey, start: int) -> str:
+    """The persisted field name of a bucket: its store's name (``Plan.store_names``), phase, start and segment
+    values, joined by ``US``.
+
+    >>> bucket_field("60000:platform", ("beta", ("ios",)), 120000).split(US)
+    ['60000:platform', 'beta', '120000', 'ios']
+    """
+    return US.join((store_name, key[0], str(start), *key[1]))
+
+
 def seen_field(version: int, max_ts: int) -> str:
     """The name of the field holding the dedup ids that the state write ``version`` added, the latest at
     ``max_ts``.
@@ -184,9 +194,9 @@ class FeatureState:
         for sid, series in self.stores.items():
             sk = names[sid]
             low = None if since is None else since - plan.store_by_id[sid].every_ms
-            for (phase, seg), s in series.items():
+            for key, s in series.items():
                 for start, b in s.buckets.items():
-                    f = US.join((sk, phase, str(start), *seg))
+                    f = bucket_field(sk, key, start)
                     present.add(f)
                     if low is None or start > low:
                         changed[f] = b.to_bytes()
@@ -212,12 +222,12 @@ class FeatureState:
             b = self.stores.get(sid, {}).get(key)
             b = None if b is None else b.buckets.get(start)
             if b is not None:
-                changed[US.join((names[sid], key[0], str(start), *key[1]))] = b.to_bytes()
+                changed[bucket_field(names[sid], key, start)] = b.to_bytes()
         gone = set()
         for sid, key, start in self.dropped or ():
             s = self.stores.get(sid, {}).get(key)
             if s is None or start not in s.buckets:
-                gone.add(US.join((names[sid], key[0], str(start), *key[1])))
+                gone.add(bucket_field(names[sid], key, start))
         return changed, gone
 
     @classmethod

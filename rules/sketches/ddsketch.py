@@ -31,8 +31,6 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from rules.sketches.exceptions import SketchError
 from rules.sketches.packing import Reader, pack_uints, put_uint, unzigzag, zigzag
 
@@ -280,16 +278,8 @@ class DDSketch:
         counts = [self._buckets[k] for k in keys]
         if max(counts) >= 1 << 64:
             raise SketchError("a DDSketch bin count reached 2**64, beyond what its binary state holds")
-        if len(keys) < 128:
-            steps = [zigzag(keys[0])] + [b - a for a, b in zip(keys, keys[1:])]
-            out += pack_uints(steps + counts)
-        else:  # the same values, the differences taken in numpy (281 bins: 46 -> 30 us)
-            k = np.array(keys, dtype=np.int64)
-            values = np.empty(2 * len(keys), dtype=np.uint64)
-            values[0] = zigzag(keys[0])
-            values[1 : len(keys)] = np.diff(k)
-            values[len(keys) :] = counts
-            out += pack_uints(values)
+        steps = [zigzag(keys[0])] + [b - a for a, b in zip(keys, keys[1:])]
+        out += pack_uints(steps + counts)
 
     @classmethod
     def read_from(cls, r: Reader) -> DDSketch:

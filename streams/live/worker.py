@@ -91,7 +91,6 @@ def run_worker(settings: Settings, create_topics: bool = True, log_level: str = 
     return 0
 
 
-
 def faust_worker(app: Any, log_level: str, stdout: IO[str] | None = None) -> Any:
     """The Faust worker that runs ``app``, writing to ``stdout`` (default ``sys.stdout``).
 
