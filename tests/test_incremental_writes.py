@@ -82,9 +82,9 @@ async def _check(p: Processor, r: aioredis.Redis, ns: str) -> int:
         got = recs[f].buckets
         assert set(got) == present, (f, sorted(set(got) ^ present)[:5])
         assert got == want, f
-        assert p.cache[f].persisted == present
+        assert p.cache[f].stored.buckets == present
         # dedup ids: those a whole core would hold (at or above the floor), from the id fields, in arrival order
-        assert set(recs[f].ids) == set(p.cache[f].seen_fields)
+        assert set(recs[f].ids) == set(p.cache[f].stored.ids)
         loaded = FeatureState.from_parts(recs[f].core, got, p.engine.plan, KEY, recs[f].ids)
         assert loaded.seen == fs.core_state(KEY, p.engine.config.allowed_lateness_ms)["seen"], f
         n += len(got) + len(loaded.seen)
@@ -106,11 +106,11 @@ def test_after_every_write_redis_holds_exactly_the_buckets_in_memory(stack, redi
 
         def spy(f, offsets, since):
             nonlocal deleted, writes, ids_deleted
-            w, present, ids = orig_write(f, offsets, since)
+            w, stored = orig_write(f, offsets, since)
             deleted += len(w.deleted)
             ids_deleted += len(w.ids_deleted)
             writes += 1
-            return w, present, ids
+            return w, stored
 
         p._write = spy
         reloaded = False

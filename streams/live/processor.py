@@ -15,7 +15,8 @@ code:
 6. commit the touched features' state with their new offsets to Redis (atomic per feature), then the partition
    offsets.
 
-(The records themselves — keys, headers, dead letters, the degraded page — are :mod:`streams.live.publishing`'s.)
+(The records themselves — keys, headers, dead letters, the degraded page — are :mod:`streams.live.publishing`'s;
+which bucket and dedup-id fields a state write sets and deletes, :mod:`streams.live.stored_fields`'.)
 
 A crash between 5 and 6 re-runs the batch from the old state: the same outputs with the same ids are published
 again (at-least-once delivery of deterministic records, never different content). Any Redis or Kafka failure in
@@ -42,10 +43,11 @@ from rules.control_auth import is_control, misplaced
 from rules.engine import Engine
 from rules.events import Control, Event, EventParser, InvalidEvent
 from rules.policy import Outputs
-from rules.state import BreakerState, FeatureState, seen_field, seen_field_order
+from rules.state import BreakerState, FeatureState
 from streams.live.publishing import command_headers, dead_letter, degraded_page, output_records
 from streams.live.status_summary import summary_of
 from streams.live.store import FeatureWrite, RedisStore
+from streams.live.stored_fields import StoredFields
 from streams.kafka.routing import input_streams, misrouted
 from streams.kafka.topics import Topics
 
@@ -107,11 +109,10 @@ class ProcessorStats:
 @dataclass
 class _Cached:
     offsets: dict[str, int]  # tp -> highest offset applied to this feature
-    persisted: set[str]  # bucket fields present in Redis
+    stored: StoredFields  # the bucket and dedup-id fields present in Redis
     first_seen: float  # wall clock when this worker took the feature over
     version: int = 0  # the feature's version in Redis as of our last load or write (write fence)
     src_arrival: dict[str, float] = field(default_factory=dict)  # source -> wall clock of its last event
-    seen_fields: dict[str, int] = field(default_factory=dict)  # dedup-id fields in Redis -> their latest event time
 
 
 class Processor:
@@ -340,8 +341,8 @@ class Processor:
                     self.full_rewrite.add(f)
             else:
                 self.engine.features.pop(f, None)
-            self.cache[f] = _Cached(dict(rec.offsets), set(rec.buckets), now, version=rec.version,
-                                    seen_fields={k: seen_field_order(k)[1] for k in rec.ids})  # fmt: skip
+            self.cache[f] = _Cached(dict(rec.offsets), StoredFields.loaded(rec.buckets, rec.ids), now,
+                                    version=rec.version)  # fmt: skip
 
     def forget(self, features: set[str]) -> None:
         """Drop in-memory state (it is reloaded from Redis on next use): after a failure or a revocation."""
@@ -354,12 +355,11 @@ class Processor:
                       part_off: dict[str, int]) -> None:  # fmt: skip
         """``since``: per feature, the earliest event time applied (None: every bucket may have changed)."""
         # a control message for a feature without state changes nothing (the engine ignores it)
-        writes, persisted = [], {}
+        writes, stored = [], {}
         for f, offs in sorted(applied.items()):
             if f in self.engine.features:
-                w, present, ids = self._write(f, offs, since.get(f, _NO_EVENTS))
+                w, stored[f] = self._write(f, offs, since.get(f, _NO_EVENTS))
                 writes.append(w)
-                persisted[f] = (present, ids)
         with self._redis_timer("commit"):
             result = await self.store.commit(writes, self.engine.breaker, part_off)
         if self.metrics is not None:
@@ -369,7 +369,7 @@ class Processor:
                 c = self.cache[f]
                 c.offsets.update(applied[f])
                 c.version += 1
-                c.persisted, c.seen_fields = persisted[f]
+                c.stored = stored[f]
                 self.engine.features[f].track_changes()  # the next write sends what changes from here
             else:
                 self.stats.fenced += 1
@@ -379,51 +379,29 @@ class Processor:
     def _redis_timer(self, op: str) -> AbstractContextManager:
         return self.metrics.redis_timer(op) if self.metrics is not None else nullcontext()
 
-    def _write(self, f: str, offsets: dict[str, int], since: int | None) -> tuple[FeatureWrite, set[str], dict]:
-        """The write of feature ``f``'s state, and the bucket fields and dedup-id fields stored once it succeeds.
-        After the feature's first successful write since it was loaded (or created, or the rules reloaded), only the
-        buckets written to and dropped since the last write are looked at (``FeatureState.bucket_changes``); before
-        it, every bucket held (``bucket_fields``: those that can hold an event at or after ``since``, all after a
-        reload). Dedup ids (``FeatureState.seen_changes``): the ids added since the last write go into a field of
-        this write's own, and fields whose ids are all below the floor are deleted; when the ids are written whole,
-        one field replaces every other."""
+    def _write(self, f: str, offsets: dict[str, int], since: int | None) -> tuple[FeatureWrite, StoredFields]:
+        """The write of feature ``f``'s state, and its fields as stored once it succeeds (``StoredFields``)."""
         eng = self.engine
         fs = eng.features[f]
         c = self.cache[f]
-        if f in self.full_rewrite or fs.touched is None:
-            if f in self.full_rewrite:
-                since = None
-                self.full_rewrite.discard(f)
-            changed, present = fs.bucket_fields(eng.plan, since)
-            deleted = sorted(c.persisted - present)
-        else:
-            changed, gone = fs.bucket_changes(eng.plan)
-            deleted = sorted(gone & c.persisted)
-            present = (c.persisted - gone) | changed.keys()
-        ids, whole = fs.seen_changes(eng.config.allowed_lateness_ms)
-        floor = fs.seen_floor(eng.config.allowed_lateness_ms)
-        drop = set(c.seen_fields) if whole else {k for k, top in c.seen_fields.items()
-                                                 if floor is not None and top < floor}  # fmt: skip
-        seen_fields = {k: top for k, top in c.seen_fields.items() if k not in drop}
-        ids_changed = {}
-        if ids:
-            top = max(ts for _, ts in ids)
-            name = seen_field(c.version + 1, top)
-            ids_changed[name] = orjson.dumps(ids)
-            seen_fields[name] = top
-            drop.discard(name)  # a write retried after a failure rewrites its own field
+        full = f in self.full_rewrite or fs.touched is None
+        if f in self.full_rewrite:
+            since = None
+            self.full_rewrite.discard(f)
+        lateness = eng.config.allowed_lateness_ms
+        ch, stored = c.stored.changes(fs, eng.plan, lateness, c.version + 1, since, full)
         return FeatureWrite(
             feature=f,
-            core=orjson.dumps(fs.core_state(self.key, eng.config.allowed_lateness_ms, with_seen=False)),
+            core=orjson.dumps(fs.core_state(self.key, lateness, with_seen=False)),
             summary=orjson.dumps(summary_of(eng, f, fs)),
             offsets=offsets,
             version=c.version,
             epoch=self.epoch or 0,
-            changed=changed,
-            deleted=deleted,
-            ids_changed=ids_changed,
-            ids_deleted=sorted(drop),
-        ), present, seen_fields
+            changed=ch.changed,
+            deleted=ch.deleted,
+            ids_changed=ch.ids_changed,
+            ids_deleted=ch.ids_deleted,
+        ), stored
 
     # --- outputs ------------------------------------------------------------------------------------------------
 
