@@ -148,9 +148,16 @@ def contributions(ev: Any) -> list[tuple[str, int]]:
     return out
 
 
-def group_counters(evs: list) -> dict[str, int]:
+# (attribute, count counter, sum counter, sum-of-squares counter, scale) of an interaction's numeric fields
+_SUMMED = (("latency_ms", "lat.n", "lat.s", "lat.q", LATENCY_SCALE), ("cost_usd", "cost.n", "cost.s", "cost.q", COST_SCALE),
+           ("tokens_out", "tok.n", "tok.s", "tok.q", 1), ("confidence", "conf.n", "conf.s", "conf.q", UNIT_SCALE),
+           ("session_ms", "ses.n", "ses.s", "ses.q", LATENCY_SCALE))  # fmt: skip
+
+
+def group_counters(evs: list, squares: dict[str, int] | None = None) -> dict[str, int]:
     """The counters a run of events adds to a bucket: exactly the sum of :func:`contributions` over ``evs`` (the same
-    keys, a key present even when its sum is 0), computed a column at a time.
+    keys, a key present even when its sum is 0), computed a column at a time. With a ``squares`` dict, the sums of
+    squares (:func:`group_squares`) are added into it from the same columns.
 
     >>> evs = [type("E", (), dict(type="interaction", outcome=o, latency_ms=l, cost_usd=None, tokens_out=None,
     ...                           confidence=None, flags=("pii_leak",) * (o == "error"), session_ms=None))() for o, l in
@@ -162,37 +169,29 @@ def group_counters(evs: list) -> dict[str, int]:
     inter = [ev for ev in evs if ev.type == "interaction"]
     if inter:
         c["n"] = len(inter)
-        for o in [ev.outcome for ev in inter if ev.outcome != "ok"]:
+        for o in [o for ev in inter if (o := ev.outcome) != "ok"]:
             k = "o:" + o
             c[k] = c.get(k, 0) + 1
-        xs = [ev.latency_ms for ev in inter if ev.latency_ms is not None]
-        if xs:
-            c["lat.n"] = len(xs)
-            c["lat.s"] = sum([round(x * LATENCY_SCALE) for x in xs])
-        xs = [ev.cost_usd for ev in inter if ev.cost_usd is not None]
-        if xs:
-            c["cost.n"] = len(xs)
-            c["cost.s"] = sum([round(x * COST_SCALE) for x in xs])
-        xs = [ev.tokens_out for ev in inter if ev.tokens_out is not None]
-        if xs:
-            c["tok.n"] = len(xs)
-            c["tok.s"] = sum(xs)
-        xs = [ev.confidence for ev in inter if ev.confidence is not None]
-        if xs:
-            c["conf.n"] = len(xs)
-            c["conf.s"] = sum([round(x * UNIT_SCALE) for x in xs])
+        for attr, kn, ks, kq, scale in _SUMMED:
+            xs = [x for ev in inter if (x := getattr(ev, attr)) is not None]
+            if xs:
+                if scale != 1:
+                    xs = [round(x * scale) for x in xs]
+                c[kn] = len(xs)
+                c[ks] = sum(xs)
+                if squares is not None:
+                    squares[kq] = squares.get(kq, 0) + sum([x * x for x in xs])
         for f in [f for ev in inter if ev.flags for f in ev.flags]:
             k = "flag:" + f
             c[k] = c.get(k, 0) + 1
-        xs = [ev.session_ms for ev in inter if ev.session_ms is not None]
-        if xs:
-            c["ses.n"] = len(xs)
-            c["ses.s"] = sum([round(x * LATENCY_SCALE) for x in xs])
     if len(inter) < len(evs):
         for ev in evs:
             if ev.type != "interaction":
                 for k, d in contributions(ev):
                     c[k] = c.get(k, 0) + d
+                if squares is not None:
+                    for k, d in square_contributions(ev):
+                        squares[k] = squares.get(k, 0) + d
     return c
 
 
@@ -255,21 +254,24 @@ def share_contributions(ev: Any, shares: tuple) -> list[tuple[str, int]]:
 
 
 def group_shares(evs: list, shares: tuple) -> dict[str, int]:
-    """The sum of :func:`share_contributions` over ``evs``."""
+    """The sum of :func:`share_contributions` over ``evs`` (only the keys some event adds), a column per field."""
     c: dict[str, int] = {}
-    for ev in evs:
-        for k, d in share_contributions(ev, shares):
-            c[k] = c.get(k, 0) + d
+    columns: dict[str, list] = {}
+    for key, field, ge, x in shares:
+        vs = columns.get(field)
+        if vs is None:
+            vs = columns[field] = [v for ev in evs if (v := _share_value(ev, field)) is not None]
+        n = sum([v >= x for v in vs]) if ge else sum([v < x for v in vs])
+        if n:
+            c[key] = n
     return c
 
 
 def group_squares(evs: list) -> dict[str, int]:
     """The sum of :func:`square_contributions` over ``evs`` (only the keys some event adds)."""
-    c: dict[str, int] = {}
-    for ev in evs:
-        for k, d in square_contributions(ev):
-            c[k] = c.get(k, 0) + d
-    return c
+    squares: dict[str, int] = {}
+    group_counters(evs, squares)
+    return squares
 
 
 class Bucket:
