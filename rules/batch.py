@@ -36,7 +36,7 @@ from functools import lru_cache
 from math import gcd
 
 from detectors import make_detector
-from rules.aggregate import DDSKETCH_ACCURACY, group_counters, group_shares, group_squares
+from rules.aggregate import DDSKETCH_ACCURACY, group_counters, group_shares
 from rules.metrics import signal_sources, signal_value
 from rules.plan import FeaturePlan, Plan
 from rules.sketches.ddsketch import DDSketch
@@ -44,7 +44,7 @@ from rules.sketches.hll import HyperLogLog, key_hash
 from rules.state import FeatureState
 from rules.windows import SeriesBuckets
 
-__all__ = ["apply_pending", "finest_every", "with_arms"]
+__all__ = ["apply_pending", "prepare", "commit", "Prepared", "finest_every", "with_arms"]
 
 
 def with_arms(ev) -> dict[str, str]:
@@ -66,12 +66,13 @@ def finest_every(plan: Plan) -> int:
 class _Group:
     """What one (phase, segment, finest bucket) adds to every store bucket it falls in."""
 
-    __slots__ = ("fp", "phase", "seg", "start", "evs", "c", "sq", "lat", "hashes")
+    __slots__ = ("fp", "phase", "seg", "route", "start", "evs", "c", "sq", "lat", "hashes")
 
-    def __init__(self, fp: FeaturePlan, phase: str, seg: dict, start: int) -> None:
+    def __init__(self, fp: FeaturePlan, phase: str, seg: dict, route: tuple, start: int) -> None:
         self.fp = fp
         self.phase = phase
         self.seg = seg
+        self.route = route  # the group's key without its time: the same store series for all such groups
         self.start = start
         self.evs: list = []
         self.c: dict[str, int] = {}
@@ -83,12 +84,10 @@ class _Group:
         """Counters (rules.aggregate.group_counters; with ``squares`` the sums of squares too), latency sketch and
         distinct user hashes of the group's events."""
         evs = self.evs
-        self.c = group_counters(evs)
+        self.c = group_counters(evs, self.sq if squares else None)
         if shares:
             self.c.update(group_shares(evs, shares))
-        if squares:
-            self.sq = group_squares(evs)
-        lats = [ev.latency_ms for ev in evs if ev.type == "interaction" and ev.latency_ms is not None]
+        lats = [x for ev in evs if ev.type == "interaction" and (x := ev.latency_ms) is not None]
         if lats:
             self.lat = DDSketch(DDSKETCH_ACCURACY)
             self.lat.add_many(lats)
@@ -113,6 +112,23 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
     """Apply ``pending`` — (FeaturePlan, Event) pairs of one feature, in arrival order — to its stores and drift
     detectors, as applying each on arrival would have. ``user_hashes`` caches the distinct-user sketch hash of
     keyed user ids across calls (bounded: cleared when full)."""
+    commit(plan, fs, prepare(plan, fine_ms, feature, pending, user_hashes))
+
+
+class Prepared:
+    """What a run of events adds, computed from the events alone (:func:`prepare`), for :func:`commit`."""
+
+    __slots__ = ("groups", "drift")
+
+    def __init__(self, groups: list[_Group], drift: list[tuple]) -> None:
+        self.groups = groups
+        self.drift = drift  # (detector key, bound rule, feature, phase, group, values, slots) in feeding order
+
+
+def prepare(plan: Plan, fine_ms: int, feature: str, pending: list, user_hashes: dict[str, int] | None = None) -> Prepared:
+    """The first half of :func:`apply_pending`: everything that depends on the events — grouping, counters,
+    sketches, signal columns — and nothing that changes state, so that a failure here (an event no code path
+    expected) leaves the feature as it was and the caller may retry the events one at a time."""
     groups: dict[tuple, _Group] = {}
     # (phase, event type) -> the phase's plan and its events in arrival order (one plan per phase: a run never
     # spans a reload, and the plan's per-phase objects, even if its cache rebuilt one, hold the same rules)
@@ -144,7 +160,7 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
                     seg = {k: ev.segment.get(k, "") for k in read}
                 else:
                     seg = with_arms(ev) if arms else ev.segment
-                g = groups[gk] = _Group(fp, ev.phase, seg, start)
+                g = groups[gk] = _Group(fp, ev.phase, seg, gk[:-1], start)
             g.evs.append(ev)
         if fp.drift_rules:
             k = (ev.phase, ev.type)
@@ -158,32 +174,54 @@ def apply_pending(plan: Plan, fine_ms: int, feature: str, fs: FeatureState, pend
         squares = plan.needs_squares
         for g in groups.values():
             g.summarise(cache, squares, plan.shares)
-        _merge_groups(fs, groups.values())
-    if drift:
-        _feed_detectors(feature, fs, drift)
+    return Prepared(list(groups.values()), _drift_runs(feature, drift) if drift else [])
 
 
-def _merge_groups(fs: FeatureState, groups) -> None:
+def commit(plan: Plan, fs: FeatureState, prepared: Prepared) -> None:
+    """The second half of :func:`apply_pending`: merge the prepared groups into the feature's store buckets and feed
+    its detectors."""
+    if prepared.groups:
+        _merge_groups(plan, fs, prepared.groups)
+    if prepared.drift:
+        _feed_detectors(fs, prepared.drift)
+
+
+def _routes(plan: Plan, g: _Group) -> tuple:
+    """The stores a group's events go to, each with its series key: (spec, (phase, key values)) in store order.
+    Memoised on the plan by the group's phase plan and route (its phase and the segment values it was grouped by,
+    which determine ``g.seg``); bounded: cleared when it holds 100,000."""
+    memo = plan.routes
+    k = (g.fp, g.route)
+    r = memo.get(k)
+    if r is None:
+        seg = g.seg
+        r = tuple((spec, (g.phase, tuple([seg.get(k, "") for k in spec.keys]) if spec.keys else ()))
+                  for spec in g.fp.stores if not (spec.filtered and not spec.admits(seg)))  # fmt: skip
+        if len(memo) >= 100_000:
+            memo.clear()
+        memo[k] = r
+    return r
+
+
+def _merge_groups(plan: Plan, fs: FeatureState, groups) -> None:
     stores = fs.stores
     touched = fs.touched  # the live shell's incremental writes: which buckets changed (None: nobody asks)
     for g in groups:
         users = None
-        for spec in g.fp.stores:
-            if spec.filtered and not spec.admits(g.seg):
-                continue
+        start = g.start
+        gc = g.c
+        for spec, key in _routes(plan, g):
             series = stores.get(spec.id)
             if series is None:
                 series = stores[spec.id] = {}
-            seg = g.seg
-            key = (g.phase, tuple(seg.get(k, "") for k in spec.keys) if spec.keys else ())
             s = series.get(key)
             if s is None:
                 s = series[key] = SeriesBuckets()
-            b = s.bucket(g.start, spec.every_ms, spec.needs_latency, spec.needs_users)
+            b = s.bucket(start, spec.every_ms, spec.needs_latency, spec.needs_users)
             if touched is not None:
-                touched.add((spec.id, key, g.start - g.start % spec.every_ms))
+                touched.add((spec.id, key, start - start % spec.every_ms))
             c = b.c
-            for k, d in g.c.items():
+            for k, d in gc.items():
                 c[k] = c.get(k, 0) + d
             if spec.needs_squares:
                 for k, d in g.sq.items():
@@ -222,22 +260,25 @@ def _signal_column(signal: str, evs: list) -> tuple[list, list]:
     return [x for x, _ in pairs], [ev for _, ev in pairs]
 
 
-def _feed_detectors(feature: str, fs: FeatureState, drift: dict[tuple, tuple[FeaturePlan, list]]) -> None:
-    """Feed each detector its values of the run in arrival order, once. A detector's key holds the phase and a
-    signal is carried by one event type, so the events of one (phase, type) hold every value of its detectors, in
-    order. Detectors are created when their first value comes (``fs.detectors`` is read in key order only)."""
-    detectors = fs.detectors
-    runs: dict[tuple, tuple[list, list]] = {}
+def _drift_runs(feature: str, drift: dict[tuple, tuple[FeaturePlan, list]]) -> list[tuple]:
+    """Each detector's values of the run in arrival order, with their instant slots. A detector's key holds the
+    phase and a signal is carried by one event type, so the events of one (phase, type) hold every value of its
+    detectors, in order."""
+    runs: dict[tuple, tuple] = {}
     for (phase, typ), (fp, evs) in drift.items():
         for signal, bound in _drift_plan(fp).get(typ, ()):
             xs, carriers = _signal_column(signal, evs)
             if not xs:
                 continue
+            slots_by_every: dict[int, list] = {}  # rules of one signal often share their ``every``
             for b in bound:
                 r = b.rule
                 every = r.every_ms
                 if not r.group_by:
-                    parts = {(): (xs, [ev.ts - ev.ts % every for ev in carriers])}
+                    slots = slots_by_every.get(every)
+                    if slots is None:
+                        slots = slots_by_every[every] = [t - t % every for t in [ev.ts for ev in carriers]]
+                    parts = {(): (xs, slots)}
                 else:
                     parts = {}
                     cache: dict[tuple, tuple] = {}
@@ -252,14 +293,23 @@ def _feed_detectors(feature: str, fs: FeatureState, drift: dict[tuple, tuple[Fea
                             part = parts[group] = ([], [])
                         part[0].append(x)
                         part[1].append(t - t % every)
-                for group, run in parts.items():
+                for group, (vs, slots) in parts.items():
                     key = (b.ruleset.name, r.id, phase, group)
-                    if key not in detectors:
-                        detectors[key] = make_detector(r.drift.detector, dict(r.drift.params),
-                                                       b.detector_seed(feature, phase, group))  # fmt: skip
-                    runs[key] = run  # one (phase, type) per key: the key holds the phase, a signal has one type
+                    # one (phase, type) per key: the key holds the phase, a signal has one type
+                    runs[key] = (key, b, feature, phase, group, vs, slots)
+    return list(runs.values())
+
+
+def _feed_detectors(fs: FeatureState, runs: list[tuple]) -> None:
+    """Feed each detector its values of the run in one call. Detectors are created when their first value comes
+    (``fs.detectors`` is read in key order only)."""
+    detectors = fs.detectors
+    for key, b, feature, phase, group, _, _ in runs:
+        if key not in detectors:
+            r = b.rule
+            detectors[key] = make_detector(r.drift.detector, dict(r.drift.params), b.detector_seed(feature, phase, group))
     pending = fs.drift_pending
-    for key, (xs, slots) in runs.items():
+    for key, _, _, _, _, xs, slots in runs:
         result = detectors[key].update_many(xs, slots)
         pend = pending.get(key)
         if pend is None:
@@ -272,4 +322,3 @@ def _feed_detectors(feature: str, fs: FeatureState, drift: dict[tuple, tuple[Fea
                 slot[0] += flags
                 slot[1] = est
                 slot[2] = n
-

@@ -8,7 +8,7 @@ investigate), each tier in load order, so that a kill inhibits lower tiers decid
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from rules.compare import COMPARABLE_MEANS
@@ -86,6 +86,11 @@ class FeaturePlan:
     # the phase's first event time is kept (FeatureState.phase_first): a promotion's exposure, the span a
     # ``trailing_baseline`` average covers
     tracks_first: bool = False
+    # whether its events go to windows or detectors (read per event; a phase that is only another's control has stores)
+    feeds: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feeds", bool(self.stores or self.drift_rules))
 
     @property
     def everys(self) -> frozenset[int]:
@@ -183,6 +188,8 @@ class Plan:
         self.promotions_for = lru_cache(maxsize=4096)(self._promotions_for)
         self.for_feature = lru_cache(maxsize=4096)(self._for_feature)
         self.profile = lru_cache(maxsize=4096)(self._profile)
+        # rules.batch's memo: (phase plan, a group's phase and segment values) -> the store series its events go to
+        self.routes: dict[tuple, tuple] = {}
 
     def _promotions_for(self, feature: str) -> tuple[BoundPromotion, ...]:
         return tuple(bp for bp in self.promotions if bp.ruleset.matches_feature(feature))

@@ -136,9 +136,7 @@ def test_a_bad_first_event_of_a_new_feature_is_quarantined_and_costs_nothing(fir
 def test_a_confirmed_silence_is_not_an_outlier():
     """A stream that really resumes after a silence longer than the skew is applied: same decisions as with the
     guard off."""
-    evs = traffic("." * 10, n=20) + [e for e in traffic("_" * 100 + "x" * 10, n=20)]
-    for i, e in enumerate(evs):
-        e.origin = {"file": "t", "line": i}
+    evs = silence_then_resume()
     _, off = run(evs, cfg(max_clock_skew_ms=None))
     eng, on = run(evs)
     assert decided(on) == decided(off) and not on["dead_letters"]
@@ -189,6 +187,93 @@ def test_unconfirmed_events_at_the_end_of_the_input_are_quarantined():
     evs.append(outlier(evs[-1], evs[-1].ts + DAY, "tail"))
     _, got = run(evs)
     assert [d["outlier"]["why"] for d in got["dead_letters"]] == ["unconfirmed"]
+
+
+def silence_then_resume() -> list[Event]:
+    """Ten good minutes, 100 silent ones, then the stream resumes: its first events are held until confirmed."""
+    evs = traffic("." * 10, n=20) + traffic("_" * 100 + "x" * 10, n=20)
+    for i, e in enumerate(evs):
+        e.origin = {"file": "t", "line": i}
+    return evs
+
+
+def released_runs(monkeypatch) -> list[int]:
+    """Spy on the guard: the number of events each confirmation releases."""
+    from rules.clock import ClockGuard
+
+    sizes: list[int] = []
+    real = ClockGuard._release
+
+    def release(self, sc, cid, *rest):
+        sizes.append(sum(1 for k, _, _ in sc.held if k == cid))
+        return real(self, sc, cid, *rest)
+
+    monkeypatch.setattr(ClockGuard, "_release", release)
+    return sizes
+
+
+def test_events_released_together_are_applied_together(monkeypatch):
+    """A confirmed cluster is applied in runs (rules.batch), not one event at a time: as many runs as with the guard
+    off, plus at most one per release and one more where a released event passes an instant (one event at a time,
+    the two releases here made 8 more)."""
+    import rules.engine as engine_mod
+
+    calls: list[int] = []
+    real = engine_mod.apply_pending
+    monkeypatch.setattr(engine_mod, "apply_pending", lambda *a: calls.append(len(a[4])) or real(*a))
+    released = released_runs(monkeypatch)
+    evs = silence_then_resume()
+    _, off = run(evs, cfg(max_clock_skew_ms=None))
+    runs_off, calls[:] = len(calls), []
+    _, on = run(evs)
+    assert released and min(released) >= 5  # (the test means something: runs of held events were released)
+    assert len(calls) <= runs_off + len(released) + 1
+    assert decided(on) == decided(off)
+
+
+@pytest.mark.parametrize("where", ["prepare", "commit"])
+def test_a_failure_while_applying_released_events_is_dead_lettered_not_raised(monkeypatch, where):
+    """Held events come from long-acknowledged messages: a bug while applying them is not raised to the shell but
+    dead-lettered with their origins, and the stream goes on. A failure in what the events compute (rules.batch's
+    prepare) changed nothing: the run is applied again one event at a time and only the failing event is
+    dead-lettered. A failure in merging into the state dead-letters the run."""
+    import rules.batch as batch_mod
+
+    released = released_runs(monkeypatch)
+    evs = silence_then_resume()
+    # the first five events after the silence confirm the stream: the fifth releases the four held before it
+    held = [e.event_id for e in evs if e.ts >= T0 + 100 * MIN][:4]
+    poisoned = lambda group: any(e.event_id == held[-1] for e in group)  # noqa: E731
+    if where == "prepare":
+        real_counters = batch_mod.group_counters
+
+        def group_counters(group, *rest):
+            if poisoned(group):
+                raise ZeroDivisionError("bug (test)")
+            return real_counters(group, *rest)
+
+        monkeypatch.setattr(batch_mod, "group_counters", group_counters)
+    else:
+        real_merge = batch_mod._merge_groups
+
+        def merge_groups(plan, fs, groups):
+            if any(poisoned(g.evs) for g in groups):
+                raise ZeroDivisionError("bug (test)")
+            return real_merge(plan, fs, groups)
+
+        monkeypatch.setattr(batch_mod, "_merge_groups", merge_groups)
+    _, flat = run(evs)
+    dead = flat["dead_letters"]
+    assert released[-1] == 5
+    assert {d["reason"] for d in dead} == {"processing_error"}
+    if where == "prepare":
+        assert [(d["payload"]["event_id"], d["detail"]) for d in dead] == [
+            (held[-1], "ZeroDivisionError while applying this event (held since it came)")]
+    else:  # (the first released event passed an instant: it was applied alone, before the others)
+        assert len(dead) >= 2 and [d["payload"]["event_id"] for d in dead] == held[-len(dead):]
+        assert all(f"with {len(dead) - 1} other(s) released together" in d["detail"] for d in dead)
+        assert [d["source"]["line"] for d in dead] == sorted(d["source"]["line"] for d in dead)
+    assert [c["action"] for c in flat["commands"]] == ["rollback"]  # the rest of the incident still kills
 
 
 def test_held_events_survive_a_restart_through_the_stored_state():
