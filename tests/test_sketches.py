@@ -299,6 +299,24 @@ def test_hll_merge_of_any_split_gives_identical_state(seed, n, cuts, precision):
     assert canonical(hll_of(reversed(hs), precision).to_state()) == expected
 
 
+@given(seed=st.integers(0, 2**32), n=st.integers(256, 3000), precision=st.integers(4, 18),
+       edges=st.lists(st.sampled_from([0, 1, 2**64 - 1] + [2**k + d for k in range(40, 64) for d in (-1, 0)]),
+                      max_size=8))  # fmt: skip
+@settings(max_examples=60, deadline=None)
+def test_hll_registers_folded_with_numpy_equal_the_per_hash_fold(seed, n, precision, edges):
+    """Folding many hashes at once (numpy: frexp for the leading zeros, where exact) sets the registers one hash at
+    a time sets, at every precision (above 53 low bits it must not be used), including hashes whose low bits are 0,
+    a power of two or one less."""
+    hs = hashes(seed, n) + edges
+    fast = HyperLogLog(precision)
+    fast._sparse, fast._registers = None, bytearray(1 << precision)
+    fast._fold(set(hs))  # a sized collection: vectorised where exact
+    slow = HyperLogLog(precision)
+    slow._sparse, slow._registers = None, bytearray(1 << precision)
+    slow._fold(iter(set(hs)))  # an iterator: one hash at a time
+    assert fast._registers == slow._registers
+
+
 @given(
     a=st.lists(st.integers(0, 2**64 - 1), max_size=40),
     b=st.lists(st.integers(0, 2**64 - 1), max_size=40),
