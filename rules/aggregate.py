@@ -15,6 +15,7 @@ is exact. An event's contribution is computed once (:func:`contributions`) and a
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -185,14 +186,28 @@ def group_counters(evs: list, squares: dict[str, int] | None = None) -> dict[str
             k = "flag:" + f
             c[k] = c.get(k, 0) + 1
     if len(inter) < len(evs):
+        rest = []
+        # suggestions and thumbs, most feedback, add one to their kind's counter and one to its label's: counted per
+        # (kind, label) pair
+        pairs = Counter([(ev.kind, ev.label) for ev in evs if ev.type != "interaction" and ev.kind in _LABEL_COUNTED])
+        for (kind, label), n in pairs.items():
+            total = _LABEL_COUNTED[kind]
+            c[total] = c.get(total, 0) + n
+            k = total + ":" + label
+            c[k] = c.get(k, 0) + n
         for ev in evs:
-            if ev.type != "interaction":
+            if ev.type != "interaction" and ev.kind not in _LABEL_COUNTED:
+                rest.append(ev)
                 for k, d in contributions(ev):
                     c[k] = c.get(k, 0) + d
-                if squares is not None:
-                    for k, d in square_contributions(ev):
-                        squares[k] = squares.get(k, 0) + d
+        if squares is not None:
+            for ev in rest:
+                for k, d in square_contributions(ev):
+                    squares[k] = squares.get(k, 0) + d
     return c
+
+
+_LABEL_COUNTED = {"suggestion": "sug", "thumbs": "th"}  # feedback kinds whose contributions are their label's count
 
 
 # (event type, attribute, counter, scale) of the quantities whose mean a comparison of arms can test: their sums of

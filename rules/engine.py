@@ -243,10 +243,15 @@ class Engine(Instants):
             # the watermark is at most this source's time - lateness (or does not move, for a source no rule
             # reads): below the next instant due, evaluating would do nothing
             nxt = fs.next_eval
-            if nxt and ts - lateness >= min(nxt.values()):
-                wm = self.watermark(feature)
-                if wm is not None:
-                    self._evaluate_until(out, feature, fs, wm)
+            if nxt:
+                due = fs.due  # a lower bound of min(nxt.values()) (FeatureState.due): exact when it says "not yet"
+                if due is None or due[0] is not nxt or ts - lateness >= due[1]:
+                    first = min(nxt.values())
+                    fs.due = (nxt, first)
+                    if ts - lateness >= first:
+                        wm = self.watermark(feature)
+                        if wm is not None:
+                            self._evaluate_until(out, feature, fs, wm)
 
     # --- producer clocks (rules.clock) -------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ class FeatureState:
     __slots__ = ("max_ts", "src_max", "src_first", "seen", "stores", "next_eval", "instances", "detectors",
                  "drift_pending", "drift_last", "latches", "phases", "chain", "command_seq", "clocks", "outliers",
                  "skew", "applied_min", "control_ts", "starving", "phase_first", "promotions", "signoffs", "windows",
-                 "touched", "dropped", "seen_new", "seen_pruned")  # fmt: skip
+                 "touched", "dropped", "seen_new", "seen_pruned", "due")  # fmt: skip
 
     def __init__(self) -> None:
         self.max_ts: int | None = None  # highest event time of any source
@@ -98,6 +98,10 @@ class FeatureState:
         # since the live shell last wrote this feature (``track_changes``, ``bucket_changes``); None: not recorded
         self.touched: set[tuple] | None = None
         self.dropped: list[tuple] | None = None
+        # transient: (next_eval, a lower bound of its next instant), for the engine's per-event "is an instant due?"
+        # (min over a few clocks per event was ~7% of the light pack). Valid for that dict only: its values only
+        # grow, and a reload or a load replaces the dict
+        self.due: tuple[dict, int] | None = None
         # transient, likewise: dedup ids added since that write, and whether expiry pruned ``seen`` since (then the
         # shell rewrites the stored ids whole; ``seen_changes``)
         self.seen_new: list[str] | None = None
