@@ -11,16 +11,19 @@ few seconds of the bound, which no ordinary producer comes near.)
 
 Two times bound an event: its stream's time ``S`` (the highest applied event time of that feature and source) and
 its feature's time ``F`` (the highest over the feature's sources, ``>= S``); a source that has no time yet is
-bounded by its feature's. With ``max_skew`` (``ROLLGUARD_MAX_CLOCK_SKEW``):
+bounded by its feature's span ``[F0, F]`` (``F0``: the earliest first applied event of its sources). With
+``max_skew`` (``ROLLGUARD_MAX_CLOCK_SKEW``):
 
 * ``ts < S - max_skew``: an outlier at once (*behind*). Between the allowed lateness and ``max_skew`` behind, an
   event is *late*, as it always was: counted, not applied.
 * ``ts <= F + max_skew``: applied as before. The feature's time, not the stream's, bounds the future so that a
   sparse source (support tickets a few times a day) is judged against the busy one beside it.
 * ``ts > F + max_skew``: *held*: not applied, it moves no watermark. So is an event of a stream that has no time of
-  its own yet and is more than ``max_skew`` from its feature's (one Kafka topic may be consumed far behind the
-  other: that is no reason to trust or to reject its first events), and, to keep them in order, every event of
-  such a stream after one that is held. Held events gather in clusters (a cluster is a
+  its own yet and is more than ``max_skew`` before its feature's span (one Kafka topic may be consumed far behind
+  the other: that is no reason to trust or to reject its first events), and, to keep them in order, every event of
+  such a stream after one that is held. (The span, not ``F`` alone: a sparse stream whose first events came while
+  its feature's first ones were held is within the span once they are confirmed, though already more than
+  ``max_skew`` behind ``F``; judged against ``F`` it stayed held, and so did everything after it.) Held events gather in clusters (a cluster is a
   run of held times each within ``max_skew`` of the cluster's range). A cluster is
 
   - **confirmed** once it holds events of at least ``quorum`` distinct messages, spans at least ``min_span`` of its
@@ -158,7 +161,9 @@ Apply = Callable[[Event], None]
 Reject = Callable[..., None]  # (event, why[, ref]) — the caller words the dead letter from the stream's time
 
 
-Times = Callable[[], "tuple[int | None, int | None]"]  # (the stream's time S, the feature's time F); None: none yet
+# (the stream's time S, the feature's time F, the feature's first time F0); None: none yet. F0 is the earliest of its
+# sources' first applied events: with F, the span of time the feature's trusted events cover
+Times = Callable[[], "tuple[int | None, int | None, int | None]"]
 
 
 class ClockGuard:
@@ -197,7 +202,7 @@ class ClockGuard:
         """Classify one event; resolving clusters is the caller's (so a release can re-admit without recursion).
         ``ref``: what a re-admitted event was judged against when it first came."""
         skew = self.config.max_skew_ms
-        own, c = stream_time()
+        own, c, first = stream_time()
         ts = ev.ts
         msg = message_key(ev)
         if ref is None:
@@ -205,7 +210,7 @@ class ClockGuard:
         if own is not None and ts < own - skew:
             reject(ev, "behind", ref)
             return
-        if c is not None and ts <= c + skew and (own is not None or (ts >= c - skew and not sc.held)):
+        if c is not None and ts <= c + skew and (own is not None or (ts >= _low(c, first) - skew and not sc.held)):
             apply(ev)
             for cl in sc.clusters.values():  # the stream went on at its own time: a vote against each
                 _vote_against(cl, msg)
@@ -240,9 +245,11 @@ class ClockGuard:
                     others = [k for k in sc.clusters.values() if k is not cl]
                     best = max(others, key=lambda k: (k.own, -k.id), default=None)
                     self._reject_cluster(sc, cl.id, reject, None if best is None else (best.lo, "first"))
-            own, c = stream_time()
+            own, c, first = stream_time()
             for cl in sc.clusters.values():
-                if c is not None and cl.lo <= c + cfg.max_skew_ms and (own is not None or cl.hi >= c - cfg.max_skew_ms):
+                if c is not None and cl.lo <= c + cfg.max_skew_ms and (
+                    own is not None or cl.hi >= _low(c, first) - cfg.max_skew_ms
+                ):
                     # the feature caught up with one of its events (its gaps are at most max_skew, so one lies
                     # within max_skew of the feature's time): held for being early, not wrong
                     before = len(sc.held)
@@ -280,6 +287,12 @@ class ClockGuard:
         held, sc.held, sc.clusters = sc.held, [], {}
         for _, ev, ref in held:
             self._admit(sc, ev, stream_time, apply, reject, ref)
+
+
+def _low(c: int, first: int | None) -> int:
+    """The start of the feature's span (its first time, else its time): a stream without a time of its own is
+    trusted within the skew of that span, not only of the feature's latest time."""
+    return c if first is None else min(first, c)
 
 
 def _vote_against(cl: Cluster, msg: Any) -> None:

@@ -129,7 +129,8 @@ class Engine(Instants):
                 self._ingest(out, fs, ev)
                 continue
             own = fs.src_max.get(ev.type)
-            low = fs.max_ts if own is None else own
+            # a stream without a time of its own is judged against its feature's span (rules.clock)
+            low = own if own is not None else min(fs.src_first.values(), default=fs.max_ts)
             sc = fs.clocks.get(ev.type)
             if low is not None and low - skew <= ev.ts <= fs.max_ts + skew and not sc:
                 self._ingest(out, fs, ev)  # the common case: plausible, and nothing held for this stream
@@ -277,8 +278,8 @@ class Engine(Instants):
                     self._releasing = None
                 run.clear()
 
-        def stream_time() -> tuple[int | None, int | None]:
-            return fs.src_max.get(src), fs.max_ts
+        def stream_time() -> tuple[int | None, int | None, int | None]:
+            return fs.src_max.get(src), fs.max_ts, min(fs.src_first.values(), default=None)
 
         def apply(e: Event) -> None:
             if e is current:

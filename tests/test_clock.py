@@ -189,6 +189,46 @@ def test_unconfirmed_events_at_the_end_of_the_input_are_quarantined():
     assert [d["outlier"]["why"] for d in got["dead_letters"]] == ["unconfirmed"]
 
 
+def test_a_sparse_stream_that_starts_with_its_feature_is_applied_not_quarantined():
+    """Feedback every 20 minutes (gaps over the 10-minute skew) from a feature's start: its first events came before
+    the feature had a time, so they were held; once the interactions confirm the feature's time (five of them, 40
+    minutes), those held events lie within the feature's span, not only near its latest time, and are applied. (They
+    were judged against the latest time alone: held again, every later event of the stream held behind them, and
+    all of them quarantined as contradicted, 304 of 308, while the feature's rules that read feedback never
+    evaluated.)"""
+    evs = []
+    for m in range(0, 6 * 60, 10):
+        evs.append(Event("interaction", f"i{m}", T0 + m * MIN, "f", "p", {}, "u1", None, None, "error" if m >= 180 else "ok",
+                         100.0, None, None, None, None, ()))  # fmt: skip
+        if m % 20 == 0:
+            evs.append(Event("feedback", f"s{m}", T0 + m * MIN, "f", "p", {}, None, None, None, kind="suggestion",
+                             label="accepted"))  # fmt: skip
+    for i, e in enumerate(evs):
+        e.origin = {"file": "t", "line": i}
+    sparse = rules("""
+version: 1
+name: sparse
+features: ["*"]
+rules:
+  - {id: err, tier: kill, metric: error_rate, op: ">", threshold: 0.5, window: 1h, every: 10m, min_samples: 3}
+  - {id: acc, tier: investigate, metric: acceptance_rate, op: "<", threshold: 0.5, window: 1h, every: 10m, min_samples: 2}
+""")
+
+    def go(config):
+        eng = Engine(sparse, config)
+        outs = [eng.step(evs), eng.finish()]
+        return eng, {k: [x for o in outs for x in getattr(o, k)] for k in ("decisions", "commands", "pages", "dead_letters")}
+
+    eng, flat = go(cfg())
+    assert flat["dead_letters"] == []
+    assert eng.stats.events["feedback"] == 18 and eng.stats.outliers == {"ahead": 0, "behind": 0}
+    # the kill reads interactions only, but the feature's watermark waits for every source its rules read: with the
+    # feedback quarantined it never evaluated at all
+    assert [c["action"] for c in flat["commands"]] == ["rollback"]
+    _, off = go(cfg(max_clock_skew_ms=None))
+    assert decided(flat) == decided(off)
+
+
 def silence_then_resume() -> list[Event]:
     """Ten good minutes, 100 silent ones, then the stream resumes: its first events are held until confirmed."""
     evs = traffic("." * 10, n=20) + traffic("_" * 100 + "x" * 10, n=20)

@@ -232,8 +232,8 @@ class ReferenceEngine:
     # --- producer clocks (rules.clock) -------------------------------------------------------------------------
 
     def _clock_hooks(self, out: Outputs, fs: FeatureState, feature: str, src: str, current: Event | None = None) -> tuple:
-        def stream_time() -> tuple[int | None, int | None]:
-            return fs.src_max.get(src), fs.max_ts
+        def stream_time() -> tuple[int | None, int | None, int | None]:  # (rules.clock.Times: the guard's hook)
+            return fs.src_max.get(src), fs.max_ts, min(fs.src_first.values(), default=None)
 
         def apply(e: Event) -> None:
             if e is current:
