@@ -44,7 +44,7 @@ COMPARISON_PACKS = {  # rules judging a treatment against a control (compare)
 }
 FILTER_PACKS = {"email-reply-exclusions.yaml": "email-reply-exclusions"}  # rules on one cohort each (where)
 # rollouts of their own phases, a rule set with a promotion block per phase
-ROLLOUT_PACKS = {"prompt-canary.yaml": ("prompt-canary",),
+ROLLOUT_PACKS = {"prompt-canary.yaml": ("prompt-canary",), "pilot-evaluation.yaml": ("pilot-evaluation",),
                  "safe-llm-rollout.yaml": ("safe-llm-rollout-beta", "safe-llm-rollout-ga-10", "safe-llm-rollout-ga-50")}
 
 

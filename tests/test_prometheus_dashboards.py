@@ -74,10 +74,11 @@ CANARY = tuple(
 )  # fmt: skip
 
 
-# The safe-llm-rollout pack's three phases (a feature following seed 000's rollout plan), healthy, small.
+# The safe-llm-rollout pack's three phases (a feature following seed 000's rollout plan) and the pilot-evaluation
+# pack's pilot (seed 004's playbook), healthy, small.
 ROLLOUT = tuple(
     Scenario(feature=FEATURE, phase=phase, seed=41 + i, duration_ms=95 * 60_000, mean_rate_per_s=0.3, **_SHAPE)
-    for i, phase in enumerate(("beta_5pct", "ga_10pct", "ga_50pct"))
+    for i, phase in enumerate(("beta_5pct", "ga_10pct", "ga_50pct", "pilot"))
 )  # fmt: skip
 
 
