@@ -503,6 +503,7 @@ def main() -> None:
         profile_kit.report(profdir / "bare-take.txt", res["bare-take"]["events"], "bare agent (take_events)")
         profile_kit.report(profdir / "worker-single.txt", res["worker-single"]["events"], "worker, single events")
         profile_kit.report(profdir / "worker-env.txt", res["worker-env"]["events"], "worker, envelopes")
+        profile_kit.report(profdir / "light-env.txt", res["light-env"]["events"], "worker, envelopes, light pack")
 
 
 if __name__ == "__main__":
