@@ -73,7 +73,7 @@ USER_KEY = b"sizing-user-key-0123456789abcdef"
 
 # Latest bench/worker.py run on the 2-core development machine (README, "Performance", 2026-12-06): events/s one
 # worker process sustains with the whole catalogue. Quoted, not re-measured: run `./dev bench worker` on your hardware.
-WORKER_EVENTS_PER_S = {"single-event messages": 12_405, "envelopes of 100 events": 77_616}
+WORKER_EVENTS_PER_S = {"single-event messages": 12_333, "envelopes of 100 events": 88_824}
 
 
 @dataclass(frozen=True)
