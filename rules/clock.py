@@ -49,7 +49,9 @@ Why decisions on the remaining events do not change: an event within ``max_skew`
 whether or not something is held, and a held event is applied, if ever, in its arrival order relative to the events
 of its own cluster, while it held nothing back. Holding the stream's first events delays them but applies them in
 the order they came. The limit: a feature whose every gap is longer than ``max_skew`` cannot confirm anything on its
-own (live, idle watermarks keep its time moving; for such a replay raise ``max_skew`` or turn it off).
+own (live, idle watermarks keep its time moving once it has one; for such a replay raise ``max_skew`` or turn it
+off), and a new feature whose first events are all more than ``max_skew`` apart never gets a time at all, live
+included: each is a cluster of its own, and they vote each other down.
 """
 
 from __future__ import annotations
