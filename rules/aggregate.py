@@ -150,8 +150,10 @@ def contributions(ev: Any) -> list[tuple[str, int]]:
 
 
 # (attribute, count counter, sum counter, sum-of-squares counter, scale) of an interaction's numeric fields
-_SUMMED = (("latency_ms", "lat.n", "lat.s", "lat.q", LATENCY_SCALE), ("cost_usd", "cost.n", "cost.s", "cost.q", COST_SCALE),
-           ("tokens_out", "tok.n", "tok.s", "tok.q", 1), ("confidence", "conf.n", "conf.s", "conf.q", UNIT_SCALE),
+_SUMMED = (("latency_ms", "lat.n", "lat.s", "lat.q", LATENCY_SCALE),
+           ("cost_usd", "cost.n", "cost.s", "cost.q", COST_SCALE),
+           ("tokens_out", "tok.n", "tok.s", "tok.q", 1),
+           ("confidence", "conf.n", "conf.s", "conf.q", UNIT_SCALE),
            ("session_ms", "ses.n", "ses.s", "ses.q", LATENCY_SCALE))  # fmt: skip
 
 

@@ -125,7 +125,8 @@ class Prepared:
         self.drift = drift  # (detector key, bound rule, feature, phase, group, values, slots) in feeding order
 
 
-def prepare(plan: Plan, fine_ms: int, feature: str, pending: list, user_hashes: dict[str, int] | None = None) -> Prepared:
+def prepare(plan: Plan, fine_ms: int, feature: str, pending: list,
+            user_hashes: dict[str, int] | None = None) -> Prepared:  # fmt: skip
     """The first half of :func:`apply_pending`: everything that depends on the events — grouping, counters,
     sketches, signal columns — and nothing that changes state, so that a failure here (an event no code path
     expected) leaves the feature as it was and the caller may retry the events one at a time."""
@@ -307,7 +308,8 @@ def _feed_detectors(fs: FeatureState, runs: list[tuple]) -> None:
     for key, b, feature, phase, group, _, _ in runs:
         if key not in detectors:
             r = b.rule
-            detectors[key] = make_detector(r.drift.detector, dict(r.drift.params), b.detector_seed(feature, phase, group))
+            seed = b.detector_seed(feature, phase, group)
+            detectors[key] = make_detector(r.drift.detector, dict(r.drift.params), seed)
     pending = fs.drift_pending
     for key, _, _, _, _, xs, slots in runs:
         result = detectors[key].update_many(xs, slots)

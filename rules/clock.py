@@ -23,8 +23,9 @@ bounded by its feature's span ``[F0, F]`` (``F0``: the earliest first applied ev
   the other: that is no reason to trust or to reject its first events), and, to keep them in order, every event of
   such a stream after one that is held. (The span, not ``F`` alone: a sparse stream whose first events came while
   its feature's first ones were held is within the span once they are confirmed, though already more than
-  ``max_skew`` behind ``F``; judged against ``F`` it stayed held, and so did everything after it.) Held events gather in clusters (a cluster is a
-  run of held times each within ``max_skew`` of the cluster's range). A cluster is
+  ``max_skew`` behind ``F``; judged against ``F`` it stayed held, and so did everything after it.) Held events
+  gather in clusters, a cluster being a run of held times each within ``max_skew`` of the cluster's range. A
+  cluster is
 
   - **confirmed** once it holds events of at least ``quorum`` distinct messages, spans at least ``min_span`` of its
     own event time, and at most one message in ten since its first contradicts it: the stream really moved on

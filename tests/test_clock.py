@@ -198,8 +198,8 @@ def test_a_sparse_stream_that_starts_with_its_feature_is_applied_not_quarantined
     evaluated.)"""
     evs = []
     for m in range(0, 6 * 60, 10):
-        evs.append(Event("interaction", f"i{m}", T0 + m * MIN, "f", "p", {}, "u1", None, None, "error" if m >= 180 else "ok",
-                         100.0, None, None, None, None, ()))  # fmt: skip
+        evs.append(Event("interaction", f"i{m}", T0 + m * MIN, "f", "p", {}, "u1", None, None,
+                         "error" if m >= 180 else "ok", 100.0, None, None, None, None, ()))  # fmt: skip
         if m % 20 == 0:
             evs.append(Event("feedback", f"s{m}", T0 + m * MIN, "f", "p", {}, None, None, None, kind="suggestion",
                              label="accepted"))  # fmt: skip
@@ -211,13 +211,15 @@ name: sparse
 features: ["*"]
 rules:
   - {id: err, tier: kill, metric: error_rate, op: ">", threshold: 0.5, window: 1h, every: 10m, min_samples: 3}
-  - {id: acc, tier: investigate, metric: acceptance_rate, op: "<", threshold: 0.5, window: 1h, every: 10m, min_samples: 2}
+  - {id: acc, tier: investigate, metric: acceptance_rate, op: "<", threshold: 0.5, window: 1h, every: 10m,
+     min_samples: 2}
 """)
 
     def go(config):
         eng = Engine(sparse, config)
         outs = [eng.step(evs), eng.finish()]
-        return eng, {k: [x for o in outs for x in getattr(o, k)] for k in ("decisions", "commands", "pages", "dead_letters")}
+        kinds = ("decisions", "commands", "pages", "dead_letters")
+        return eng, {k: [x for o in outs for x in getattr(o, k)] for k in kinds}
 
     eng, flat = go(cfg())
     assert flat["dead_letters"] == []
