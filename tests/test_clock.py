@@ -37,8 +37,8 @@ def cfg(**kw) -> EngineConfig:
     return EngineConfig(allowed_lateness_ms=30_000, **kw)
 
 
-def run(evs, config=None, batch=None):
-    eng = Engine(RULES, config or cfg())
+def run(evs, config=None, batch=None, rulesets=RULES):
+    eng = Engine(rulesets, config or cfg())
     outs = []
     if batch is None:
         outs.append(eng.step(evs))
@@ -215,19 +215,13 @@ rules:
      min_samples: 2}
 """)
 
-    def go(config):
-        eng = Engine(sparse, config)
-        outs = [eng.step(evs), eng.finish()]
-        kinds = ("decisions", "commands", "pages", "dead_letters")
-        return eng, {k: [x for o in outs for x in getattr(o, k)] for k in kinds}
-
-    eng, flat = go(cfg())
+    eng, flat = run(evs, rulesets=sparse)
     assert flat["dead_letters"] == []
     assert eng.stats.events["feedback"] == 18 and eng.stats.outliers == {"ahead": 0, "behind": 0}
     # the kill reads interactions only, but the feature's watermark waits for every source its rules read: with the
     # feedback quarantined it never evaluated at all
     assert [c["action"] for c in flat["commands"]] == ["rollback"]
-    _, off = go(cfg(max_clock_skew_ms=None))
+    _, off = run(evs, cfg(max_clock_skew_ms=None), rulesets=sparse)
     assert decided(flat) == decided(off)
 
 
